@@ -1,0 +1,175 @@
+"""Trajectory policies that look like play, for training clips and evaluation logs.
+
+Actions are what a player's keys and mouse would produce: held keys move at WALK_SPEED_MPS and
+turn at TURN_SPEED_DPS, mouse looks add smooth yaw/pitch changes. Walkers do not pass through
+obstacles (the policy turns away), so the clips look like someone exploring, and the poses are
+exactly the DESIGN §2 integration of the actions. The `revisit` policy walks out, turns around
+and comes back to where it started, so a place seen at the beginning is seen again >= 100 ticks
+later: that is what the memory learns from.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+import torch
+
+from scenes.world import World
+from worldmodel.camera import (ACTION_DIM, DEFAULT_TICK_HZ, PITCH_LIMIT, TURN_SPEED_DPS, WALK_SPEED_MPS,
+                               CameraPose)
+
+POLICIES = ("walk", "look", "revisit")
+POLICY_WEIGHTS = (0.35, 0.25, 0.40)
+WALKER_RADIUS = 0.4
+REVISIT_TURN_SPEED = 2.0
+"""About-faces in revisit clips turn at twice the key rate, like a mouse flick."""
+MAX_PITCH_LOOK = math.radians(30.0)
+"""Players mostly look near the horizon; trajectories keep pitch within this."""
+
+
+@dataclass
+class Trajectory:
+    actions: torch.Tensor  # [T, 5]; actions[0] = 0 (the start frame has no action)
+    poses: torch.Tensor  # [T, 5]; poses[t] = integrate(poses[t-1], actions[t])
+    policy: str
+
+
+class _Walker:
+    """Integrates actions from a pose, refusing moves into obstacles (turning instead)."""
+
+    def __init__(self, world: World, pose: CameraPose, tick_hz: float, rng: random.Random) -> None:
+        self.world, self.pose, self.rng = world, pose, rng
+        self.step_m = WALK_SPEED_MPS / tick_hz
+        self.turn_rad = math.radians(TURN_SPEED_DPS) / tick_hz
+        self.actions: list[list[float]] = [[0.0] * ACTION_DIM]
+        self.poses: list[CameraPose] = [pose]
+
+    def act(self, forward: float = 0.0, right: float = 0.0, dyaw: float = 0.0, dpitch: float = 0.0) -> bool:
+        """Apply one tick; a blocked move becomes a turn. Returns whether the move was free."""
+        nxt = self.pose.step([forward, right, 0.0, dyaw, dpitch])
+        free = self.world.segment_is_free(self.pose.x, self.pose.z, nxt.x, nxt.z, WALKER_RADIUS)
+        if not free:
+            forward = right = 0.0
+            nxt = self.pose.step([0.0, 0.0, 0.0, dyaw if dyaw else self.turn_rad, dpitch])
+        action = [forward, right, 0.0, nxt.yaw - self.pose.yaw, nxt.pitch - self.pose.pitch]
+        self.pose = nxt
+        self.actions.append(action)
+        self.poses.append(nxt)
+        return free
+
+    def pitch_towards(self, target: float) -> float:
+        return max(-self.turn_rad * 0.5, min(self.turn_rad * 0.5, target - self.pose.pitch))
+
+    def ahead_is_free(self, distance: float) -> bool:
+        s, c = math.sin(self.pose.yaw), math.cos(self.pose.yaw)
+        return self.world.segment_is_free(self.pose.x, self.pose.z, self.pose.x - s * distance,
+                                          self.pose.z - c * distance, WALKER_RADIUS)
+
+    def wander(self, ticks: int, turn_prob: float = 0.03) -> None:
+        """Walk forward with occasional key turns, strafes and mouse drifts; avoid walls early."""
+        turning, strafe, drift = 0, 0.0, 0.0
+        pitch_target = 0.0
+        for _ in range(ticks):
+            if turning == 0 and (not self.ahead_is_free(1.2) or self.rng.random() < turn_prob):
+                turning = self.rng.choice([-1, 1]) * self.rng.randint(4, 20)
+            if self.rng.random() < 0.05:
+                strafe = self.rng.choice([0.0, 0.0, -1.0, 1.0])
+            if self.rng.random() < 0.05:
+                drift = self.rng.uniform(-0.4, 0.4) * self.turn_rad
+            if self.rng.random() < 0.03:
+                pitch_target = self.rng.uniform(-MAX_PITCH_LOOK, MAX_PITCH_LOOK) * 0.5
+            dyaw = drift
+            forward = self.step_m
+            if turning:
+                dyaw = math.copysign(self.turn_rad, turning)
+                turning -= int(math.copysign(1, turning))
+                forward = self.step_m * 0.5 if self.ahead_is_free(0.8) else 0.0
+            self.act(forward, strafe * self.step_m * 0.6, dyaw, self.pitch_towards(pitch_target))
+
+    def look_around(self, ticks: int) -> None:
+        """Stand (mostly), pan with the mouse and look up/down, with a few short steps."""
+        yaw_rate = self.rng.uniform(-1, 1) * self.turn_rad
+        pitch_target = 0.0
+        for _ in range(ticks):
+            if self.rng.random() < 0.06:
+                yaw_rate = self.rng.uniform(-1.2, 1.2) * self.turn_rad
+            if self.rng.random() < 0.05:
+                pitch_target = self.rng.uniform(-MAX_PITCH_LOOK, MAX_PITCH_LOOK)
+            step = self.step_m if self.rng.random() < 0.15 and self.ahead_is_free(1.0) else 0.0
+            self.act(step, 0.0, yaw_rate, self.pitch_towards(pitch_target))
+
+    def turn_to(self, yaw: float, max_ticks: int, speed: float = 1.0) -> None:
+        """Turn in place to `yaw` at `speed` x the key turn rate (a mouse flick turns faster)."""
+        rate = self.turn_rad * speed
+        for _ in range(max_ticks):
+            diff = math.remainder(yaw - self.pose.yaw, 2 * math.pi)
+            if abs(diff) < 1e-6 and abs(self.pose.pitch) < 1e-6:
+                break
+            self.act(0.0, 0.0, max(-rate, min(rate, diff)), self.pitch_towards(0.0))
+
+    def go_to(self, x: float, z: float, max_ticks: int, tolerance: float) -> None:
+        """Turn towards (x, z) and walk there, as a player steering with keys and mouse would."""
+        for _ in range(max_ticks):
+            dx, dz = x - self.pose.x, z - self.pose.z
+            dist = math.hypot(dx, dz)
+            if dist < tolerance:
+                return
+            want = math.atan2(-dx, -dz)  # yaw whose forward (-sin, -cos) points along (dx, dz)
+            diff = math.remainder(want - self.pose.yaw, 2 * math.pi)
+            dyaw = max(-self.turn_rad, min(self.turn_rad, diff))
+            forward = min(self.step_m, dist) if abs(diff) < math.radians(40) else 0.0
+            self.act(forward, 0.0, dyaw, self.pitch_towards(0.0))
+
+
+def make_trajectory(world: World, ticks: int, policy: str, rng: random.Random,
+                    tick_hz: float = DEFAULT_TICK_HZ, start: CameraPose | None = None) -> Trajectory:
+    """A `ticks`-frame trajectory of `policy` in `world` from `start` (default: a random free point)."""
+    if policy not in POLICIES:
+        raise ValueError(f"unknown policy {policy!r}; one of {POLICIES}")
+    if start is None:
+        x, z = world.random_free_point(rng, radius=WALKER_RADIUS + 0.3)
+        start = CameraPose(x, world.spawn_pose().y, z, rng.uniform(-math.pi, math.pi), 0.0)
+    w = _Walker(world, start, tick_hz, rng)
+    n = ticks - 1
+    if policy == "walk":
+        w.wander(n)
+    elif policy == "look":
+        w.look_around(n)
+    else:
+        # Out (about 30% of the clip), turn round, come back along the way, face the start again.
+        out = max(1, int(n * 0.30))
+        w.look_around(min(6, out))
+        w.wander(out)
+        path = [(p.x, p.z) for p in w.poses]
+        w.turn_to(w.pose.yaw + math.pi, max_ticks=ticks, speed=REVISIT_TURN_SPEED)
+        for x, z in reversed(path[:: max(1, len(path) // 12)]):
+            if len(w.poses) >= ticks:
+                break
+            w.go_to(x, z, max_ticks=ticks - len(w.poses), tolerance=w.step_m)
+        w.turn_to(start.yaw, max_ticks=max(0, ticks - len(w.poses)), speed=REVISIT_TURN_SPEED)
+        if len(w.poses) < ticks:
+            w.look_around(ticks - len(w.poses))
+    actions = torch.tensor(w.actions[:ticks], dtype=torch.float32)
+    poses = torch.tensor([p.as_list() for p in w.poses[:ticks]], dtype=torch.float32)
+    assert actions.shape[0] == ticks and poses.shape[0] == ticks, (policy, actions.shape, ticks)
+    assert poses[:, 4].abs().max() <= PITCH_LIMIT + 1e-6
+    return Trajectory(actions=actions, poses=poses, policy=policy)
+
+
+def revisit_ticks(poses: torch.Tensor, min_gap: int = 100, max_distance: float = 0.5,
+                  max_angle_deg: float = 15.0) -> list[tuple[int, int]]:
+    """(t, first) pairs: tick t's pose is within `max_distance` m and `max_angle_deg` of the pose at
+    tick `first` <= t - min_gap (the earliest such). DESIGN §6 revisit definition."""
+    from worldmodel.camera import angle_between_views
+
+    pairs = []
+    for t in range(min_gap, poses.shape[0]):
+        earlier = poses[: t - min_gap + 1]
+        close = ((earlier[:, :3] - poses[t, :3]).norm(dim=-1) <= max_distance) & (
+            angle_between_views(earlier, poses[t].expand_as(earlier)) <= math.radians(max_angle_deg))
+        idx = torch.nonzero(close)
+        if len(idx):
+            pairs.append((t, int(idx[0, 0])))
+    return pairs

@@ -1,0 +1,87 @@
+"""`worldmodel bench`: speed of the parts a player waits for, measured in one run.
+
+- oracle: frames/s of the procedural renderer at 64x64, batched and one frame at a time.
+- play:   ms per frame (p50, p99) of the real play loop's per-tick work (input -> action -> pose ->
+          frame source -> displayed-frame array; display excluded) and the ratio of frame time late
+          in a long session to early in it (constant cost means about 1.0).
+Numbers depend on the machine: the command prints what it ran on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from worldmodel.camera import DEFAULT_RESOLUTION
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("what", nargs="*", default=["oracle"], choices=["oracle", "play", "kernels"],
+                   help="what to benchmark (default: oracle)")
+    p.add_argument("--resolution", type=int, default=DEFAULT_RESOLUTION)
+    p.add_argument("--batch", type=int, default=64, help="oracle batch size (default 64)")
+    p.add_argument("--frames", type=int, default=256, help="oracle frames per measurement (default 256)")
+    p.add_argument("--ticks", type=int, default=10_000, help="play: ticks in the long session (default 10000)")
+    p.add_argument("--backend", default="model", help="play: frame source, model or oracle (default model)")
+    p.add_argument("--checkpoint", type=Path, default=None, help="play: checkpoint (default: shipped)")
+    p.add_argument("--memory", choices=("on", "off"), default="on", help="play: memory on/off (default on)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
+
+
+def machine_description() -> str:
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, cuda={'yes' if torch.cuda.is_available() else 'no'}")
+
+
+def bench_oracle(resolution: int, batch: int, frames: int, seed: int = 102) -> dict:
+    """Frames/s of `render_views`, batched and single-frame, on one world along a turning path."""
+    from scenes.render import render_views
+    from scenes.world import generate_world
+
+    world = generate_world(seed)
+    start = world.spawn_pose().as_tensor()
+    poses = start.repeat(frames, 1)
+    poses[:, 3] += torch.linspace(0, 2 * math.pi, frames)
+    render_views(world, poses[:batch], resolution)  # warm-up
+    t0 = time.perf_counter()
+    for i in range(0, frames, batch):
+        render_views(world, poses[i:i + batch], resolution)
+    batch_fps = frames / (time.perf_counter() - t0)
+    single = min(frames, 64)
+    t0 = time.perf_counter()
+    for i in range(single):
+        render_views(world, poses[i:i + 1], resolution)
+    single_fps = single / (time.perf_counter() - t0)
+    return {"resolution": resolution, "batch": batch, "batch_fps": batch_fps, "single_fps": single_fps}
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results: dict[str, object] = {"machine": machine_description()}
+    print(f"machine: {results['machine']}")
+    if "oracle" in args.what:
+        r = bench_oracle(args.resolution, args.batch, args.frames)
+        results["oracle"] = r
+        print(f"oracle {r['resolution']}x{r['resolution']}: batch of {r['batch']}: {r['batch_fps']:.0f} frames/s; "
+              f"single frame: {r['single_fps']:.0f} frames/s")
+    if "play" in args.what:
+        from tools.bench_play import bench_play
+
+        r = bench_play(args)
+        results["play"] = r
+    if "kernels" in args.what:
+        from tools.bench_kernels import bench_attention
+
+        results["kernels"] = bench_attention()
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
+    return 0

@@ -1,0 +1,129 @@
+"""`worldmodel dataset`: training clips from procedural worlds, written in safetensors shards.
+
+Each clip is a play-like trajectory (walk, look around, or leave-and-return) in a world made from a
+seed, with the oracle's frames, the exact actions and poses, the world seed and its caption. The
+format is DESIGN-level shared (see `DATASET_FORMAT`); training reads it with worldmodel.data.
+Train worlds use seeds below scenes.world.HELDOUT_SEED_START, held-out worlds seeds at or above it,
+so evaluation never sees a training world.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from scenes.render import render_views
+from scenes.trajectories import POLICIES, POLICY_WEIGHTS, make_trajectory
+from scenes.world import HELDOUT_SEED_START, generate_world, is_heldout_seed
+from worldmodel.camera import DEFAULT_FOV_DEG, DEFAULT_RESOLUTION, DEFAULT_TICK_HZ
+from worldmodel.errors import UserError
+from worldmodel.progress import ProgressBar
+
+DATASET_FORMAT = "worldmodel.dataset"
+DATASET_VERSION = 1
+INDEX_FILE = "dataset.json"
+CLIP_SEED_STRIDE = 1000
+"""Clip RNG seed = world seed * stride + clip index, so clips are reproducible one by one."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--worlds", type=int, required=True, help="number of procedural worlds")
+    p.add_argument("--clips-per-world", type=int, default=4, help="clips per world (default 4)")
+    p.add_argument("--ticks", type=int, default=160, help="frames per clip (default 160)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    p.add_argument("--split", choices=("train", "heldout"), default="train",
+                   help=f"train: seeds from --seed-start; heldout: seeds from {HELDOUT_SEED_START} + --seed-start")
+    p.add_argument("--seed-start", type=int, default=0, help="first world seed offset (default 0)")
+    p.add_argument("--policy", choices=("mix",) + POLICIES, default="mix",
+                   help="trajectory policy; mix draws walk/look/revisit per clip (default)")
+    p.add_argument("--resolution", type=int, default=DEFAULT_RESOLUTION)
+    p.add_argument("--fov", type=float, default=DEFAULT_FOV_DEG)
+    p.add_argument("--tick-hz", type=float, default=DEFAULT_TICK_HZ)
+    p.add_argument("--shard-clips", type=int, default=64, help="clips per shard file (default 64)")
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def _atomic_json(obj: dict, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_dataset(out: Path, worlds: int, clips_per_world: int, ticks: int, split: str = "train",
+                  seed_start: int = 0, policy: str = "mix", resolution: int = DEFAULT_RESOLUTION,
+                  fov_deg: float = DEFAULT_FOV_DEG, tick_hz: float = DEFAULT_TICK_HZ,
+                  shard_clips: int = 64, progress: bool = True) -> dict:
+    """Write the data set and return its index (the content of dataset.json)."""
+    if worlds < 1 or clips_per_world < 1 or ticks < 2 or shard_clips < 1 or resolution < 8:
+        raise UserError("dataset: --worlds, --clips-per-world, --shard-clips must be >= 1, --ticks >= 2, "
+                        "--resolution >= 8")
+    if seed_start < 0:
+        raise UserError("dataset: --seed-start must be >= 0")
+    first = seed_start + (HELDOUT_SEED_START if split == "heldout" else 0)
+    seeds = list(range(first, first + worlds))
+    if split == "train" and is_heldout_seed(seeds[-1]):
+        raise UserError(f"dataset: train seeds must stay below {HELDOUT_SEED_START} (held-out worlds)")
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / INDEX_FILE).exists():
+        raise UserError(f"{out / INDEX_FILE}: a data set already exists there; choose an empty --out")
+    jobs = [(s, c) for s in seeds for c in range(clips_per_world)]
+    shards: list[str] = []
+    buf: dict[str, list] = {"frames": [], "actions": [], "poses": [], "seeds": [], "captions": [], "policies": []}
+    bar = ProgressBar(len(jobs), f"dataset {split}") if progress else None
+
+    def flush() -> None:
+        if not buf["frames"]:
+            return
+        name = f"shard-{len(shards):05d}.safetensors"
+        _atomic_save({
+            "frames": torch.stack(buf["frames"]), "actions": torch.stack(buf["actions"]),
+            "poses": torch.stack(buf["poses"]), "world_seeds": torch.tensor(buf["seeds"], dtype=torch.int64),
+        }, {"captions": json.dumps(buf["captions"]), "policies": json.dumps(buf["policies"])}, out / name)
+        shards.append(name)
+        for v in buf.values():
+            v.clear()
+
+    world = None
+    for seed, clip in jobs:
+        if world is None or world.seed != seed:
+            world = generate_world(seed)
+        rng = random.Random(seed * CLIP_SEED_STRIDE + clip)
+        pol = rng.choices(POLICIES, weights=POLICY_WEIGHTS)[0] if policy == "mix" else policy
+        traj = make_trajectory(world, ticks, pol, rng, tick_hz)
+        buf["frames"].append(render_views(world, traj.poses, resolution, fov_deg))
+        buf["actions"].append(traj.actions)
+        buf["poses"].append(traj.poses)
+        buf["seeds"].append(seed)
+        buf["captions"].append(world.caption)
+        buf["policies"].append(pol)
+        if len(buf["frames"]) >= shard_clips:
+            flush()
+        if bar:
+            bar.update(1)
+    flush()
+    if bar:
+        bar.close()
+    index = {"format": DATASET_FORMAT, "version": DATASET_VERSION, "resolution": [resolution, resolution],
+             "fov_deg": fov_deg, "tick_hz": tick_hz, "split": split, "ticks": ticks, "shards": shards,
+             "clips": len(jobs), "world_seeds": [seeds[0], seeds[-1]], "policy": policy}
+    _atomic_json(index, out / INDEX_FILE)
+    return index
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    index = write_dataset(args.out, args.worlds, args.clips_per_world, args.ticks, args.split, args.seed_start,
+                          args.policy, args.resolution, args.fov, args.tick_hz, args.shard_clips)
+    print(f"wrote {index['clips']} clips x {index['ticks']} ticks in {len(index['shards'])} shards to {args.out}")
+    return 0
