@@ -1,0 +1,136 @@
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from scenes.render import render_views
+from scenes.scene import DEFAULT_SCENE, list_scenes, load_image, load_scene
+from scenes.trajectories import POLICIES, make_trajectory, revisit_ticks
+from scenes.world import caption_vocabulary, generate_world, is_heldout_seed, tokenize_words
+from worldmodel.camera import integrate
+from worldmodel.errors import UserError
+
+
+def test_world_is_deterministic_and_seeds_differ():
+    a, b, c = generate_world(7), generate_world(7), generate_world(8)
+    assert torch.equal(a.primitives.box_centre, b.primitives.box_centre)
+    assert a.caption == b.caption
+    assert a.caption != c.caption or not torch.equal(a.primitives.box_centre, c.primitives.box_centre)
+    assert is_heldout_seed(1_000_000) and not is_heldout_seed(999_999)
+
+
+def test_render_shape_determinism_and_sky_above_ground_below():
+    w = generate_world(3)
+    pose = w.spawn_pose().as_tensor()
+    up = pose.clone()
+    up[4] = 1.2  # look up: mostly sky
+    down = pose.clone()
+    down[4] = -1.2  # look down: the ground
+    imgs = render_views(w, torch.stack([pose, up, down]), 32)
+    assert imgs.shape == (3, 32, 32, 3) and imgs.dtype == torch.uint8
+    assert torch.equal(imgs, render_views(w, torch.stack([pose, up, down]), 32))
+    assert not torch.equal(imgs[1], imgs[2])
+    with pytest.raises(ValueError):
+        render_views(w, torch.tensor([[0.0, 0.0, float("nan"), 0.0, 0.0]]))
+
+
+def test_two_places_in_one_world_look_different():
+    w = generate_world(102)
+    p = w.spawn_pose().as_tensor()
+    q = p.clone()
+    q[3] += 3.14159
+    a, b = render_views(w, torch.stack([p, q]), 64).float()
+    assert (a - b).abs().mean() > 10
+
+
+def test_captions_only_use_vocabulary_words():
+    vocab = set(caption_vocabulary())
+    for seed in range(30):
+        assert set(tokenize_words(generate_world(seed).caption)) <= vocab
+
+
+def test_trajectories_integrate_exactly_and_revisit_comes_back():
+    w = generate_world(1)
+    for policy in POLICIES:
+        tr = make_trajectory(w, 160, policy, random.Random(0))
+        assert tr.actions.shape == (160, 5) and torch.all(tr.actions[0] == 0)
+        pose = tr.poses[0]
+        for t in range(1, 160):
+            pose = integrate(pose, tr.actions[t])
+        assert torch.allclose(pose, tr.poses[-1], atol=1e-3)
+    found = sum(bool(revisit_ticks(make_trajectory(generate_world(s), 160, "revisit", random.Random(s)).poses))
+                for s in range(6))
+    assert found >= 4
+
+
+def test_bundled_scenes_load_and_match_their_worlds():
+    names = list_scenes()
+    assert len(names) >= 8 and DEFAULT_SCENE in names
+    for name in names:
+        scene = load_scene(name)
+        assert scene.image.ndim == 3 and scene.image.shape[2] == 3 and scene.prompt
+        assert scene.world_seed is not None
+    s = load_scene(DEFAULT_SCENE)
+    truth = render_views(generate_world(s.world_seed), s.start_pose.as_tensor()[None], s.image.shape[0])[0]
+    assert np.abs(truth.numpy().astype(int) - s.image.astype(int)).max() <= 1
+
+
+def test_procedural_scene_spec():
+    s = load_scene("procedural:5")
+    assert s.world_seed == 5 and s.prompt == generate_world(5).caption
+    for bad in ("procedural:", "procedural:-3", "procedural:abc"):
+        with pytest.raises(UserError, match="seed"):
+            load_scene(bad)
+
+
+def test_scene_folder_errors_name_the_file(tmp_path):
+    with pytest.raises(UserError, match="no scene.toml"):
+        load_scene(str(tmp_path))
+    (tmp_path / "scene.toml").write_text("prompt = 3\nstart_pose = [0, 1, 0, 0, 0]\n")
+    with pytest.raises(UserError, match=r"scene.toml: field 'prompt' must be str"):
+        load_scene(str(tmp_path))
+    (tmp_path / "scene.toml").write_text('prompt = "x"\nstart_pose = [0, 1, 0]\n')
+    with pytest.raises(UserError, match="start_pose"):
+        load_scene(str(tmp_path))
+    (tmp_path / "scene.toml").write_text('prompt = "x"\nstart_pose = [0, 1, 0, 0, 0]\n')
+    with pytest.raises(UserError, match="start.png: image file not found"):
+        load_scene(str(tmp_path))
+    (tmp_path / "scene.toml").write_text('prompt = "x" = y')
+    with pytest.raises(UserError, match="not valid TOML"):
+        load_scene(str(tmp_path))
+    with pytest.raises(UserError, match="no such scene"):
+        load_scene("no-such-scene-anywhere")
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "P", "I;16", "LA"])
+def test_any_image_mode_and_size_converts(tmp_path, mode):
+    arr = (np.arange(40 * 30) % 251).reshape(30, 40).astype(np.uint8)
+    im = Image.fromarray(arr).convert(mode) if mode != "I;16" else Image.fromarray(arr.astype(np.uint16) * 200)
+    path = tmp_path / "x.png"
+    im.save(path)
+    out = load_image(path, 64)
+    assert out.shape == (64, 64, 3) and out.dtype == np.uint8
+    jpg = tmp_path / "y.jpg"
+    Image.fromarray(arr).convert("RGB").save(jpg)
+    assert load_image(jpg, 16).shape == (16, 16, 3)
+
+
+def test_broken_images_get_one_clear_error(tmp_path):
+    not_image = tmp_path / "a.png"
+    not_image.write_text("hello")
+    with pytest.raises(UserError, match="a.png: not an image"):
+        load_image(not_image)
+    good = tmp_path / "b.png"
+    Image.new("RGB", (64, 64), (10, 20, 30)).save(good)
+    truncated = tmp_path / "c.png"
+    truncated.write_bytes(good.read_bytes()[:60])
+    with pytest.raises(UserError, match="c.png"):
+        load_image(truncated)
+    gif = tmp_path / "d.gif"
+    Image.new("RGB", (8, 8)).save(gif)
+    with pytest.raises(UserError, match="PNG or JPEG"):
+        load_image(gif)
+    with pytest.raises(UserError, match="not found"):
+        load_image(tmp_path / "missing.png")
