@@ -1,0 +1,67 @@
+"""Fidelity metrics (DESIGN.md §6, binding): PSNR and SSIM on frames with values in [0, 1].
+
+Inputs are float tensors [..., H, W, 3] or [..., 3, H, W] (channel axis given) in [0, 1], or uint8
+(converted). Every report in the project (training validation, eval, guard tests) uses these two
+functions, so numbers are comparable everywhere.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+SSIM_K1, SSIM_K2 = 0.01, 0.03
+PSNR_MAX_DB = 100.0
+"""PSNR of identical frames is capped here instead of infinity, so means stay finite."""
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, channel_dim: int = -1) -> torch.Tensor:
+    """PSNR in dB per frame: a, b [..., H, W, 3] (or channels at `channel_dim`) -> [...]."""
+    a, b = to_unit(a), to_unit(b)
+    if channel_dim != -1:
+        a, b = a.movedim(channel_dim, -1), b.movedim(channel_dim, -1)
+    mse = ((a - b) ** 2).flatten(-3).mean(-1)
+    return (10 * torch.log10(1.0 / mse.clamp(min=1e-10))).clamp(max=PSNR_MAX_DB)
+
+
+def _gaussian_window(device, dtype) -> torch.Tensor:
+    coords = torch.arange(SSIM_WINDOW, device=device, dtype=dtype) - SSIM_WINDOW // 2
+    g = torch.exp(-(coords ** 2) / (2 * SSIM_SIGMA ** 2))
+    g = g / g.sum()
+    return g
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, channel_dim: int = -1) -> torch.Tensor:
+    """SSIM per frame (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, per channel, averaged).
+
+    a, b [..., H, W, 3] (or channels at `channel_dim`) -> [...]; 'valid' windows only.
+    """
+    a, b = to_unit(a), to_unit(b)
+    if channel_dim != -1:
+        a, b = a.movedim(channel_dim, -1), b.movedim(channel_dim, -1)
+    lead = a.shape[:-3]
+    h, w = a.shape[-3], a.shape[-2]
+    x = a.reshape(-1, h, w, 3).permute(0, 3, 1, 2).reshape(-1, 1, h, w)
+    y = b.reshape(-1, h, w, 3).permute(0, 3, 1, 2).reshape(-1, 1, h, w)
+    g = _gaussian_window(x.device, x.dtype)
+    win = min(SSIM_WINDOW, h, w)
+    g = g[(SSIM_WINDOW - win) // 2: (SSIM_WINDOW - win) // 2 + win]
+    g = g / g.sum()
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        t = F.conv2d(t, g.view(1, 1, 1, -1))
+        return F.conv2d(t, g.view(1, 1, -1, 1))
+
+    mu_x, mu_y = blur(x), blur(y)
+    sxx = blur(x * x) - mu_x ** 2
+    syy = blur(y * y) - mu_y ** 2
+    sxy = blur(x * y) - mu_x * mu_y
+    c1, c2 = SSIM_K1 ** 2, SSIM_K2 ** 2
+    s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2))
+    return s.flatten(1).mean(-1).reshape(*lead, 3).mean(-1)
