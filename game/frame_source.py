@@ -1,0 +1,128 @@
+"""Where frames come from: the FrameSource protocol and the procedural oracle.
+
+The game loop, recording and replay only talk to a `FrameSource`, so the learned generator
+(`worldmodel.runtime.ModelFrameSource`) and the ray-cast ground truth (`OracleFrameSource`) are
+interchangeable: play with the oracle to check controls and worlds, replay a model session with
+the oracle to see what the model should have drawn.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from worldmodel.camera import ACTION_DIM, DEFAULT_FOV_DEG, DEFAULT_RESOLUTION, CameraPose
+from worldmodel.errors import UserError
+
+ORACLE_BACKEND = "oracle"
+MODEL_BACKEND = "model"
+DEFAULT_BACKEND = ORACLE_BACKEND
+"""Backend of `worldmodel play` when none is given (the lead switches this to MODEL_BACKEND)."""
+BACKEND_CHOICES: tuple[str, ...] = (ORACLE_BACKEND, MODEL_BACKEND)
+WORLD_CACHE_SIZE = 4
+"""Generated worlds kept per oracle (replaying several logs of the same seeds reuses them)."""
+
+
+@runtime_checkable
+class FrameSource(Protocol):
+    """Produces one RGB uint8 frame [H, W, 3] (H = W = resolution) per tick."""
+
+    name: str
+    resolution: int
+
+    def reset(self, scene, start_pose: CameraPose, prompt: str, seed: int) -> np.ndarray:
+        """Start a session at `start_pose`; returns the first frame (tick 0)."""
+        ...
+
+    def step(self, action: Sequence[float], pose: CameraPose) -> np.ndarray:
+        """The frame after `action`; `pose` is the absolute pose after it (DESIGN §2)."""
+        ...
+
+
+class OracleFrameSource:
+    """Ground truth: renders the scene's procedural world (`scenes.render.render_views`) at the pose.
+
+    The world is `scene.world_seed`'s, or the session seed's when the scene has none (a plain image
+    scene). With `start_image` (uint8 [res, res, 3], e.g. from `--image`) the first frame shown is
+    that picture; later frames are the procedural world. Deterministic: same poses, same pixels.
+    """
+
+    name = ORACLE_BACKEND
+
+    def __init__(self, resolution: int = DEFAULT_RESOLUTION, fov_deg: float | None = None,
+                 start_image: np.ndarray | None = None) -> None:
+        if resolution <= 0:
+            raise ValueError(f"resolution must be positive, got {resolution}")
+        if fov_deg is not None and not (math.isfinite(fov_deg) and 0 < fov_deg < 180):
+            raise ValueError(f"field of view must be in (0, 180) degrees, got {fov_deg}")
+        if start_image is not None and tuple(start_image.shape) != (resolution, resolution, 3):
+            raise ValueError(f"start image must be [{resolution}, {resolution}, 3], got {tuple(start_image.shape)}")
+        self.resolution = int(resolution)
+        self.fixed_fov_deg = fov_deg
+        self.fov_deg = fov_deg if fov_deg is not None else DEFAULT_FOV_DEG
+        self.start_image = None if start_image is None else np.ascontiguousarray(start_image, dtype=np.uint8)
+        self._worlds: dict[int, object] = {}
+        self.world = None
+        self.world_seed: int | None = None
+
+    def _world(self, seed: int):
+        from scenes.world import generate_world
+
+        if seed not in self._worlds:
+            if len(self._worlds) >= WORLD_CACHE_SIZE:
+                self._worlds.pop(next(iter(self._worlds)))
+            self._worlds[seed] = generate_world(seed)
+        return self._worlds[seed]
+
+    def render(self, pose: CameraPose) -> np.ndarray:
+        """The true frame at `pose`, uint8 [res, res, 3]."""
+        from scenes.render import render_views
+
+        if self.world is None:
+            raise RuntimeError("OracleFrameSource.render before reset")
+        frame = render_views(self.world, pose.as_tensor()[None], self.resolution, self.fov_deg)  # [1, H, W, 3]
+        return frame[0].numpy()
+
+    def reset(self, scene, start_pose: CameraPose, prompt: str, seed: int) -> np.ndarray:
+        self.world_seed = int(scene.world_seed) if scene.world_seed is not None else int(seed)
+        self.world = self._world(self.world_seed)
+        if self.fixed_fov_deg is None:
+            self.fov_deg = float(scene.fov_deg)
+        if self.start_image is not None:
+            return self.start_image.copy()
+        return self.render(start_pose)
+
+    def step(self, action: Sequence[float], pose: CameraPose) -> np.ndarray:
+        if len(action) != ACTION_DIM:
+            raise ValueError(f"an action has {ACTION_DIM} numbers, got {len(action)}")
+        return self.render(pose)
+
+
+def make_frame_source(backend: str, *, resolution: int = DEFAULT_RESOLUTION, fov_deg: float | None = None,
+                      start_image_path: str | None = None, checkpoint: str | None = None,
+                      device: str = "cpu") -> FrameSource:
+    """The frame source for a backend name; the model is imported lazily (it is heavy and optional).
+
+    `start_image_path` (the `--image` picture) makes the oracle show it as the first frame; the
+    model always starts from `scene.image`, which the caller replaces with that picture.
+    """
+    if backend == ORACLE_BACKEND:
+        start_image = None
+        if start_image_path is not None:
+            from scenes.scene import load_image
+
+            start_image = load_image(start_image_path, resolution)
+        return OracleFrameSource(resolution, fov_deg, start_image)
+    if backend == MODEL_BACKEND:
+        try:
+            from worldmodel.runtime import ModelFrameSource
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith("worldmodel"):
+                raise UserError(
+                    "--backend model: the learned generator is not available in this installation "
+                    f"({exc.name} is missing); use --backend oracle") from exc
+            raise
+        return ModelFrameSource(checkpoint=checkpoint, device=device)
+    raise UserError(f"--backend: unknown backend {backend!r} (choose from {', '.join(BACKEND_CHOICES)})")

@@ -1,0 +1,80 @@
+"""`worldmodel play`: play a scene in a window with keyboard and mouse.
+
+    worldmodel play [SCENE] [--image PATH --prompt TEXT] [--backend oracle|model] [--record PATH]
+                    [--tick-hz F] [--window 512] [--seed N] [--max-ticks N] [--checkpoint PATH]
+
+SCENE is a bundled scene name, a scene folder or `procedural:<seed>`. Without a display (Linux,
+no DISPLAY/WAYLAND_DISPLAY, no SDL_VIDEODRIVER) it says so in one line and exits with 2: record
+elsewhere or write a log, then export it with `worldmodel replay LOG --out run.mp4`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+from game.frame_source import BACKEND_CHOICES, DEFAULT_BACKEND
+from worldmodel.camera import DEFAULT_RESOLUTION, DEFAULT_TICK_HZ
+from worldmodel.errors import UserError
+
+NO_DISPLAY_EXIT = 2
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from game.loop import DEFAULT_WINDOW
+
+    p.add_argument("scene", nargs="?", default=None,
+                   help="bundled scene name, scene folder or procedural:<seed> (default: the default scene)")
+    p.add_argument("--image", default=None, help="start from this picture (PNG/JPEG) instead of the scene's")
+    p.add_argument("--prompt", default=None, help="text prompt (default: the scene's)")
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default=DEFAULT_BACKEND,
+                   help=f"frame source (default {DEFAULT_BACKEND})")
+    p.add_argument("--checkpoint", default=None, help="model checkpoint (default: the shipped one)")
+    p.add_argument("--record", default=None, metavar="PATH",
+                   help="record an action log from the first tick (R records to recordings/ any time)")
+    p.add_argument("--tick-hz", type=float, default=DEFAULT_TICK_HZ,
+                   help=f"ticks (= generated frames) per second (default {DEFAULT_TICK_HZ:g})")
+    p.add_argument("--window", type=int, default=DEFAULT_WINDOW, help=f"window side in pixels (default {DEFAULT_WINDOW})")
+    p.add_argument("--smooth", action="store_true", help="smooth upscaling (default: nearest, crisp pixels)")
+    p.add_argument("--resolution", type=int, default=DEFAULT_RESOLUTION,
+                   help=f"oracle frame size (default {DEFAULT_RESOLUTION}; the model uses its checkpoint's)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed of the session (default 0)")
+    p.add_argument("--max-ticks", type=int, default=None, help="quit after N ticks (automation)")
+    p.add_argument("--walk", action="store_true", help="start in walking mode (height kept; F toggles)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice; 1 is often fastest for 64 px frames "
+                        "on a busy machine)")
+    p.add_argument("--no-hud", action="store_true", help="start with the HUD hidden (H toggles)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads: must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    from game.loop import NO_DISPLAY_MESSAGE, GameConfig, display_available, run_game
+
+    if not display_available():
+        print(NO_DISPLAY_MESSAGE, file=sys.stderr)
+        return NO_DISPLAY_EXIT
+    if not (math.isfinite(args.tick_hz) and args.tick_hz > 0):
+        raise UserError(f"--tick-hz: must be a positive number, got {args.tick_hz}")
+    if args.max_ticks is not None and args.max_ticks < 0:
+        raise UserError(f"--max-ticks: must be >= 0, got {args.max_ticks}")
+    if args.resolution <= 0:
+        raise UserError(f"--resolution: must be positive, got {args.resolution}")
+    if args.prompt is not None and args.image is None and args.backend == "oracle":
+        print("note: the oracle ignores --prompt (it renders the scene's world)", file=sys.stderr)
+    config = GameConfig(scene=args.scene, image=args.image, prompt=args.prompt, backend=args.backend,
+                        checkpoint=args.checkpoint, seed=args.seed, tick_hz=args.tick_hz,
+                        resolution=args.resolution, window=args.window, smooth=args.smooth, record=args.record,
+                        max_ticks=args.max_ticks, fly=not args.walk, show_hud=not args.no_hud)
+    result = run_game(config)
+    for path in result.recordings:
+        print(f"recorded {path}", file=sys.stderr)
+    for path in result.screenshots:
+        print(f"screenshot {path}", file=sys.stderr)
+    return 0

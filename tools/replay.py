@@ -1,0 +1,62 @@
+"""`worldmodel replay`: replay an action log to a video file, PNG frames or the game window.
+
+    worldmodel replay LOG [--out run.mp4|run.gif|DIR/] [--backend oracle|model] [--fps F] [--size 256]
+
+Replay follows the logged poses. With --out it runs headless (progress bar on stderr) and writes
+the file atomically; frames stay at their native resolution unless --size (nearest upscaling).
+Without --out it plays the log in the game window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from game.frame_source import BACKEND_CHOICES
+from worldmodel.errors import UserError
+
+NO_DISPLAY_EXIT = 2
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("log", help="action log (.jsonl) written by `worldmodel play`")
+    p.add_argument("--out", default=None,
+                   help="run.mp4, run.gif or a folder DIR/ of frame_00000.png ... (default: show in a window)")
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default=None,
+                   help="frame source (default: the one the log was recorded with)")
+    p.add_argument("--checkpoint", default=None, help="model checkpoint (default: the shipped one)")
+    p.add_argument("--fps", type=float, default=None, help="playback frame rate (default: the log's tick rate)")
+    p.add_argument("--size", type=int, default=None,
+                   help="output side in pixels, nearest upscaling (default: native resolution)")
+    p.add_argument("--window", type=int, default=None, help="window side when replaying in a window")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice; 1 is often fastest for 64 px frames "
+                        "on a busy machine)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads: must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.out is not None:
+        from game.replay import export_replay
+
+        result = export_replay(args.log, args.out, backend=args.backend, fps=args.fps, size=args.size,
+                               checkpoint=args.checkpoint, progress=not args.quiet)
+        print(f"wrote {result.path} ({result.frames} frames, {result.ms_per_frame:.1f} ms/frame)", file=sys.stderr)
+        return 0
+    from game.loop import display_available
+    from game.replay import replay_in_window
+
+    if not display_available():
+        print("worldmodel replay: no display here (DISPLAY/WAYLAND_DISPLAY unset); export instead: "
+              f"worldmodel replay {args.log} --out run.mp4", file=sys.stderr)
+        return NO_DISPLAY_EXIT
+    if args.size is not None:
+        raise UserError("--size applies to --out exports; use --window for the window size")
+    replay_in_window(args.log, backend=args.backend, checkpoint=args.checkpoint, window=args.window, fps=args.fps)
+    return 0
