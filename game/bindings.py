@@ -44,6 +44,7 @@ class Command(Enum):
     HUD = "hud"
     MEMORY_MAP = "memory_map"
     TOGGLE_FLY = "toggle_fly"
+    SAVE_WORLD = "save_world"
 
 
 COMMAND_HELP: dict[Command, str] = {
@@ -56,6 +57,7 @@ COMMAND_HELP: dict[Command, str] = {
     Command.HUD: "show / hide the HUD",
     Command.MEMORY_MAP: "show / hide the memory map",
     Command.TOGGLE_FLY: "fly mode (up/down keys) / walking (height kept)",
+    Command.SAVE_WORLD: "save the world now (needs --save-world DIR, model backend)",
 }
 
 
@@ -109,6 +111,7 @@ def _default_commands() -> dict[int, Command]:
         pygame.K_h: Command.HUD,
         pygame.K_m: Command.MEMORY_MAP,
         pygame.K_f: Command.TOGGLE_FLY,
+        pygame.K_F5: Command.SAVE_WORLD,
     }
 
 

@@ -109,6 +109,10 @@ class GameConfig:
     script: Sequence[ScriptedTick] | None = None
     exit_when_done: bool = False
     title: str = WINDOW_TITLE
+    save_world: str | None = None
+    """Folder to save the world to on quit (and on F5): memory + generator state (model backend)."""
+    load_world: str | None = None
+    """Folder of a saved world to continue from (model backend, same checkpoint)."""
 
 
 @dataclass
@@ -211,6 +215,15 @@ class _Game:
         elif cmd is Command.SCREENSHOT:
             path = self.screenshot()
             self.hud.show_message(f"screenshot {path}", now)
+        elif cmd is Command.SAVE_WORLD:
+            if self.config.save_world is None:
+                self.hud.show_message("start with --save-world DIR to save the world", now)
+            else:
+                try:
+                    path = self.session.save_world(self.config.save_world)
+                    self.hud.show_message(f"world saved to {path}", now)
+                except UserError as exc:
+                    self.hud.show_message(str(exc), now)
 
     def screenshot(self) -> Path:
         """Save the window as shown (frame + overlays) to screenshots/<scene>-<time>-t<tick>.png."""
@@ -279,6 +292,8 @@ def run_game(config: GameConfig) -> GameResult:
         session = config.session if config.session is not None else build_session(config)
         game = _Game(config, session)
         session.reset()
+        if config.load_world is not None:
+            session.load_world(config.load_world)
         if config.record is not None:
             game.recordings.append(session.start_recording(config.record))
         events: EventSource = config.event_source or (lambda _tick: pygame.event.get())
@@ -301,6 +316,8 @@ def run_game(config: GameConfig) -> GameResult:
             game.draw()
             if config.realtime:
                 session.wait_for_next_tick()
+        if config.save_world is not None:
+            session.save_world(config.save_world)
         return GameResult(ticks=session.tick, recordings=game.recordings, screenshots=game.screenshots,
                           final_pose=session.pose)
     finally:

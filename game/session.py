@@ -23,6 +23,7 @@ import numpy as np
 from game.action_log import ActionLogWriter, make_header
 from game.frame_source import FrameSource
 from worldmodel.camera import ACTION_DIM, DEFAULT_TICK_HZ, CameraPose
+from worldmodel.errors import UserError
 
 RECORDINGS_DIR = Path("recordings")
 """Auto-named recordings go here (relative to the working directory)."""
@@ -235,6 +236,34 @@ class PlaySession:
     def toggle_recording(self) -> Path | None:
         """Start if stopped, stop if recording; returns the log path either way."""
         return self.stop_recording() if self.recording else self.start_recording()
+
+    # --- saved worlds (model backend: memory store + generator state) ---
+    def save_world(self, directory: str | Path) -> Path:
+        """Save the memory and the generator's exact state so `load_world` continues from here."""
+        from worldmodel.world_state import save_world
+
+        if getattr(self.source, "session", None) is None:
+            raise UserError(f"{directory}: saving a world needs the model backend (the oracle has no memory)")
+        extra = {"scene": self.scene_spec, "prompt": self.prompt, "seed": self.seed, "tick_hz": self.tick_hz,
+                 "pose": self.pose.as_list(), "start_pose": self.start_pose.as_list(),
+                 "image": None if self.image_path is None else str(self.image_path),
+                 "pose_history": [p.as_list() for p in self.path]}
+        return save_world(self.source, directory, extra)
+
+    def load_world(self, directory: str | Path) -> dict[str, Any]:
+        """Continue a world saved by `save_world` (call after `reset`); returns its metadata."""
+        from worldmodel.world_state import load_world
+
+        if getattr(self.source, "session", None) is None:
+            raise UserError(f"{directory}: resuming a world needs the model backend (the oracle has no memory)")
+        meta = load_world(self.source, directory)
+        self.pose = CameraPose.from_sequence(meta["pose"])
+        self.tick = int(meta["tick"])
+        self.path.clear()
+        self.path.extend(CameraPose.from_sequence(p) for p in meta.get("pose_history", []) or [meta["pose"]])
+        self.frame = self.source.current_frame()
+        self.pacer.restart()
+        return meta
 
     def close(self) -> None:
         self.stop_recording()

@@ -2,6 +2,7 @@
 
     worldmodel play [SCENE] [--image PATH --prompt TEXT] [--backend oracle|model] [--record PATH]
                     [--tick-hz F] [--window 512] [--seed N] [--max-ticks N] [--checkpoint PATH]
+                    [--save-world DIR] [--load-world DIR]
 
 SCENE is a bundled scene name, a scene folder or `procedural:<seed>`. Without a display (Linux,
 no DISPLAY/WAYLAND_DISPLAY, no SDL_VIDEODRIVER) it says so in one line and exits with 2: record
@@ -39,13 +40,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--smooth", action="store_true", help="smooth upscaling (default: nearest, crisp pixels)")
     p.add_argument("--resolution", type=int, default=DEFAULT_RESOLUTION,
                    help=f"oracle frame size (default {DEFAULT_RESOLUTION}; the model uses its checkpoint's)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed of the session (default 0)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="sampling seed of the session (default 0, or the saved world's)")
     p.add_argument("--max-ticks", type=int, default=None, help="quit after N ticks (automation)")
     p.add_argument("--walk", action="store_true", help="start in walking mode (height kept; F toggles)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice; 1 is often fastest for 64 px frames "
                         "on a busy machine)")
     p.add_argument("--no-hud", action="store_true", help="start with the HUD hidden (H toggles)")
+    p.add_argument("--save-world", default=None, metavar="DIR",
+                   help="save the world (memory + generator state) to DIR on quit and on F5 (model backend)")
+    p.add_argument("--load-world", default=None, metavar="DIR",
+                   help="continue a saved world (its scene, prompt and seed unless given; same checkpoint)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,10 +74,29 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--resolution: must be positive, got {args.resolution}")
     if args.prompt is not None and args.image is None and args.backend == "oracle":
         print("note: the oracle ignores --prompt (it renders the scene's world)", file=sys.stderr)
+    if args.load_world is not None:
+        from worldmodel.world_state import read_world_meta
+
+        if args.backend != "model":
+            raise UserError(f"--load-world: a saved world continues with --backend model, not {args.backend}")
+        meta = read_world_meta(args.load_world)
+        if args.scene is None:
+            args.scene = meta.get("scene")
+        if args.prompt is None and args.image is None:
+            args.prompt = meta.get("prompt")
+        if args.image is None and meta.get("image"):
+            args.image = meta["image"]
+        if args.seed is None and isinstance(meta.get("seed"), int):
+            args.seed = meta["seed"]
+    if args.seed is None:
+        args.seed = 0
+    if args.save_world is not None and args.backend != "model":
+        raise UserError(f"--save-world: saving a world needs --backend model (the {args.backend} has no memory)")
     config = GameConfig(scene=args.scene, image=args.image, prompt=args.prompt, backend=args.backend,
                         checkpoint=args.checkpoint, seed=args.seed, tick_hz=args.tick_hz,
                         resolution=args.resolution, window=args.window, smooth=args.smooth, record=args.record,
-                        max_ticks=args.max_ticks, fly=not args.walk, show_hud=not args.no_hud)
+                        max_ticks=args.max_ticks, fly=not args.walk, show_hud=not args.no_hud,
+                        save_world=args.save_world, load_world=args.load_world)
     result = run_game(config)
     for path in result.recordings:
         print(f"recorded {path}", file=sys.stderr)
