@@ -43,15 +43,15 @@ class WorldModelConfig:
     tick_hz: float = DEFAULT_TICK_HZ
 
     # --- transformer ---
-    d_model: int = 256
-    layers: int = 6
+    d_model: int = 192
+    layers: int = 4
     heads: int = 4
     mlp_ratio: float = 4.0
-    cond_dim: int = 256
+    cond_dim: int = 192
     """Width of the per-frame conditioning vector (noise level + action + pooled text) fed to adaLN."""
 
     # --- positional / camera encoding (per head) ---
-    camera_dims: int = 32
+    camera_dims: int = 16
     rope_row_dims: int = 8
     rope_col_dims: int = 8
     rope_time_dims: int = 16
@@ -62,8 +62,8 @@ class WorldModelConfig:
     rope_spatial_base: float = 100.0
     rope_time_base: float = 1000.0
     max_time_offset: int = 256
-    """Sink and memory tokens look at most this many ticks old, so relative time stays in the range
-    training saw however long a session lasts (the sink is re-timed, memory is rebuilt every tick)."""
+    """The sink looks at most this many ticks old (its keys are re-timed), so relative time stays in
+    the range training saw however long a session lasts. Memory keys carry no time at all."""
 
     # --- text ---
     vocab: list[str] = field(default_factory=list)
@@ -78,7 +78,7 @@ class WorldModelConfig:
     """Typical magnitude of each action field (metres / radians per tick); actions are divided by it."""
 
     # --- cache and memory ---
-    window_frames: int = 8
+    window_frames: int = 6
     use_memory: bool = True
     memory_entries: int = 4
     memory_tokens: int = 16

@@ -1,20 +1,22 @@
 """`KVCache`: the one preallocated play-time key/value cache of the world model.
 
-Layout of every layer's cache (tokens along S; P = tokens per frame = latent_size**2, 64 by default):
+Layout of every layer's cache (tokens along S; P = tokens per frame = latent_size**2, 64 by default;
+numbers for the default config: memory 4 entries x 16 tokens, window W = 6 frames):
 
     slots [0, P)                      sink     the start frame, written once at reset, kept for ever
-    slots [P, P + M)                  memory   M = memory_entries * memory_tokens (4 * 16 = 64), rebuilt
-                                               every tick from the retrieved memory entries
-    slots [P + M, P + M + W*P)        window   ring buffer of the last W committed frames (8 * 64 = 512)
+    slots [P, P + M)                  memory   M = memory_entries * memory_tokens (4 * 16 = 64), written
+                                               when the retrieved entries change
+    slots [P + M, P + M + W*P)        window   ring buffer of the last W committed frames (6 * 64 = 384)
     slots [P + M + W*P, S)            current  the frame being denoised (64)
 
-    S = P + M + W*P + P  (default 64 + 64 + 512 + 64 = 704 tokens per layer)
+    S = P + M + W*P + P  (default 64 + 64 + 384 + 64 = 576 tokens per layer)
 
 Storage: `k` and `v` are each ONE tensor [layers, B, heads, S, head_dim] allocated at construction
 (`k[l]` is layer l's [B, heads, S, head_dim] view), `valid` is a bool [B, S] mask of filled slots
 shared by all layers, `sink_raw_k` [layers, B, heads, P, head_dim] keeps the sink's keys before the
 temporal rotation so the sink can be re-timed (`max_time_offset`) without recomputing anything.
-Default size in fp32: 2 * 6 * 4 * 704 * 64 * 4 bytes = 8.7 MB per batch element.
+Default size: 2 (K, V) * 4 layers * 4 heads * 576 slots * 48 dims = 885k numbers per batch element,
+3.5 MB in fp32 (1.8 MB in bf16), plus the sink's raw keys (0.2 MB): `nbytes()`.
 
 Nothing is ever reallocated or concatenated: frames are written with `index_copy_` at slot indices
 that are tensors (the ring position `window_pos` is a 0-dim tensor), so a compiled step function
@@ -67,6 +69,8 @@ class KVCache:
         self.region = region  # [S]
         self.sink_tick = 0
         """Tick the sink's keys are currently rotated to (see WorldModel.retime_sink)."""
+        self.memory_ids: tuple | None = None
+        """Names of the entries whose K/V fill the memory slots (None = unknown, recompute)."""
 
     @property
     def device(self) -> torch.device:
@@ -82,6 +86,7 @@ class KVCache:
         self.window_pos.zero_()
         self.window_ticks.fill_(-1)
         self.sink_tick = 0
+        self.memory_ids = None
 
     def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Layer `index`'s K and V, each [B, H, S, D] (views into the one allocation)."""
@@ -110,6 +115,8 @@ class KVCache:
         """entry_valid bool [B, memory_entries] -> the memory slots' valid bits."""
         if self.memory_slots == 0:
             return
+        if not bool(entry_valid.any()):
+            self.memory_ids = None
         tokens = self.config.memory_tokens
         self.valid[:, self.memory_start: self.window_start] = entry_valid.repeat_interleave(tokens, dim=1)
 

@@ -1,0 +1,121 @@
+"""`worldmodel train`: train the autoencoder (stage ae) or the world model (stage world).
+
+    worldmodel train --stage ae    --data /work/data/train --val /work/data/heldout --out runs/ae --steps 3000
+    worldmodel train --stage world --data train_latents.safetensors --val heldout_latents.safetensors \\
+                     --autoencoder runs/ae/autoencoder.safetensors --out runs/world --steps 3000
+
+Both stages resume from OUT when it holds a training state of the same config (--no-resume starts
+over), print a progress bar on stderr and write OUT/log.jsonl. The world stage writes
+OUT/world_model.safetensors: the one checkpoint `worldmodel play --checkpoint` loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from worldmodel.errors import UserError
+
+PRESETS = ("default", "tiny")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--stage", choices=("ae", "world"), required=True, help="what to train")
+    p.add_argument("--data", type=Path, required=True,
+                   help="ae: a clip data set folder; world: a latent cache (.safetensors)")
+    p.add_argument("--val", type=Path, default=None,
+                   help="held-out data of the same kind (ae: folder, world: latent cache)")
+    p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, log.jsonl)")
+    p.add_argument("--steps", type=int, default=None, help="total optimisation steps")
+    p.add_argument("--batch", type=int, default=None, help="batch size")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default auto)")
+    p.add_argument("--no-resume", action="store_true", help="start over even if OUT holds a run")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--autoencoder", type=Path, default=None,
+                   help="world: the autoencoder checkpoint the latents were encoded with (bundled)")
+    p.add_argument("--preset", choices=PRESETS, default="default", help="world: model config preset")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="world: override a WorldModelConfig field (JSON value), e.g. --set layers=6")
+    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="world: override a TrainOptions field, e.g. --opt val_every=200")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="world: stop this run after N steps (resume later with the same command)")
+    p.add_argument("--export", type=Path, default=None,
+                   help="world: also copy the final checkpoint here (e.g. the shipped default path)")
+
+
+def _parse_overrides(items: list[str], cls: type, flag: str) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise UserError(f"{flag} {item!r}: expected KEY=VALUE")
+        if key not in names:
+            raise UserError(f"{flag} {item!r}: unknown field {key!r} (known: {', '.join(sorted(names))})")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw  # bare strings such as memory_compression=patch
+    return out
+
+
+def _run_world(args: argparse.Namespace) -> int:
+    from worldmodel.config import WorldModelConfig, default_config, tiny_config
+    from worldmodel.train import TrainOptions, train_world_model
+
+    if args.autoencoder is None:
+        raise UserError("train --stage world: --autoencoder PATH is required (the checkpoint bundles it)")
+    overrides = _parse_overrides(args.set, WorldModelConfig, "--set")
+    try:
+        config = (tiny_config if args.preset == "tiny" else default_config)(**overrides)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"--set: {exc}") from None
+    opt_over = _parse_overrides(args.opt, TrainOptions, "--opt")
+    for flag, key in (("steps", "steps"), ("batch", "batch"), ("lr", "lr")):
+        value = getattr(args, flag)
+        if value is not None:
+            opt_over[key] = value
+    options = TrainOptions(**opt_over)
+    path = train_world_model(args.data, args.out, args.autoencoder, options, config, val_latents_path=args.val,
+                             resume=not args.no_resume, device=args.device, stop_after=args.stop_after)
+    print(f"world model checkpoint: {path}")
+    if args.export is not None:
+        args.export.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.export.with_name(args.export.name + ".tmp")
+        shutil.copyfile(path, tmp)
+        tmp.replace(args.export)
+        print(f"exported to {args.export}")
+    return 0
+
+
+def _run_ae(args: argparse.Namespace) -> int:
+    from worldmodel.train_autoencoder import train_autoencoder
+
+    kwargs: dict[str, Any] = dict(val_dir=args.val, resume=not args.no_resume, device=args.device)
+    if args.steps is not None:
+        kwargs["steps"] = args.steps
+    if args.batch is not None:
+        kwargs["batch_size"] = args.batch
+    if args.lr is not None:
+        kwargs["lr"] = args.lr
+    path = train_autoencoder(args.data, args.out, **kwargs)
+    print(f"autoencoder checkpoint: {path}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
+    if args.stage == "ae":
+        return _run_ae(args)
+    return _run_world(args)

@@ -1,0 +1,211 @@
+"""The product checkpoint: ONE safetensors file with everything play needs (DESIGN §3).
+
+Tensors: the autoencoder under "ae.", the world model (transformer + text encoder) under "model.".
+Metadata (all strings): {"format": "worldmodel.checkpoint", "version": "1", "config": the
+WorldModelConfig JSON, "ae_config": the AutoencoderConfig JSON, "vocab": JSON list, "tick_hz",
+"train": JSON summary of how it was trained}.
+
+Saving is atomic (temp file in the same folder, fsync, rename), so a crash never leaves half a
+checkpoint under the real name. Loading checks everything and raises one `UserError` that says
+exactly what is wrong: missing file, not a safetensors file, wrong format/version, a config that does
+not match, and every missing, unexpected or wrong-shaped tensor by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from worldmodel.config import WorldModelConfig
+from worldmodel.errors import UserError
+from worldmodel.model import WorldModel
+
+CHECKPOINT_FORMAT = "worldmodel.checkpoint"
+CHECKPOINT_VERSION = "1"
+MODEL_PREFIX = "model."
+AE_PREFIX = "ae."
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "default.safetensors"
+"""The checkpoint that ships in the repository (trained by the lead; <= 50 MB)."""
+HASH_CHUNK = 1 << 20
+MAX_LISTED = 8
+"""At most this many tensor names are listed per kind of mismatch in an error message."""
+
+
+def checkpoint_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of the file (recorded in action logs so a replay knows which model made it)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(HASH_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _ae_config_json(autoencoder: nn.Module) -> str:
+    cfg = getattr(autoencoder, "config", None)
+    if cfg is None or not hasattr(cfg, "to_json"):
+        raise TypeError("autoencoder must be a worldmodel.autoencoder.Autoencoder (config with to_json)")
+    return cfg.to_json()
+
+
+def atomic_save_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
+    """Write a safetensors file via temp file + fsync + rename (never half a file under `path`)."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(path: str | Path, model: WorldModel, autoencoder: nn.Module,
+                    train_summary: dict[str, Any] | None = None, dtype: torch.dtype = torch.float32) -> Path:
+    """Write model + autoencoder + metadata to `path` atomically; returns the path.
+
+    `dtype` is the storage type of floating-point weights (bfloat16 halves the file; loading always
+    returns float32 modules).
+    """
+    path = Path(path)
+    tensors: dict[str, torch.Tensor] = {}
+    for prefix, module in ((MODEL_PREFIX, model), (AE_PREFIX, autoencoder)):
+        for name, t in module.state_dict().items():
+            t = t.detach().cpu()
+            if t.is_floating_point():
+                t = t.to(dtype)
+            tensors[prefix + name] = t.contiguous().clone()
+    cfg = model.config
+    metadata = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "config": cfg.to_json(),
+        "ae_config": _ae_config_json(autoencoder),
+        "vocab": json.dumps(cfg.vocab),
+        "tick_hz": repr(float(cfg.tick_hz)),
+        "train": json.dumps(train_summary or {}, sort_keys=True),
+    }
+    atomic_save_safetensors(tensors, metadata, path)
+    return path
+
+
+def read_checkpoint_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata dict of a checkpoint (UserError for a missing/non-safetensors/foreign file)."""
+    path = Path(path)
+    meta, _ = _open(path)
+    return meta
+
+
+def _open(path: Path) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
+    from safetensors import safe_open
+
+    if not path.exists():
+        raise UserError(f"{path}: checkpoint not found")
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, not a checkpoint file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise UserError(f"{path}: not a readable safetensors checkpoint ({type(exc).__name__}: {exc})") from None
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path}: format is {meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r} "
+                        f"(an autoencoder-only or foreign file?)")
+    if meta.get("version") != CHECKPOINT_VERSION:
+        raise UserError(f"{path}: checkpoint version {meta.get('version')!r}, this program reads "
+                        f"version {CHECKPOINT_VERSION!r}")
+    for key in ("config", "ae_config"):
+        if key not in meta:
+            raise UserError(f"{path}: metadata has no {key!r}")
+    return meta, shapes
+
+
+def _config_diff(a: WorldModelConfig, b: WorldModelConfig) -> list[str]:
+    da, db = dataclasses.asdict(a), dataclasses.asdict(b)
+    out = []
+    for k in da:
+        if da[k] != db[k]:
+            shown_a = f"{len(da[k])} words" if k == "vocab" else repr(da[k])
+            shown_b = f"{len(db[k])} words" if k == "vocab" else repr(db[k])
+            out.append(f"{k}: checkpoint {shown_a} vs expected {shown_b}")
+    return out
+
+
+def _check_tensors(path: Path, prefix: str, module: nn.Module, shapes: dict[str, tuple[int, ...]]) -> list[str]:
+    expected = {prefix + k: tuple(v.shape) for k, v in module.state_dict().items()}
+    present = {k: v for k, v in shapes.items() if k.startswith(prefix)}
+    problems = []
+    missing = sorted(set(expected) - set(present))
+    unexpected = sorted(set(present) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(present) if expected[k] != present[k])
+    if missing:
+        problems.append(f"missing tensors {missing[:MAX_LISTED]}" + (" ..." if len(missing) > MAX_LISTED else ""))
+    if unexpected:
+        problems.append(f"unexpected tensors {unexpected[:MAX_LISTED]}"
+                        + (" ..." if len(unexpected) > MAX_LISTED else ""))
+    for k in wrong[:MAX_LISTED]:
+        problems.append(f"tensor {k} has shape {list(present[k])}, expected {list(expected[k])}")
+    return problems
+
+
+def build_autoencoder(ae_config_json: str, source: str) -> nn.Module:
+    """An untrained Autoencoder of the stored config (UserError when the config cannot be read)."""
+    from worldmodel.autoencoder import Autoencoder, AutoencoderConfig
+
+    try:
+        return Autoencoder(AutoencoderConfig.from_json(ae_config_json))
+    except (json.JSONDecodeError, TypeError, ValueError) as exc:
+        raise UserError(f"{source}: bad autoencoder config in metadata ({exc})") from None
+
+
+def load_checkpoint(path: str | Path, expected_config: WorldModelConfig | None = None,
+                    device: torch.device | str = "cpu") -> tuple[WorldModel, nn.Module, WorldModelConfig]:
+    """-> (world model, autoencoder, config), both modules in eval mode, float32, on `device`.
+
+    With `expected_config`, any difference is an error that names the fields.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    meta, shapes = _open(path)
+    config = WorldModelConfig.from_json(meta["config"], source=f"{path}")
+    if expected_config is not None:
+        diff = _config_diff(config, expected_config)
+        if diff:
+            raise UserError(f"{path}: config does not match: " + "; ".join(diff))
+    model = WorldModel(config)
+    autoencoder = build_autoencoder(meta["ae_config"], str(path))
+    ae_cfg = autoencoder.config
+    for name, mine in (("latent_channels", config.latent_channels), ("resolution", config.resolution)):
+        theirs = getattr(ae_cfg, name, mine)
+        if theirs != mine:
+            raise UserError(f"{path}: autoencoder {name} {theirs} does not match the model's {mine}")
+    problems = _check_tensors(path, MODEL_PREFIX, model, shapes) + _check_tensors(path, AE_PREFIX, autoencoder, shapes)
+    foreign = sorted(k for k in shapes if not k.startswith((MODEL_PREFIX, AE_PREFIX)))
+    if foreign:
+        problems.append(f"tensors outside model./ae. {foreign[:MAX_LISTED]}")
+    if problems:
+        raise UserError(f"{path}: checkpoint does not fit its config: " + "; ".join(problems))
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # truncated data section
+        raise UserError(f"{path}: tensor data unreadable ({type(exc).__name__}: {exc})") from None
+    for prefix, module in ((MODEL_PREFIX, model), (AE_PREFIX, autoencoder)):
+        state = {k[len(prefix):]: v.float() if v.is_floating_point() else v
+                 for k, v in tensors.items() if k.startswith(prefix)}
+        module.load_state_dict(state, strict=True)
+    return model.to(device).eval(), autoencoder.to(device).eval(), config

@@ -1,0 +1,367 @@
+"""Play-time generation: `WorldModelSession` (latents in, latents out) and `ModelFrameSource` (the
+game's FrameSource backed by the learned model).
+
+One tick (frame t, DESIGN §1 data flow):
+  1. memory: retrieve the stored entries whose views overlap the camera at pose_t most (entries older
+     than the rolling window only, the same `select_memory` rule training uses) and write their K/V
+     into the cache's memory slots (sink/window are untouched);
+  2. denoise frame t from seeded noise in `steps` passes of one frame of queries against the cache;
+     the first pass also commits frame t-1's clean latent into the ring buffer (two frames of queries,
+     masked so the committed frame sees only sink + window as in training), so a tick costs `steps`
+     passes, not `steps + 1`;
+  3. store frame t's latent with its pose and tick in the MemoryStore; decode for display.
+
+Determinism: all randomness comes from two generators seeded at reset (one for the frames' initial
+noise, one for the context-noise of committed frames), so a seed reproduces every frame and the
+deferred and immediate commit orders draw the same numbers.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from worldmodel.camera import ACTION_DIM, CameraPose
+from worldmodel.config import WorldModelConfig
+from worldmodel.errors import UserError
+from worldmodel.kv_cache import KVCache
+from worldmodel.model import ROLE_CURRENT, ROLE_SINK, ROLE_WINDOW, WorldModel
+from worldmodel.sampler import add_noise, ddim_step, noise_levels
+from worldmodel.text import Tokenizer
+
+CTX_SEED_OFFSET = 0x5EED
+"""The context-noise generator is seeded with seed + this, the frame-noise generator with seed."""
+
+
+def _pose_tensor(pose: CameraPose | Sequence[float] | torch.Tensor) -> torch.Tensor:
+    if isinstance(pose, CameraPose):
+        return pose.as_tensor()
+    return torch.as_tensor(pose, dtype=torch.float32).reshape(5)
+
+
+MEMORY_PAYLOAD_DTYPE = torch.bfloat16
+"""Memory payloads (clean latents) are stored in bf16: 2 KiB per entry, exact enough for 2x2 pooling."""
+
+
+def memory_payload_shape(config: WorldModelConfig) -> tuple[int, int, int]:
+    """A memory entry of this model is the frame's clean latent [C, h, w] (compressed at use time)."""
+    return (config.latent_channels, config.latent_size, config.latent_size)
+
+
+def make_memory_store(config: WorldModelConfig):
+    """An empty MemoryStore for this model's payloads (preallocated, fixed budget)."""
+    from memory.store import MemoryConfig, MemoryStore
+
+    return MemoryStore(MemoryConfig(fov_deg=config.fov_deg, payload_shape=memory_payload_shape(config),
+                                    payload_dtype=str(MEMORY_PAYLOAD_DTYPE).removeprefix("torch.")))
+
+
+@dataclass
+class TickTiming:
+    """Milliseconds spent in the parts of the last tick (for the HUD and the bench)."""
+
+    memory_ms: float = 0.0
+    generate_ms: float = 0.0
+    decode_ms: float = 0.0
+    passes: int = 0
+    memory_entries: int = 0
+
+
+@dataclass
+class _Pending:
+    """The last generated frame, committed to the ring buffer inside the next tick's first pass."""
+
+    latent: torch.Tensor  # [C, h, w]
+    action: torch.Tensor  # [5]
+    pose: torch.Tensor  # [5]
+    tick: int
+
+
+class WorldModelSession:
+    """Batch-free generation API: reset with a start latent, then one latent per action.
+
+    `model` runs in `dtype` (float32 or bfloat16) on `device`; the cache is allocated once. With
+    `use_memory` False the memory slots stay empty (the memory-off baseline of the revisit metric).
+    """
+
+    def __init__(self, model: WorldModel, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 use_memory: bool = True, defer_commit: bool = True, sample_steps: int | None = None) -> None:
+        self.model = model.eval().to(device=device, dtype=dtype)
+        self.config = model.config
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.use_memory = bool(use_memory and self.config.use_memory)
+        self.defer_commit = defer_commit
+        self.sample_steps = sample_steps
+        self.cache = KVCache(self.config, batch=1, device=self.device, dtype=dtype)
+        self.tokenizer = Tokenizer(self.config.vocab, self.config.max_text_tokens)
+        self.memory = make_memory_store(self.config) if self.config.use_memory else None
+        self.tick = 0
+        self.pose = torch.zeros(5)
+        self.timing = TickTiming()
+        self._text_cond: torch.Tensor | None = None
+        self._pending: _Pending | None = None
+        self._gen_frame = torch.Generator(device="cpu")
+        self._gen_ctx = torch.Generator(device="cpu")
+        self.last_latent: torch.Tensor | None = None
+
+    # --- helpers ---
+    def _noise(self, generator: torch.Generator) -> torch.Tensor:
+        c = self.config
+        return torch.randn(1, 1, c.latent_channels, c.latent_size, c.latent_size, generator=generator)
+
+    def _steps(self, tick: int) -> int:
+        if self.sample_steps is not None and tick > self.config.warmup_frames:
+            return self.sample_steps
+        return self.config.steps_for_frame(tick)
+
+    def _run(self, latents: torch.Tensor, noise: list[float], actions: torch.Tensor, poses: torch.Tensor,
+             ticks: list[int], roles: list[str]) -> torch.Tensor:
+        """One cached pass over G frames: latents [G, C, h, w] etc. -> x0 of every frame [G, C, h, w]."""
+        dev, dt = self.device, self.dtype
+        out = self.model.forward_cached(
+            self.cache, latents[None].to(dev, dt), torch.tensor([noise], device=dev, dtype=dt),
+            actions[None].to(dev, dt), poses[None].to(dev), ticks, self._text_cond, roles)
+        self.timing.passes += 1
+        return out[0].float().cpu()
+
+    def _commit_noised(self, latent: torch.Tensor) -> torch.Tensor:
+        """A clean latent as it enters the cache: noised to ctx_noise_play (as training did)."""
+        level = self.config.ctx_noise_play
+        return add_noise(latent, self._noise(self._gen_ctx)[0, 0], level)
+
+    # --- API ---
+    @torch.no_grad()
+    def reset(self, start_latent: torch.Tensor, start_pose: CameraPose | Sequence[float] | torch.Tensor,
+              prompt: str, seed: int) -> torch.Tensor:
+        """Start a session: start_latent [C, h, w] (normalised AE latent) becomes the sink frame (tick 0).
+
+        Returns the start latent. Clears cache, memory and the pending frame; reseeds the generators.
+        """
+        c = self.config
+        self.cache.reset()
+        if self.memory is not None:
+            self.memory = make_memory_store(c)
+        self._gen_frame.manual_seed(int(seed))
+        self._gen_ctx.manual_seed(int(seed) + CTX_SEED_OFFSET)
+        self.tick = 0
+        self.pose = _pose_tensor(start_pose)
+        self._pending = None
+        ids, mask = self.tokenizer.encode_batch([prompt])
+        self._text_cond = self.model.text_condition(ids.to(self.device), mask.to(self.device)).to(self.dtype)
+        start = start_latent.float().reshape(c.latent_channels, c.latent_size, c.latent_size)
+        self._run(self._commit_noised(start)[None], [c.ctx_noise_play], torch.zeros(1, ACTION_DIM),
+                  self.pose[None], [0], [ROLE_SINK])
+        self.last_latent = start
+        return start
+
+    @torch.no_grad()
+    def step(self, action: Sequence[float] | torch.Tensor,
+             pose: CameraPose | Sequence[float] | torch.Tensor | None = None,
+             observed: torch.Tensor | None = None) -> torch.Tensor:
+        """Generate the next frame: `action` (5 floats) moved the camera to `pose` (integrated from the
+        previous pose when None). Returns the frame's latent [C, h, w] (float32, CPU).
+
+        With `observed` (a latent [C, h, w]) nothing is generated: the observed frame becomes this
+        tick's frame (teacher forcing / prefill, e.g. replaying the outbound half of a revisit path),
+        entering the window and the memory exactly as a generated frame would.
+        """
+        if self._text_cond is None:
+            raise RuntimeError("WorldModelSession.step called before reset")
+        c = self.config
+        action_t = torch.as_tensor(action, dtype=torch.float32).reshape(ACTION_DIM)
+        pose_t = CameraPose.from_sequence(self.pose.tolist()).step(action_t.tolist()).as_tensor() \
+            if pose is None else _pose_tensor(pose)
+        tick = self.tick + 1
+        self.timing = TickTiming()
+        if observed is not None:
+            return self._observe(observed, action_t, pose_t, tick)
+        t0 = time.perf_counter()
+        self._prepare_memory(pose_t, tick)
+        self.model.retime_sink(self.cache, tick)
+        t1 = time.perf_counter()
+
+        levels = noise_levels(self._steps(tick), c.schedule_shift)
+        x = self._noise(self._gen_frame)[0, 0]  # [C, h, w]
+        pending = self._pending if self.defer_commit else None
+        for i in range(len(levels) - 1):
+            lvl = levels[i]
+            if i == 0 and pending is not None:
+                committed = self._commit_noised(pending.latent)
+                out = self._run(torch.stack([committed, x]), [c.ctx_noise_play, lvl],
+                                torch.stack([pending.action, action_t]), torch.stack([pending.pose, pose_t]),
+                                [pending.tick, tick], [ROLE_WINDOW, ROLE_CURRENT])
+                self.cache.advance_window(pending.tick)
+                x0 = out[1]
+            else:
+                x0 = self._run(x[None], [lvl], action_t[None], pose_t[None], [tick], [ROLE_CURRENT])[0]
+            x = ddim_step(x, x0, lvl, levels[i + 1])
+        new = _Pending(x, action_t, pose_t, tick)
+        if self.defer_commit:
+            self._pending = new
+        else:
+            self._commit_now(new)
+        if self.memory is not None:
+            self.memory.add(x.to(MEMORY_PAYLOAD_DTYPE), pose_t, tick)
+        self.timing.generate_ms = (time.perf_counter() - t1) * 1e3
+        self.timing.memory_ms = (t1 - t0) * 1e3
+        self.tick, self.pose, self.last_latent = tick, pose_t, x
+        return x
+
+    def _observe(self, latent: torch.Tensor, action: torch.Tensor, pose: torch.Tensor, tick: int) -> torch.Tensor:
+        """Take a given latent as frame `tick` (no denoising passes; a pending frame is committed now)."""
+        c = self.config
+        x = latent.float().cpu().reshape(c.latent_channels, c.latent_size, c.latent_size)
+        self.model.retime_sink(self.cache, tick)
+        if self._pending is not None:
+            self._commit_now(self._pending)
+            self._pending = None
+        new = _Pending(x, action, pose, tick)
+        if self.defer_commit:
+            self._pending = new
+        else:
+            self._commit_now(new)
+        if self.memory is not None:
+            self.memory.add(x.to(MEMORY_PAYLOAD_DTYPE), pose, tick)
+        self.tick, self.pose, self.last_latent = tick, pose, x
+        return x
+
+    def set_memory(self, store) -> None:
+        """Use a MemoryStore loaded from a saved world (e.g. `MemoryStore.load(dir)`) from now on.
+
+        Entries keep their ticks; call after `reset` (which starts an empty store). A store whose
+        payloads are not this model's latents is refused.
+        """
+        if self.memory is None:
+            raise UserError("this checkpoint was trained without memory; a saved memory cannot be used")
+        shape = getattr(store, "payload_shape", None)
+        if shape is not None and tuple(shape) != memory_payload_shape(self.config):
+            raise UserError(f"saved memory holds payloads of shape {list(shape)}, this model stores "
+                            f"{list(memory_payload_shape(self.config))}; it was saved by another model")
+        self.memory = store
+        self.cache.memory_ids = None  # slots of another store name other entries
+
+    def _commit_now(self, frame: _Pending) -> None:
+        committed = self._commit_noised(frame.latent)
+        self._run(committed[None], [self.config.ctx_noise_play], frame.action[None], frame.pose[None],
+                  [frame.tick], [ROLE_WINDOW])
+        self.cache.advance_window(frame.tick)
+
+    def _prepare_memory(self, pose: torch.Tensor, tick: int) -> None:
+        """Retrieve memory entries for the frame at `tick` and write them into the cache."""
+        c = self.config
+        if not c.use_memory:
+            return
+        e = c.memory_entries
+        latents = torch.zeros(1, e, c.latent_channels, c.latent_size, c.latent_size)
+        poses = torch.zeros(1, e, 5)
+        valid = torch.zeros(1, e, dtype=torch.bool)
+        found = 0
+        ids: tuple = ()
+        if self.use_memory and self.memory is not None and len(self.memory) > 0:
+            got = self.memory.retrieve_batch(pose, e, current_tick=tick, min_age=c.window_frames + 1)
+            found = min(len(got), e)
+            latents[0, :found] = got.payloads[:found].float().cpu()
+            poses[0, :found] = got.poses[:found]
+            valid[0, :found] = True
+            ids = tuple(zip(got.slots[:found].tolist(), got.ticks[:found].tolist()))
+        self.timing.memory_entries = found
+        if found == 0:
+            self.cache.set_memory_valid(valid.to(self.device))
+            return
+        self.model.write_memory(self.cache, latents.to(self.device, self.dtype), poses.to(self.device),
+                                valid.to(self.device), ids)
+
+    @torch.no_grad()
+    def rollout(self, actions: torch.Tensor, poses: torch.Tensor | None = None) -> torch.Tensor:
+        """Feed actions [T, 5] (and poses [T, 5] after each action) -> latents [T, C, h, w]."""
+        out = []
+        for i in range(actions.shape[0]):
+            out.append(self.step(actions[i], None if poses is None else poses[i]))
+        return torch.stack(out)
+
+
+class ModelFrameSource:
+    """The learned generator as a game FrameSource (see game/frame_source.py): uint8 frames in/out."""
+
+    name = "model"
+
+    def __init__(self, checkpoint: str | Path | None = None, device: str = "cpu", use_memory: bool = True,
+                 dtype: torch.dtype | None = None, sample_steps: int | None = None) -> None:
+        from worldmodel.checkpoint import DEFAULT_CHECKPOINT, checkpoint_sha256, load_checkpoint
+
+        self.checkpoint_path = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
+        model, autoencoder, config = load_checkpoint(self.checkpoint_path)
+        self.checkpoint_sha256 = checkpoint_sha256(self.checkpoint_path)
+        self.config = config
+        self.resolution = config.resolution
+        self.device = torch.device(device)
+        run_dtype = dtype if dtype is not None else torch.float32
+        self.autoencoder = autoencoder.eval().to(self.device)
+        self.session = WorldModelSession(model, device=self.device, dtype=run_dtype, use_memory=use_memory,
+                                         sample_steps=sample_steps)
+        self.pose_history: list[list[float]] = []
+        """Poses since the last reset (start pose first), for the memory map."""
+
+    @property
+    def memory(self):
+        """The session's MemoryStore (save/load a world, draw the map); None for a memory-free model."""
+        return self.session.memory
+
+    @memory.setter
+    def memory(self, store) -> None:
+        self.session.set_memory(store)
+
+    @property
+    def timing(self) -> TickTiming:
+        return self.session.timing
+
+    @torch.no_grad()
+    def _decode(self, latent: torch.Tensor) -> np.ndarray:
+        t0 = time.perf_counter()
+        frame = self.autoencoder.decode_uint8(latent[None].to(self.device))[0]
+        self.session.timing.decode_ms = (time.perf_counter() - t0) * 1e3
+        return frame.cpu().numpy()
+
+    @torch.no_grad()
+    def current_frame(self) -> np.ndarray:
+        """The frame of the current tick, decoded again (e.g. after resuming a saved world)."""
+        if self.session.last_latent is None:
+            raise RuntimeError("ModelFrameSource.current_frame before reset")
+        return self._decode(self.session.last_latent)
+
+    @torch.no_grad()
+    def reset(self, scene, start_pose: CameraPose, prompt: str, seed: int) -> np.ndarray:
+        """Encode the scene's start image (resized to the model resolution) as the sink frame."""
+        image = self._prepare_image(scene.image)
+        self.session.reset(self._encode(image), start_pose, prompt, seed)
+        self.pose_history = [_pose_tensor(start_pose).tolist()]
+        return image
+
+    def _prepare_image(self, image: np.ndarray) -> np.ndarray:
+        from scenes.scene import resize_image
+
+        image = np.asarray(image)
+        if image.shape[:2] != (self.resolution, self.resolution):
+            image = resize_image(image, self.resolution)
+        return np.ascontiguousarray(image, dtype=np.uint8)
+
+    def _encode(self, image: np.ndarray) -> torch.Tensor:
+        frame = torch.from_numpy(image)[None].to(self.device)  # [1, H, W, 3] uint8
+        return self.autoencoder.encode(frame)[0].float().cpu()  # [C, h, w]
+
+    @torch.no_grad()
+    def step(self, action: Sequence[float], pose: CameraPose, observed: np.ndarray | None = None) -> np.ndarray:
+        """The frame after `action` at `pose`; with `observed` (uint8 [H, W, 3], any size) that true frame
+        is fed to the model instead of generating one (teacher forcing) and returned."""
+        self.pose_history.append(_pose_tensor(pose).tolist())
+        if observed is not None:
+            image = self._prepare_image(observed)
+            self.session.step(action, pose, observed=self._encode(image))
+            return image
+        return self._decode(self.session.step(action, pose))
