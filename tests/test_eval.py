@@ -1,0 +1,94 @@
+"""`worldmodel eval`: scoring against the oracle, baselines, revisit metrics, logs and suites."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from wm_helpers import randomized_model, tiny_autoencoder
+
+from scenes.render import render_views
+from scenes.trajectories import make_trajectory
+from scenes.world import generate_world
+from tools import eval as ev
+from worldmodel.checkpoint import save_checkpoint
+from worldmodel.cli import main
+from worldmodel.config import tiny_config
+from worldmodel.errors import UserError
+from worldmodel.metrics import psnr
+
+SEED = 1_000_123
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ck") / "tiny.safetensors"
+    return save_checkpoint(path, randomized_model(tiny_config(window_frames=2)), tiny_autoencoder())
+
+
+def _write_log(path: Path, ticks: int, scene: str = f"procedural:{SEED}") -> torch.Tensor:
+    world = generate_world(SEED)
+    tr = make_trajectory(world, ticks + 1, "walk", random.Random(0))
+    header = {"format": "worldmodel.actions", "version": 1, "scene": scene, "prompt": world.caption,
+              "image_sha256": None, "checkpoint_sha256": None, "backend": "oracle", "seed": 3, "tick_hz": 20.0,
+              "resolution": [64, 64], "start_pose": tr.poses[0].tolist()}
+    lines = [json.dumps(header)] + [json.dumps({"t": t, "action": tr.actions[t].tolist(), "pose": tr.poses[t].tolist()})
+                                    for t in range(1, ticks + 1)]
+    path.write_text("\n".join(lines) + "\n")
+    return tr.poses
+
+
+def test_eval_log_scores_against_the_oracle_with_baselines(checkpoint: Path, tmp_path: Path) -> None:
+    poses = _write_log(tmp_path / "a.jsonl", 6)
+    out = tmp_path / "a.json"
+    assert main(["eval", "--log", str(tmp_path / "a.jsonl"), "--checkpoint", str(checkpoint), "--json", str(out),
+                 "--plot", str(tmp_path / "a.png")]) == 0
+    doc = json.loads(out.read_text())
+    log = doc["logs"][0]
+    run = log["runs"]["memory_on"]
+    assert log["ticks"] == 6 and len(run["psnr"]) == 6 and len(run["ssim"]) == 6
+    assert run["mean_psnr"] == pytest.approx(sum(run["psnr"]) / 6)
+    truth = render_views(generate_world(SEED), poses, 64)
+    hold = psnr(truth[:1].expand(6, -1, -1, -1), truth[1:])
+    assert log["baselines"]["hold_start_frame"]["psnr"] == pytest.approx(hold.tolist(), abs=1e-4)
+    assert "shuffled_actions" in log["baselines"]
+    assert (tmp_path / "a.png").stat().st_size > 0 and (tmp_path / "a_memory.png").stat().st_size > 0
+
+
+def test_prefill_feeds_true_frames(checkpoint: Path, tmp_path: Path) -> None:
+    _write_log(tmp_path / "b.jsonl", 5)
+    logs = ev.log_from_file(tmp_path / "b.jsonl", 64, 90.0)
+    from worldmodel.runtime import ModelFrameSource
+
+    frames = ev.rollout(ModelFrameSource(checkpoint), logs, logs.actions, logs.poses, prefill=3)
+    # Teacher-forced ticks return the true frames exactly; later ticks are generated.
+    assert torch.equal(frames[:3], logs.truth[1:4])
+    assert not torch.equal(frames[3:], logs.truth[4:])
+
+
+def test_revisit_scores_use_return_ticks() -> None:
+    world = generate_world(SEED)
+    tr = make_trajectory(world, 161, "revisit", random.Random(5))
+    truth = render_views(world, tr.poses, 16)
+    log = ev.EvalLog("r", world, ev.CameraPose.from_sequence(tr.poses[0].tolist()), "", tr.actions[1:], tr.poses[1:],
+                     truth)
+    scores = ev.revisit_scores(truth[1:], log, prefill=0)
+    if scores["return_ticks"]:
+        assert scores["first_return_tick"] >= 100 and scores["psnr_vs_truth"] == 100.0
+
+
+def test_eval_refuses_logs_without_ground_truth(checkpoint: Path, tmp_path: Path) -> None:
+    scene_dir = tmp_path / "scene"
+    scene_dir.mkdir()
+    (scene_dir / "scene.toml").write_text('prompt = "x"\nstart_pose = [0, 1.6, 0, 0, 0]\n')
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(scene_dir / "start.png")
+    _write_log(tmp_path / "c.jsonl", 3, scene=str(scene_dir))
+    with pytest.raises(UserError, match="no procedural world"):
+        ev.log_from_file(tmp_path / "c.jsonl", 64, 90.0)
+    assert main(["eval", "--checkpoint", str(checkpoint)]) == 2  # neither --log nor --suite

@@ -1,0 +1,299 @@
+"""`worldmodel eval`: score the generator against the procedural ground truth (DESIGN.md §6).
+
+For a log (or every log of a built-in suite on held-out worlds) the model starts from the true render
+at the start pose with the world's caption as prompt, is fed the log's actions, and every generated
+frame is scored against the oracle's render at the logged pose. Two baselines bound what the numbers
+mean: "hold the start frame" (a model that ignores actions) and "shuffled actions" (the same model
+driven by the actions of another log, so it cannot simply follow the camera). For logs that revisit
+places, the return ticks are scored against the truth and against the model's own frame at the first
+visit, with memory on and off. `--prefill N` feeds the first N ticks from the true renders (teacher
+forcing), so retrieval can be judged apart from generation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from scenes.render import render_views
+from scenes.scene import Scene, load_scene
+from scenes.trajectories import make_trajectory, revisit_ticks
+from scenes.world import HELDOUT_SEED_START, World, generate_world
+from worldmodel.camera import CameraPose, integrate_sequence
+from worldmodel.errors import UserError
+from worldmodel.metrics import psnr, ssim
+
+ACTION_SUITE_SEEDS = tuple(HELDOUT_SEED_START + 100 + i for i in range(8))
+ACTION_SUITE_TICKS = 64
+ACTION_SUITE_HORIZONS = (16, 64)
+REVISIT_SUITE_SEEDS = tuple(HELDOUT_SEED_START + 200 + i for i in range(8))
+REVISIT_SUITE_TICKS = 160
+REVISIT_OUTBOUND_FRACTION = 0.5
+"""Suite revisit: prefill covers the first half of the clip (the outbound walk and the turn)."""
+SHUFFLE_SEED_OFFSET = 7777
+"""'Another log' for the shuffled baseline: a walk in the same world from this RNG offset."""
+
+
+@dataclass
+class EvalLog:
+    """Everything needed to score one rollout: start, actions, true poses and frames, prompt."""
+
+    name: str
+    world: World
+    start_pose: CameraPose
+    prompt: str
+    actions: torch.Tensor  # [T, 5] actions of ticks 1..T
+    poses: torch.Tensor  # [T, 5] poses after each action
+    truth: torch.Tensor  # uint8 [T + 1, H, W, 3]: tick 0 (start) .. T
+    seed: int = 0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log", type=Path, help="an action log (scene procedural:<seed> or a bundled scene)")
+    p.add_argument("--suite", choices=("action", "revisit"), help="built-in suite on held-out worlds")
+    p.add_argument("--checkpoint", type=Path, default=None, help="checkpoint (default: the shipped one)")
+    p.add_argument("--memory", choices=("on", "off", "both"), default=None,
+                   help="memory on/off (default: on for --log and action, both for revisit)")
+    p.add_argument("--prefill", type=int, default=None,
+                   help="feed the first N ticks from the true renders (default 0; revisit suite: the outbound half)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the checkpoint's)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N logs of a suite")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--json", type=Path, default=None, help="write the summary JSON here")
+    p.add_argument("--plot", type=Path, default=None,
+                   help="write PSNR-over-ticks PNG here (and the memory map next to it, *_memory.png)")
+
+
+# --- logs -------------------------------------------------------------------------------------------
+def _truth(world: World, start: CameraPose, poses: torch.Tensor, resolution: int, fov: float) -> torch.Tensor:
+    all_poses = torch.cat([start.as_tensor()[None], poses])
+    return render_views(world, all_poses, resolution, fov)
+
+
+def log_from_file(path: Path, resolution: int, fov: float) -> EvalLog:
+    from game.action_log import read_action_log
+
+    log = read_action_log(path)
+    for w in log.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    spec = log.header.get("scene")
+    try:
+        scene: Scene = load_scene(str(spec))
+    except UserError as exc:
+        raise UserError(f"{path}: header scene {spec!r}: {exc}") from None
+    if scene.world_seed is None:
+        raise UserError(f"{path}: scene {spec!r} has no procedural world, so there is no ground truth to score against")
+    world = generate_world(scene.world_seed)
+    start = CameraPose.from_sequence(log.header["start_pose"])
+    if len(log.actions) == 0:
+        raise UserError(f"{path}: the log has no ticks to evaluate")
+    return EvalLog(name=str(path), world=world, start_pose=start, prompt=world.caption,
+                   actions=log.actions.float(), poses=log.poses.float(),
+                   truth=_truth(world, start, log.poses.float(), resolution, fov), seed=int(log.header.get("seed", 0)))
+
+
+def suite_logs(suite: str, resolution: int, fov: float, limit: int | None = None) -> list[EvalLog]:
+    seeds = ACTION_SUITE_SEEDS if suite == "action" else REVISIT_SUITE_SEEDS
+    ticks = ACTION_SUITE_TICKS if suite == "action" else REVISIT_SUITE_TICKS
+    policy = "walk" if suite == "action" else "revisit"
+    logs = []
+    for seed in seeds[:limit]:
+        world = generate_world(seed)
+        tr = make_trajectory(world, ticks + 1, policy, random.Random(seed))
+        start = CameraPose.from_sequence(tr.poses[0].tolist())
+        logs.append(EvalLog(name=f"{suite}:{seed}", world=world, start_pose=start, prompt=world.caption,
+                            actions=tr.actions[1:], poses=tr.poses[1:],
+                            truth=render_views(world, tr.poses, resolution, fov), seed=seed))
+    return logs
+
+
+def other_actions(log: EvalLog, resolution: int) -> torch.Tensor:
+    """Actions of another log of the same length (a different walk in the same world)."""
+    tr = make_trajectory(log.world, len(log.actions) + 1, "walk", random.Random(log.seed + SHUFFLE_SEED_OFFSET))
+    return tr.actions[1:]
+
+
+# --- rollouts ---------------------------------------------------------------------------------------
+def rollout(source, log: EvalLog, actions: torch.Tensor, poses: torch.Tensor, prefill: int) -> torch.Tensor:
+    """Generated frames uint8 [T, H, W, 3] for ticks 1..T; ticks <= prefill are teacher-forced."""
+    scene = Scene(name=log.name, prompt=log.prompt, start_pose=log.start_pose, fov_deg=90.0,
+                  world_seed=log.world.seed, image=log.truth[0].numpy(), path=None)
+    source.reset(scene, log.start_pose, log.prompt, log.seed)
+    frames = []
+    for t in range(len(actions)):
+        pose = CameraPose.from_sequence(poses[t].tolist())
+        observed = log.truth[t + 1].numpy() if t + 1 <= prefill else None
+        frames.append(torch.from_numpy(np.asarray(source.step(actions[t].tolist(), pose, observed=observed))))
+    return torch.stack(frames)
+
+
+def frame_scores(frames: torch.Tensor, truth: torch.Tensor) -> tuple[list[float], list[float]]:
+    return psnr(frames, truth).tolist(), ssim(frames, truth).tolist()
+
+
+def _mean(values: list[float], lo: int = 0, hi: int | None = None) -> float:
+    v = values[lo:hi]
+    return float(sum(v) / len(v)) if v else float("nan")
+
+
+def revisit_scores(frames: torch.Tensor, log: EvalLog, prefill: int) -> dict:
+    """Return ticks (DESIGN §6 / issue: within 0.5 m and 15 deg of a pose >= 100 ticks earlier)."""
+    all_poses = torch.cat([log.start_pose.as_tensor()[None], log.poses])
+    pairs = [(t, f) for t, f in revisit_ticks(all_poses) if t > prefill]
+    if not pairs:
+        return {"return_ticks": 0}
+    gen = torch.cat([log.truth[:1], frames])  # index = tick; tick 0 is the given start image
+    ticks = [t for t, _ in pairs]
+    firsts = [f for _, f in pairs]
+    vs_truth = psnr(gen[ticks], log.truth[ticks])
+    vs_first = psnr(gen[ticks], gen[firsts])
+    return {"return_ticks": len(pairs), "first_return_tick": ticks[0],
+            "psnr_vs_truth": float(vs_truth.mean()), "ssim_vs_truth": float(ssim(gen[ticks], log.truth[ticks]).mean()),
+            "psnr_vs_first_visit": float(vs_first.mean()),
+            "ssim_vs_first_visit": float(ssim(gen[ticks], gen[firsts]).mean())}
+
+
+def evaluate_log(make_source, log: EvalLog, memory_modes: list[bool], prefill: int, baselines: bool) -> dict:
+    T = len(log.actions)
+    truth = log.truth[1:]
+    out: dict = {"log": log.name, "world_seed": log.world.seed, "ticks": T, "prefill": prefill, "runs": {}}
+    for mem in memory_modes:
+        source = make_source(mem)
+        t0 = time.perf_counter()
+        frames = rollout(source, log, log.actions, log.poses, prefill)
+        ms = (time.perf_counter() - t0) / T * 1000
+        p, s = frame_scores(frames, truth)
+        run = {"mean_psnr": _mean(p, prefill), "mean_ssim": _mean(s, prefill), "psnr": p, "ssim": s,
+               "ms_per_frame": ms, "revisit": revisit_scores(frames, log, prefill)}
+        for h in ACTION_SUITE_HORIZONS:
+            if T >= h:
+                run[f"psnr_{h}"] = _mean(p, prefill, h)
+                run[f"ssim_{h}"] = _mean(s, prefill, h)
+        out["runs"]["memory_on" if mem else "memory_off"] = run
+        out["_memory_source"] = source if mem else out.get("_memory_source")
+        out["_frames"] = frames
+    if baselines:
+        hold = log.truth[:1].expand_as(truth)
+        hp, hs = frame_scores(hold, truth)
+        other = other_actions(log, truth.shape[1])
+        other_poses = integrate_sequence(log.start_pose.as_tensor(), other)
+        sp_frames = rollout(make_source(memory_modes[0]), log, other, other_poses, prefill)
+        sp, ss = frame_scores(sp_frames, truth)
+        out["baselines"] = {"hold_start_frame": {"mean_psnr": _mean(hp, prefill), "mean_ssim": _mean(hs, prefill),
+                                                 "psnr": hp},
+                            "shuffled_actions": {"mean_psnr": _mean(sp, prefill), "mean_ssim": _mean(ss, prefill),
+                                                 "psnr": sp}}
+        for h in ACTION_SUITE_HORIZONS:
+            if T >= h:
+                out["baselines"]["hold_start_frame"][f"psnr_{h}"] = _mean(hp, prefill, h)
+                out["baselines"]["shuffled_actions"][f"psnr_{h}"] = _mean(sp, prefill, h)
+    return out
+
+
+def summarise(results: list[dict]) -> dict:
+    """Means over logs of every scalar metric, per run and baseline."""
+    summary: dict = {}
+
+    def acc(prefix: str, d: dict) -> None:
+        for k, v in d.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and not (isinstance(v, float) and math.isnan(v)):
+                summary.setdefault(f"{prefix}{k}", []).append(float(v))
+            elif isinstance(v, dict):
+                acc(f"{prefix}{k}.", v)
+
+    for r in results:
+        for name, run in r["runs"].items():
+            acc(f"{name}.", run)
+        for name, b in r.get("baselines", {}).items():
+            acc(f"{name}.", b)
+    return {k: sum(v) / len(v) for k, v in sorted(summary.items())}
+
+
+def _print_summary(summary: dict) -> None:
+    for k, v in summary.items():
+        if k.endswith(("psnr", "ssim", "psnr_16", "psnr_64", "ssim_16", "ssim_64", "ms_per_frame",
+                       "psnr_vs_truth", "psnr_vs_first_visit", "return_ticks")):
+            print(f"  {k:48s} {v:8.3f}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from worldmodel.checkpoint import DEFAULT_CHECKPOINT, checkpoint_sha256
+    from worldmodel.runtime import ModelFrameSource
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads: must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    if (args.log is None) == (args.suite is None):
+        raise UserError("eval: give exactly one of --log LOG or --suite action|revisit")
+    ckpt = args.checkpoint or DEFAULT_CHECKPOINT
+    probe = ModelFrameSource(checkpoint=ckpt)
+    resolution, fov = probe.resolution, probe.config.fov_deg
+    memory = args.memory or ("both" if args.suite == "revisit" else "on")
+    modes = {"on": [True], "off": [False], "both": [True, False]}[memory]
+    if args.log is not None:
+        logs = [log_from_file(args.log, resolution, fov)]
+    else:
+        logs = suite_logs(args.suite, resolution, fov, args.limit)
+    prefill = args.prefill
+    baselines = args.suite != "revisit"
+
+    def make_source(mem: bool):
+        return ModelFrameSource(checkpoint=ckpt, use_memory=mem, sample_steps=args.steps)
+
+    results = []
+    for i, log in enumerate(logs):
+        pf = prefill if prefill is not None else (
+            int(len(log.actions) * REVISIT_OUTBOUND_FRACTION) if args.suite == "revisit" else 0)
+        r = evaluate_log(make_source, log, modes, pf, baselines)
+        results.append(r)
+        first = next(iter(r["runs"].values()))
+        print(f"[{i + 1}/{len(logs)}] {log.name}: mean PSNR {first['mean_psnr']:.2f} dB, SSIM {first['mean_ssim']:.3f}",
+              file=sys.stderr)
+    summary = summarise(results)
+    print(f"eval {'suite ' + args.suite if args.suite else args.log} ({len(logs)} logs), checkpoint {ckpt}:")
+    _print_summary(summary)
+    if args.plot:
+        _write_plots(args.plot, results)
+    if args.json:
+        doc = {"checkpoint": str(ckpt), "checkpoint_sha256": checkpoint_sha256(ckpt), "suite": args.suite,
+               "memory": memory, "summary": summary,
+               "logs": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]}
+        tmp = args.json.with_name(args.json.name + ".tmp")
+        tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")
+        os.replace(tmp, args.json)
+    return 0
+
+
+def _write_plots(path: Path, results: list[dict]) -> None:
+    from tools.plot import line_chart, save_image_atomic
+
+    series: dict[str, list[float]] = {}
+    n = min(r["ticks"] for r in results)
+    for name in results[0]["runs"]:
+        series[f"model ({name.replace('_', ' ')})"] = np.mean([r["runs"][name]["psnr"][:n] for r in results], 0).tolist()
+    for name in results[0].get("baselines", {}):
+        series[name.replace("_", " ")] = np.mean([r["baselines"][name]["psnr"][:n] for r in results], 0).tolist()
+    img = line_chart(series, f"PSNR vs. ground truth, mean over {len(results)} log(s)", "tick", "PSNR dB")
+    save_image_atomic(img, path)
+    source = results[0].get("_memory_source")
+    if source is not None and getattr(source, "memory", None) is not None:
+        from PIL import Image
+
+        from memory.map_view import draw_memory_map
+
+        store = source.memory
+        path_poses = torch.stack([torch.as_tensor(p) for p in source.pose_history]) if getattr(
+            source, "pose_history", None) else store.poses()
+        arr = draw_memory_map(store.poses(), path_poses, path_poses[-1])
+        save_image_atomic(Image.fromarray(arr), path.with_name(path.stem + "_memory.png"))
