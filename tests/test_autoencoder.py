@@ -5,7 +5,8 @@ import torch
 from safetensors.torch import save_file
 
 from ae_helpers import tiny_ae_config, write_synthetic_dataset
-from worldmodel.autoencoder import (Autoencoder, AutoencoderConfig, load_autoencoder, psnr,
+from worldmodel.metrics import psnr
+from worldmodel.autoencoder import (Autoencoder, AutoencoderConfig, load_autoencoder,
                                     read_checkpoint_metadata, save_autoencoder)
 from worldmodel.errors import UserError
 from worldmodel.train_autoencoder import (OptimConfig, evaluate_psnr, learning_rate,
@@ -204,5 +205,5 @@ def test_psnr_matches_the_definition():
     b = a.clone()
     b[0] += 0.1  # MSE 0.01 -> 20 dB
     b[1, 0] += 0.3  # MSE 0.09 / 3 = 0.03
-    torch.testing.assert_close(psnr(a, b), torch.tensor([20.0, -10 * torch.log10(torch.tensor(0.03)).item()]))
-    assert psnr(a, a)[0] == pytest.approx(100.0)
+    torch.testing.assert_close(psnr(a, b, channel_dim=-3), torch.tensor([20.0, -10 * torch.log10(torch.tensor(0.03)).item()]))
+    assert psnr(a, a, channel_dim=-3)[0] == pytest.approx(100.0)

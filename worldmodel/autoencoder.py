@@ -449,12 +449,6 @@ def load_autoencoder(path: str | os.PathLike, expected_config: AutoencoderConfig
     return model.to(device).eval()
 
 
-def psnr(reference: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB (DESIGN §6) of images in [0, 1], [B, 3, H, W] each -> [B]."""
-    mse = (reference.float() - estimate.float()).pow(2).flatten(1).mean(1)
-    return 10.0 * torch.log10(1.0 / mse.clamp(min=1e-10))
-
-
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 

@@ -27,10 +27,10 @@ from typing import Any, TextIO
 
 import torch
 
-from worldmodel.autoencoder import (Autoencoder, AutoencoderConfig, _default_file_mode, describe,
-                                    psnr, save_autoencoder)
+from worldmodel.autoencoder import Autoencoder, AutoencoderConfig, _default_file_mode, describe, save_autoencoder
 from worldmodel.data import ClipDataset, FrameSampler, fixed_frames
 from worldmodel.errors import UserError
+from worldmodel.metrics import psnr
 
 CHECKPOINT_NAME = "autoencoder.safetensors"
 TRAIN_STATE_NAME = "autoencoder.train.pt"
@@ -128,7 +128,7 @@ def evaluate_psnr(model: Autoencoder, frames: torch.Tensor, batch: int = EVAL_BA
     for i in range(0, frames.shape[0], batch):
         f = frames[i:i + batch]
         rec = model.decode_uint8(model.encode(f)).cpu()  # [b, H, W, 3]
-        values.append(psnr(f.permute(0, 3, 1, 2).float() / 255.0, rec.permute(0, 3, 1, 2).float() / 255.0))
+        values.append(psnr(f, rec))  # uint8 [B, H, W, 3] each
     return float(torch.cat(values).mean())
 
 
