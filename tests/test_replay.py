@@ -262,13 +262,8 @@ def test_replay_cli(tmp_path, capsys):
 def test_model_backend_session_replays_to_the_frames_shown(tmp_path):
     """The learned generator (tiny random checkpoint): replay of a recorded session is bit-identical,
     and the log names the checkpoint by sha256."""
-    import sys
-    from pathlib import Path
+    from wm_helpers import randomized_model, tiny_autoencoder
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from wm_helpers import install_test_doubles, randomized_model, tiny_autoencoder
-
-    install_test_doubles()
     from game.loop import build_session
     from worldmodel.checkpoint import checkpoint_sha256, save_checkpoint
 
