@@ -1,12 +1,18 @@
-"""`worldmodel train`: train the autoencoder (stage ae) or the world model (stage world).
+"""`worldmodel train`: train the autoencoder (stage ae), cache latents (stage latents), train the world
+model (stage world).
 
-    worldmodel train --stage ae    --data /work/data/train --val /work/data/heldout --out runs/ae --steps 3000
-    worldmodel train --stage world --data train_latents.safetensors --val heldout_latents.safetensors \\
+    worldmodel train --stage ae      --data data/train --val data/heldout --out runs/ae --steps 3000
+    worldmodel train --stage latents --data data/train --autoencoder runs/ae/autoencoder.safetensors \\
+                     --out data/train_latents.safetensors
+    worldmodel train --stage world   --data data/train_latents.safetensors --val data/heldout_latents.safetensors \\
                      --autoencoder runs/ae/autoencoder.safetensors --out runs/world --steps 3000
+    torchrun --nproc_per_node 8 -m worldmodel.cli train --stage world ... [--fsdp]
 
-Both stages resume from OUT when it holds a training state of the same config (--no-resume starts
-over), print a progress bar on stderr and write OUT/log.jsonl. The world stage writes
-OUT/world_model.safetensors: the one checkpoint `worldmodel play --checkpoint` loads.
+The ae and world stages resume from OUT when it holds a training state of the same config (--no-resume
+starts over), print a progress bar on stderr and write OUT/log.jsonl. The world stage writes
+OUT/world_model.safetensors: the one checkpoint `worldmodel play --checkpoint` loads. Only the world
+stage runs under torchrun (DDP, or FSDP with --fsdp; --batch is then the global batch); the other two
+refuse to start in more than one process rather than do the same work N times. See docs/training.md.
 """
 
 from __future__ import annotations
@@ -21,23 +27,29 @@ from typing import Any
 from worldmodel.errors import UserError
 
 PRESETS = ("default", "tiny")
+STAGES = ("ae", "latents", "world")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--stage", choices=("ae", "world"), required=True, help="what to train")
+    p.add_argument("--stage", choices=STAGES, required=True,
+                   help="ae: the autoencoder; latents: encode a data set with it; world: the world model")
     p.add_argument("--data", type=Path, required=True,
-                   help="ae: a clip data set folder; world: a latent cache (.safetensors)")
+                   help="ae, latents: a clip data set folder; world: a latent cache (.safetensors)")
     p.add_argument("--val", type=Path, default=None,
                    help="held-out data of the same kind (ae: folder, world: latent cache)")
-    p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, log.jsonl)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="ae, world: run folder (checkpoints, log.jsonl); latents: the cache file to write")
     p.add_argument("--steps", type=int, default=None, help="total optimisation steps")
-    p.add_argument("--batch", type=int, default=None, help="batch size")
+    p.add_argument("--batch", type=int, default=None,
+                   help="batch size (world: the global batch, split over the torchrun processes)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default auto)")
+    p.add_argument("--device", default="auto",
+                   help="auto, cpu, cuda, cuda:1 ... (default auto; under torchrun auto/cuda = cuda:LOCAL_RANK)")
     p.add_argument("--no-resume", action="store_true", help="start over even if OUT holds a run")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--autoencoder", type=Path, default=None,
-                   help="world: the autoencoder checkpoint the latents were encoded with (bundled)")
+                   help="latents: the autoencoder to encode with; world: the one the latents were encoded "
+                        "with (bundled into the checkpoint)")
     p.add_argument("--preset", choices=PRESETS, default="default", help="world: model config preset")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="world: override a WorldModelConfig field (JSON value), e.g. --set layers=6")
@@ -47,6 +59,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="world: stop this run after N steps (resume later with the same command)")
     p.add_argument("--export", type=Path, default=None,
                    help="world: also copy the final checkpoint here (e.g. the shipped default path)")
+    p.add_argument("--fsdp", action="store_true",
+                   help="world, under torchrun: shard parameters, gradients and optimizer state across the "
+                        "processes (FSDP) instead of replicating the model (DDP)")
 
 
 def _parse_overrides(items: list[str], cls: type, flag: str) -> dict[str, Any]:
@@ -81,9 +96,13 @@ def _run_world(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None:
             opt_over[key] = value
+    if args.fsdp:
+        opt_over["fsdp"] = True
     options = TrainOptions(**opt_over)
     path = train_world_model(args.data, args.out, args.autoencoder, options, config, val_latents_path=args.val,
                              resume=not args.no_resume, device=args.device, stop_after=args.stop_after)
+    if not _is_main_process():
+        return 0  # rank 0 reports and exports
     print(f"world model checkpoint: {path}")
     if args.export is not None:
         args.export.parent.mkdir(parents=True, exist_ok=True)
@@ -91,6 +110,40 @@ def _run_world(args: argparse.Namespace) -> int:
         shutil.copyfile(path, tmp)
         tmp.replace(args.export)
         print(f"exported to {args.export}")
+    return 0
+
+
+def _is_main_process() -> bool:
+    from worldmodel.distributed import read_launch_env
+
+    launch = read_launch_env()
+    return launch is None or launch.rank == 0
+
+
+def _refuse_multi_process(stage: str) -> None:
+    from worldmodel.distributed import read_launch_env
+
+    launch = read_launch_env()
+    if launch is not None and launch.world_size > 1:
+        raise UserError(f"train --stage {stage} runs in one process; start it without torchrun "
+                        f"(WORLD_SIZE is {launch.world_size}); only --stage world trains distributed")
+
+
+def _run_latents(args: argparse.Namespace) -> int:
+    from worldmodel.autoencoder import file_sha256, load_autoencoder
+    from worldmodel.data import DEFAULT_ENCODE_BATCH, encode_dataset
+    from worldmodel.train import resolve_device
+
+    if args.autoencoder is None:
+        raise UserError("train --stage latents: --autoencoder PATH is required")
+    if args.out.is_dir():
+        raise UserError(f"--out {args.out}: is a folder; --stage latents writes one .safetensors file")
+    batch = args.batch if args.batch is not None else DEFAULT_ENCODE_BATCH
+    dev = resolve_device(args.device)
+    autoencoder = load_autoencoder(args.autoencoder).to(dev)
+    path = encode_dataset(autoencoder, args.data, args.out, batch=batch,
+                          autoencoder_sha256=file_sha256(args.autoencoder))
+    print(f"latent cache: {path}")
     return 0
 
 
@@ -116,6 +169,12 @@ def run(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise UserError("--threads must be >= 1")
         torch.set_num_threads(args.threads)
+    if args.stage != "world":
+        _refuse_multi_process(args.stage)
+        if args.fsdp:
+            raise UserError(f"--fsdp: only --stage world trains distributed, not --stage {args.stage}")
     if args.stage == "ae":
         return _run_ae(args)
+    if args.stage == "latents":
+        return _run_latents(args)
     return _run_world(args)

@@ -12,9 +12,15 @@ keys it would see at play time, and the loss is the MSE of the predicted clean l
 `train_world_model(...)` is the resumable loop: AdamW + warmup/cosine, EMA of weights, bf16 autocast,
 atomic checkpoints (`train_state.pt`: model, EMA, optimizer, step, RNG) every `ckpt_every` steps, the
 product checkpoint (EMA weights + autoencoder, one safetensors) next to it, a JSONL log and a text
-progress bar on stderr. Validation: teacher-forced next-frame PSNR and a short free-rollout PSNR in
-pixel space on held-out clips (against the autoencoder's decoding of the true latents, i.e. the best
-the model could do through this autoencoder), plus the copy-last-frame baseline for scale.
+progress bar on stderr. The same loop runs as one process or under torchrun (DDP, or FSDP with
+`TrainOptions.fsdp`; see worldmodel.distributed): `StepSampler` + `step_batch` give every step a fixed
+global batch of `batch` slots, each slot with its own clip and random stream, and rank r of W builds
+only its W-th of the slots, so a run's batches (and, up to float rounding, its weights) do not depend on
+how many processes share the work. Only rank 0 logs, validates and writes; every rank resumes.
+
+Validation: teacher-forced next-frame PSNR and a short free-rollout PSNR in pixel space on held-out
+clips (against the autoencoder's decoding of the true latents, i.e. the best the model could do
+through this autoencoder), plus the copy-last-frame baseline for scale.
 """
 
 from __future__ import annotations
@@ -34,6 +40,9 @@ import torch
 import torch.nn.functional as F
 
 from worldmodel.config import WorldModelConfig, default_config
+from worldmodel.distributed import (DistContext, ParallelModel, distributed_session, full_state_dict,
+                                    load_full_state_dict, load_optimizer_state, optimizer_state,
+                                    reduce_weighted_means, shard_model)
 from worldmodel.errors import UserError
 from worldmodel.model import JointBatch, WorldModel
 from worldmodel.sampler import add_noise, noise_levels
@@ -45,6 +54,9 @@ PRODUCT_CHECKPOINT = "world_model.safetensors"
 LOG_FILE = "log.jsonl"
 PAD_TICK = -(10 ** 6)
 """Tick of padding frames: far from every real tick, so no window ever includes them."""
+HIGH_NOISE_LEVEL = 0.5
+"""Targets noisier than this count towards mse_high_noise, the others towards mse_low_noise."""
+TRAIN_STATE_FORMAT = "worldmodel.train_state"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -232,16 +244,115 @@ def sample_batch(data: LatentData, config: WorldModelConfig, tokenizer: Tokenize
 
 
 # --------------------------------------------------------------------------------------------------
+# the sampling plan: the same global batch for any number of ranks
+# --------------------------------------------------------------------------------------------------
+_MASK64 = (1 << 64) - 1
+_SEED_BITS = (1 << 63) - 1
+_ORDER_STREAM = 0x6F72646572
+"""Salts that keep the clip-order streams and the per-slot sample streams apart."""
+_SLOT_STREAM = 0x736C6F74
+
+
+def _splitmix64(x: int) -> int:
+    """One SplitMix64 step: a bijective 64-bit mix, so nearby (seed, step, slot) give unrelated seeds."""
+    z = (x + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def stream_seed(seed: int, salt: int, *keys: int) -> int:
+    """A 63-bit generator seed derived from the run seed, a stream salt and integer keys."""
+    h = _splitmix64((seed & _MASK64) ^ salt)
+    for key in keys:
+        h = _splitmix64(h ^ (key & _MASK64))
+    return h & _SEED_BITS
+
+
+def rank_slots(global_batch: int, rank: int, world_size: int) -> range:
+    """The slots of a step's global batch that rank `rank` of `world_size` builds (a contiguous W-th)."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} of {world_size}")
+    if global_batch % world_size:
+        raise UserError(f"--batch {global_batch} is the global batch of one step; it must be divisible by the "
+                        f"{world_size} processes (each builds {global_batch} / {world_size} samples)")
+    per_rank = global_batch // world_size
+    return range(rank * per_rank, (rank + 1) * per_rank)
+
+
+class StepSampler:
+    """Which clip every slot of every step trains on, and the seed of the slot's random stream.
+
+    Clips are visited in epochs: global sample n = step * batch + slot is clip order_e[n % N] of epoch
+    e = n // N, where order_e is a permutation drawn from (seed, e); so each epoch shows every clip
+    once, ranks of one step read disjoint clips, and nothing depends on the number of ranks. A slot's
+    other randomness (segment start, caption dropout, noise levels, noise) comes from its own
+    generator seeded by (seed, step, slot): no generator state has to be saved to resume exactly.
+    """
+
+    def __init__(self, clips: int, global_batch: int, seed: int) -> None:
+        if clips < 1 or global_batch < 1:
+            raise ValueError("StepSampler needs at least one clip and a batch of at least 1")
+        self.clips = clips
+        self.global_batch = global_batch
+        self.seed = seed
+        self._orders: dict[int, torch.Tensor] = {}
+
+    def _order(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._orders:
+            if len(self._orders) > 2:  # a step spans at most two epochs; keep the cache tiny
+                self._orders.pop(min(self._orders))
+            gen = torch.Generator().manual_seed(stream_seed(self.seed, _ORDER_STREAM, epoch))
+            self._orders[epoch] = torch.randperm(self.clips, generator=gen)
+        return self._orders[epoch]
+
+    def clip(self, step: int, slot: int) -> int:
+        n = step * self.global_batch + slot
+        return int(self._order(n // self.clips)[n % self.clips])
+
+    def generator(self, step: int, slot: int) -> torch.Generator:
+        return torch.Generator().manual_seed(stream_seed(self.seed, _SLOT_STREAM, step, slot))
+
+
+def step_batch(data: LatentData, config: WorldModelConfig, tokenizer: Tokenizer, sampler: StepSampler, step: int,
+               rank: int = 0, world_size: int = 1, caption_dropout: float = 0.0) -> TrainBatch:
+    """This rank's part of step `step`'s global batch (all of it when world_size = 1).
+
+    Concatenating the ranks' batches along B gives exactly the one-process batch: the same clips,
+    segments, noise levels and noise, and text ids padded to the longest prompt of the whole global
+    batch (not just this rank's part), so even the padding does not depend on the split."""
+    c = config
+    k = min(c.target_frames, data.ticks - 1)
+    slots = rank_slots(sampler.global_batch, rank, world_size)
+    gens = [sampler.generator(step, s) for s in range(sampler.global_batch)]
+    clips = [sampler.clip(step, s) for s in range(sampler.global_batch)]
+    # caption dropout is each stream's first draw, so every rank knows every slot's prompt length
+    drops = [float(torch.rand((), generator=g)) < caption_dropout for g in gens]
+    ids_all = [tokenizer.encode("" if d else data.captions[n]) for d, n in zip(drops, clips)]
+    max_len = max(len(i) for i in ids_all)
+    samples = []
+    for s in slots:
+        gen = gens[s]
+        start = int(torch.randint(1, data.ticks - k + 1, (1,), generator=gen))
+        tl = sample_target_levels(c, (k,), gen)
+        cl = torch.rand(c.window_frames + k, generator=gen) * c.ctx_noise_max
+        samples.append(build_sample(data, clips[s], start, c, torch.tensor(ids_all[s]), tl, cl, gen, k))
+    return collate(samples, max_len, k)
+
+
+# --------------------------------------------------------------------------------------------------
 # the step function
 # --------------------------------------------------------------------------------------------------
-def world_model_loss(model: WorldModel, batch: TrainBatch, config: WorldModelConfig
+def world_model_loss(model: WorldModel | ParallelModel, batch: TrainBatch, config: WorldModelConfig
                      ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Pure step function: x0-prediction MSE of the noisy targets -> (loss, metrics)."""
+    """Pure step function: x0-prediction MSE of the noisy targets -> (loss, metrics).
+
+    `model` is anything with `forward_joint`: a WorldModel, or the DDP/FSDP-wrapped ParallelModel."""
     pred = model.forward_joint(batch.joint)  # [B, G, C, h, w]
     pred_t = pred.index_select(1, batch.target_index).float()  # [B, K, C, h, w]
     err = (pred_t - batch.target_x0.float()).pow(2).flatten(2).mean(-1)  # [B, K]
     loss = err.mean()
-    high = batch.target_noise > 0.5
+    high = batch.target_noise > HIGH_NOISE_LEVEL
     metrics = {"loss": float(loss.detach())}
     if bool(high.any()):
         metrics["mse_high_noise"] = float(err.detach()[high].mean())
@@ -352,6 +463,7 @@ class TrainOptions:
     steps: int = 2000
     """~45-60 min on a 2-core CPU at the default model size and batch (about 1.5 s per step)."""
     batch: int = 8
+    """The global batch of one step; under torchrun each of the W processes builds batch / W of it."""
     lr: float = 8e-4
     """A short CPU budget wants a high peak rate; adaLN-zero + grad clipping keep it stable."""
     min_lr_ratio: float = 0.1
@@ -369,6 +481,9 @@ class TrainOptions:
     seed: int = 0
     amp: bool = True
     """bf16 autocast (CPU and CUDA)."""
+    fsdp: bool = False
+    """Shard parameters, gradients and optimizer state across the torchrun processes (FSDP2) instead
+    of replicating the model in each (DDP): for models that do not fit one GPU. Needs torchrun."""
 
 
 def resolve_device(device: str) -> torch.device:
@@ -394,6 +509,7 @@ def learning_rate(step: int, opts: TrainOptions) -> float:
 
 @torch.no_grad()
 def update_ema(ema: WorldModel, model: WorldModel, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model (shard by shard when both are FSDP-sharded alike)."""
     for pe, pm in zip(ema.parameters(), model.parameters()):
         pe.lerp_(pm.detach().float(), 1.0 - decay)
 
@@ -418,7 +534,7 @@ def _load_state(path: Path, config: WorldModelConfig) -> dict[str, Any]:
     except Exception as exc:  # pickle/zip errors of a damaged file
         raise UserError(f"{path}: cannot read the training state ({type(exc).__name__}: {exc}); "
                         f"delete it or pass --no-resume") from None
-    if not isinstance(state, dict) or state.get("format") != "worldmodel.train_state":
+    if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
         raise UserError(f"{path}: not a world-model training state")
     saved = WorldModelConfig.from_json(state["config"], source=str(path))
     if saved != config:
@@ -435,6 +551,29 @@ def _log(path: Path, record: dict[str, Any]) -> None:
         f.flush()
 
 
+def _plain_model(config: WorldModelConfig, state: dict[str, torch.Tensor], device: torch.device) -> WorldModel:
+    """An unsharded WorldModel holding `state` (rank 0's view of FSDP-sharded EMA weights).
+
+    Built under a forked RNG: the constructor's random init must not move this rank's torch RNG,
+    which is part of the training state."""
+    with torch.random.fork_rng(devices=[]):
+        model = WorldModel(config)
+    model.load_state_dict(state)
+    return model.to(device).eval()
+
+
+def _step_metrics(ctx: DistContext, metrics: dict[str, float], batch: TrainBatch) -> dict[str, float]:
+    """All-reduce the loss metrics: means over the union of the ranks' targets (what one process
+    with the global batch logs), each weighted by how many targets it averages."""
+    high = batch.target_noise > HIGH_NOISE_LEVEL  # [B, K]
+    n_high = float(high.sum())
+    n_all = float(high.numel())
+    return reduce_weighted_means(ctx, {
+        "loss": (metrics["loss"], n_all),
+        "mse_high_noise": (metrics.get("mse_high_noise", 0.0), n_high),
+        "mse_low_noise": (metrics.get("mse_low_noise", 0.0), n_all - n_high)})
+
+
 def train_world_model(latents_path: str | Path, out_dir: str | Path, autoencoder_path: str | Path,
                       options: TrainOptions | None = None, config: WorldModelConfig | None = None,
                       val_latents_path: str | Path | None = None, resume: bool = True, device: str = "auto",
@@ -443,19 +582,38 @@ def train_world_model(latents_path: str | Path, out_dir: str | Path, autoencoder
 
     `stop_after` ends this invocation after that many steps (state saved, schedule unchanged), so a
     long run can be done in slices on a shared machine and continued with the same command.
+    Under torchrun (WORLD_SIZE/RANK/LOCAL_RANK set) this starts the process group, trains with DDP
+    (or FSDP when `options.fsdp`), and destroys the group when it returns or raises; `device` is then
+    per rank (`auto`/`cuda` = cuda:LOCAL_RANK). OUT must be a folder every rank sees (a local disk on
+    one machine, a shared file system across machines): rank 0 writes there, every rank resumes
+    from it.
     """
+    with distributed_session(device) as ctx:
+        return _train(ctx, latents_path, out_dir, autoencoder_path, options or TrainOptions(), config,
+                      val_latents_path, resume, progress, stop_after)
+
+
+def _train(ctx: DistContext, latents_path: str | Path, out_dir: str | Path, autoencoder_path: str | Path,
+           opts: TrainOptions, config: WorldModelConfig | None, val_latents_path: str | Path | None,
+           resume: bool, progress: bool, stop_after: int | None) -> Path:
     from worldmodel.autoencoder import load_autoencoder
     from worldmodel.checkpoint import checkpoint_sha256, save_checkpoint
     from worldmodel.progress import ProgressBar
 
-    opts = options or TrainOptions()
     config = (config or default_config()).validate()
     if opts.steps < 1 or opts.batch < 1:
         raise UserError("train: --steps and --batch must be >= 1")
-    dev = resolve_device(device)
+    rank_slots(opts.batch, ctx.rank, ctx.world_size)  # refuse a global batch the ranks cannot split
+    if opts.fsdp and not ctx.group:
+        raise UserError("--fsdp shards the model across processes; launch with torchrun "
+                        "(torchrun --nproc_per_node N -m worldmodel.cli train ... --fsdp)")
+    dev = ctx.device
+    main = ctx.is_main
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    autoencoder = load_autoencoder(autoencoder_path).to(dev).eval()
+    # every rank reads and checks the inputs, so a bad file fails all ranks alike (no rank is left
+    # waiting in a collective for one that raised)
+    autoencoder = load_autoencoder(autoencoder_path).to(dev if main else "cpu").eval()
     ae_cfg = autoencoder.config
     if getattr(ae_cfg, "latent_channels", config.latent_channels) != config.latent_channels or \
             getattr(ae_cfg, "resolution", config.resolution) != config.resolution:
@@ -471,80 +629,131 @@ def train_world_model(latents_path: str | Path, out_dir: str | Path, autoencoder
         vdata = load_latents(val_latents_path, config)
         vset = make_validation_set(vdata, config, opts.val_clips, opts.val_rollout_ticks, seed=opts.seed)
 
-    torch.manual_seed(opts.seed)  # the initial weights belong to the run's seed
-    model = WorldModel(config).to(dev)
+    torch.manual_seed(opts.seed)  # the initial weights belong to the run's seed (identical on all ranks)
+    model = WorldModel(config)
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
+    if opts.fsdp:  # fully_shard moves each rank's shard to its device; the full model never has to fit
+        shard_model(ema, ctx, forward_methods=False)
+    else:
+        model.to(dev)
+        ema.to(dev)
+    net = ParallelModel(model, ctx, fsdp=opts.fsdp)  # DDP / FSDP wrapping (in place for FSDP)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if p.dim() < 2 or name.endswith("_pos") or "embed" in name else decay).append(p)
     optim = torch.optim.AdamW([{"params": decay, "weight_decay": opts.weight_decay},
                                {"params": no_decay, "weight_decay": 0.0}], lr=opts.lr, betas=(0.9, 0.99))
-    gen = torch.Generator().manual_seed(opts.seed)
+    sampler = StepSampler(data.clips, opts.batch, opts.seed)
     tokenizer = Tokenizer(config.vocab, config.max_text_tokens)
     step = 0
     state_path = out / TRAIN_STATE
     log_path = out / LOG_FILE
     if resume and state_path.exists():
         state = _load_state(state_path, config)
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optim.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
+        load_full_state_dict(model, state["model"], opts.fsdp)
+        load_full_state_dict(ema, state["ema"], opts.fsdp)
+        load_optimizer_state(model, optim, state["optimizer"], opts.fsdp, str(state_path))
         torch.set_rng_state(state["torch_rng"])
         step = int(state["step"])
-    elif not resume and state_path.exists():
-        state_path.unlink()
-    if step == 0 and log_path.exists():
-        log_path.unlink()
+        del state
+    if not ctx.all_equal(step):
+        raise UserError(f"{state_path}: the ranks found different training states here (rank {ctx.rank} is at "
+                        f"step {step}); --out must be a folder every rank sees")
+    if main:
+        if not resume and state_path.exists():
+            state_path.unlink()
+        if step == 0 and log_path.exists():
+            log_path.unlink()
+    ctx.barrier()
 
     amp = opts.amp and dev.type in ("cpu", "cuda")
 
-    def save(step_now: int, metrics: dict[str, Any]) -> Path:
-        _atomic_torch_save({"format": "worldmodel.train_state", "step": step_now, "config": config.to_json(),
-                            "options": asdict(opts), "model": model.state_dict(), "ema": ema.state_dict(),
-                            "optimizer": optim.state_dict(), "generator": gen.get_state(),
-                            "torch_rng": torch.get_rng_state()}, state_path)
-        summary = {"step": step_now, "options": asdict(opts), "data": str(latents_path),
-                   "clips": data.clips, "ticks": data.ticks, "autoencoder_sha256": ae_sha, **metrics}
-        return save_checkpoint(out / PRODUCT_CHECKPOINT, ema, autoencoder, summary)
+    def rank0(what: str, work: Any) -> Any:
+        """Run `work()` on rank 0 only; every rank raises if it failed there."""
+        result, error = None, None
+        if main:
+            try:
+                result = work()
+            except Exception as exc:  # re-raised below on rank 0, after telling the other ranks
+                error = exc
+        ctx.agree(error, what)
+        return result
+
+    def ema_for_rank0(device: torch.device) -> WorldModel | None:
+        """The EMA weights as an ordinary module on rank 0 (a collective under FSDP)."""
+        if not opts.fsdp:
+            return ema
+        state = full_state_dict(ema, ctx, fsdp=True)
+        return _plain_model(config, state, device) if main else None
+
+    def save(step_now: int, metrics: dict[str, Any]) -> None:
+        # under FSDP gathering the full states is a collective of all ranks; under DDP the replicas
+        # are identical and only rank 0 needs a copy
+        gather = opts.fsdp or main
+        model_sd = full_state_dict(model, ctx, opts.fsdp) if gather else {}
+        optim_sd = optimizer_state(model, optim, ctx, opts.fsdp) if gather else {}
+        ema_module = ema_for_rank0(torch.device("cpu"))
+
+        def write() -> None:
+            _atomic_torch_save({"format": TRAIN_STATE_FORMAT, "step": step_now, "config": config.to_json(),
+                                "options": asdict(opts), "world_size": ctx.world_size, "model": model_sd,
+                                "ema": {k: v.detach().cpu() for k, v in ema_module.state_dict().items()},
+                                "optimizer": optim_sd, "torch_rng": torch.get_rng_state()}, state_path)
+            summary = {"step": step_now, "options": asdict(opts), "data": str(latents_path),
+                       "clips": data.clips, "ticks": data.ticks, "autoencoder_sha256": ae_sha,
+                       "world_size": ctx.world_size, **metrics}
+            save_checkpoint(out / PRODUCT_CHECKPOINT, ema_module, autoencoder, summary)
+
+        rank0("writing the checkpoint", write)
 
     last_val: dict[str, Any] = {}
     t_start = time.perf_counter()
     t_window, n_window = time.perf_counter(), 0
-    bar = ProgressBar(opts.steps, "train world", start=step) if progress else None
-    model.train()
+    bar = ProgressBar(opts.steps, "train world", start=step) if progress and main else None
+    net.train()
     end = opts.steps if stop_after is None else min(opts.steps, step + max(0, stop_after))
     while step < end:
-        batch = sample_batch(data, config, tokenizer, opts.batch, gen, opts.caption_dropout).to(dev)
+        batch = step_batch(data, config, tokenizer, sampler, step, ctx.rank, ctx.world_size,
+                           opts.caption_dropout).to(dev)
         lr = learning_rate(step, opts)
         for group in optim.param_groups:
             group["lr"] = lr
         with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
-            loss, metrics = world_model_loss(model, batch, config)
+            loss, metrics = world_model_loss(net, batch, config)
         optim.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip))
+        grad_norm = net.clip_grad_norm(opts.grad_clip)
         optim.step()
         update_ema(ema, model, min(opts.ema_decay, (1 + step) / (10 + step)))
+        metrics = _step_metrics(ctx, metrics, batch)
         step += 1
         n_window += 1
         if bar is not None:
             bar.update(1, loss=metrics["loss"], **{k: v for k, v in last_val.items() if k.endswith("psnr")})
-        if step % opts.log_every == 0 or step == opts.steps:
+        if main and (step % opts.log_every == 0 or step == opts.steps):
             now = time.perf_counter()
             _log(log_path, {"step": step, "lr": lr, "grad_norm": grad_norm, "it_s": n_window / (now - t_window),
                             "elapsed_s": now - t_start, **metrics})
             t_window, n_window = now, 0
         if vset is not None and (step % opts.val_every == 0 or step == opts.steps):
-            last_val = validate(ema, autoencoder, vset, config, dev)
-            _log(log_path, {"step": step, **last_val})
+            val_model = ema_for_rank0(dev)
+
+            def run_validation() -> dict[str, Any]:
+                scores = validate(val_model, autoencoder, vset, config, dev)
+                _log(log_path, {"step": step, **scores})
+                return scores
+
+            last_val = rank0("validation", run_validation) or last_val
         if step % opts.ckpt_every == 0 or step == end:
             save(step, last_val)
     if bar is not None:
         bar.close()
     product = out / PRODUCT_CHECKPOINT
-    if not product.exists():  # resumed a finished run, or stopped before the first step
+    # resumed a finished run, or stopped before the first step: rank 0 decides (it is the one that
+    # sees the file), every rank joins the save
+    missing = ctx.all_reduce_max(torch.tensor([float(main and not product.exists())]))
+    if float(missing[0]) > 0:
         save(step, last_val)
     return product
