@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("tools.replay", "replay an action log to a window, a video file or PNG frames"),
     "dataset": ("tools.dataset", "write training clips from procedural worlds"),
     "train": ("tools.train", "train the autoencoder and the world model"),
+    "distill": ("tools.distill", "distil the teacher into a 1-2 step student (Self Forcing + DMD)"),
     "eval": ("tools.eval", "score the model against the procedural ground truth"),
     "bench": ("tools.bench", "benchmark the oracle renderer and the play loop"),
 }

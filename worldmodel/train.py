@@ -514,7 +514,8 @@ def update_ema(ema: WorldModel, model: WorldModel, decay: float) -> None:
         pe.lerp_(pm.detach().float(), 1.0 - decay)
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """torch.save via temp file + fsync + rename: a crash never leaves half a state under `path`."""
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -697,7 +698,7 @@ def _train(ctx: DistContext, latents_path: str | Path, out_dir: str | Path, auto
         ema_module = ema_for_rank0(torch.device("cpu"))
 
         def write() -> None:
-            _atomic_torch_save({"format": TRAIN_STATE_FORMAT, "step": step_now, "config": config.to_json(),
+            atomic_torch_save({"format": TRAIN_STATE_FORMAT, "step": step_now, "config": config.to_json(),
                                 "options": asdict(opts), "world_size": ctx.world_size, "model": model_sd,
                                 "ema": {k: v.detach().cpu() for k, v in ema_module.state_dict().items()},
                                 "optimizer": optim_sd, "torch_rng": torch.get_rng_state()}, state_path)

@@ -1,0 +1,92 @@
+"""`worldmodel distill`: distil a many-step teacher into a 1-2 step causal student (Self Forcing + DMD).
+
+    worldmodel distill --teacher runs/world/world_model.safetensors --data train_latents.safetensors \\
+                       --val heldout_latents.safetensors --out runs/student --steps 1000 --student-steps 1
+    worldmodel distill ... --no-self-rollout      # ablation: teacher-forced student (no self rollout)
+
+Resumes from OUT when it holds a distillation state of the same teacher, student config and recipe
+(--no-resume starts over); prints a progress bar on stderr and writes OUT/log.jsonl. The result,
+OUT/world_model.safetensors, is an ordinary checkpoint: `worldmodel play --checkpoint` plays it.
+See docs/distillation.md for the recipe and the metrics to report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+from worldmodel.errors import UserError
+
+STUDENT_STEP_CHOICES = (1, 2)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--teacher", type=Path, required=True,
+                   help="the teacher checkpoint (world_model.safetensors of `worldmodel train --stage world`)")
+    p.add_argument("--data", type=Path, required=True, help="latent cache the teacher was trained on (.safetensors)")
+    p.add_argument("--val", type=Path, default=None, help="held-out latent cache for validation PSNRs")
+    p.add_argument("--out", type=Path, required=True, help="run folder (state, checkpoint, log.jsonl)")
+    p.add_argument("--steps", type=int, default=None, help="generator updates (default 1000)")
+    p.add_argument("--student-steps", type=int, choices=STUDENT_STEP_CHOICES, default=None,
+                   help="sampler steps per frame of the student after the warmup frames (default 2)")
+    p.add_argument("--warmup-steps", type=int, default=None,
+                   help="sampler steps of the student's first frames (default 4)")
+    p.add_argument("--warmup-frames", type=int, default=None,
+                   help="how many first frames get --warmup-steps (default 2)")
+    p.add_argument("--no-self-rollout", action="store_true",
+                   help="ablation: the student generates each frame from the true previous frames")
+    p.add_argument("--batch", type=int, default=None, help="clips per rollout (default 4)")
+    p.add_argument("--rollout-frames", type=int, default=None, help="frames generated per clip (default 12)")
+    p.add_argument("--fake-steps", type=int, default=None, help="fake-score updates per generator update (default 5)")
+    p.add_argument("--lr", type=float, default=None, help="student learning rate")
+    p.add_argument("--fake-lr", type=float, default=None, help="fake-score learning rate")
+    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any DistillOptions field, e.g. --opt grad_step=last --opt real_guidance=2")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default auto)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--no-resume", action="store_true", help="start over even if OUT holds a run")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="stop this invocation after N steps (resume later with the same command)")
+    p.add_argument("--export", type=Path, default=None, help="also copy the final checkpoint here")
+
+
+def options_from_args(args: argparse.Namespace):
+    """DistillOptions from --opt overrides plus the dedicated flags (flags win)."""
+    from tools.train import _parse_overrides
+    from worldmodel.distill import DistillOptions
+
+    over = _parse_overrides(args.opt, DistillOptions, "--opt")
+    for flag in ("steps", "student_steps", "warmup_steps", "warmup_frames", "batch", "rollout_frames",
+                 "fake_steps", "lr", "fake_lr"):
+        value = getattr(args, flag)
+        if value is not None:
+            over[flag] = value
+    if args.no_self_rollout:
+        over["self_rollout"] = False
+    try:
+        return DistillOptions(**over).validate()
+    except TypeError as exc:
+        raise UserError(f"--opt: {exc}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from worldmodel.distill import distill
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
+    options = options_from_args(args)
+    path = distill(args.teacher, args.data, args.out, options, val_latents_path=args.val,
+                   resume=not args.no_resume, device=args.device, stop_after=args.stop_after)
+    print(f"student checkpoint: {path}")
+    if args.export is not None:
+        args.export.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.export.with_name(args.export.name + ".tmp")
+        shutil.copyfile(path, tmp)
+        tmp.replace(args.export)
+        print(f"exported to {args.export}")
+    return 0
