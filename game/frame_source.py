@@ -18,7 +18,7 @@ from worldmodel.errors import UserError
 
 ORACLE_BACKEND = "oracle"
 MODEL_BACKEND = "model"
-DEFAULT_BACKEND = ORACLE_BACKEND
+DEFAULT_BACKEND = MODEL_BACKEND
 """Backend of `worldmodel play` when none is given (the lead switches this to MODEL_BACKEND)."""
 BACKEND_CHOICES: tuple[str, ...] = (ORACLE_BACKEND, MODEL_BACKEND)
 WORLD_CACHE_SIZE = 4

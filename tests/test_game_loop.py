@@ -270,7 +270,7 @@ def test_image_option_shows_the_picture_first(scene, tmp_path):
     picture[:, :30] = (200, 50, 10)
     path = tmp_path / "start.png"
     Image.fromarray(picture).save(path)
-    session = build_session(GameConfig(scene="courtyard", image=str(path), prompt="my picture", resolution=RES,
+    session = build_session(GameConfig(scene="courtyard", backend="oracle", image=str(path), prompt="my picture", resolution=RES,
                                        recordings_dir=tmp_path / "rec"))
     first = session.reset()
     from scenes.scene import load_image
@@ -357,7 +357,13 @@ def test_play_cli_runs_and_records(tmp_path, monkeypatch):
     assert main(["play", "courtyard", "--max-ticks", "3", "--record", str(log), "--resolution", str(RES),
                  "--window", str(WINDOW), "--tick-hz", "50"]) == 0
     parsed = read_action_log(log)
-    assert parsed.ticks == 3 and parsed.header["tick_hz"] == 50.0 and parsed.header["resolution"] == [RES, RES]
+    # The default backend is the shipped model, which generates at its checkpoint's resolution.
+    assert parsed.ticks == 3 and parsed.header["tick_hz"] == 50.0 and parsed.header["backend"] == "model"
+    assert parsed.header["resolution"] == [64, 64] and parsed.header["checkpoint_sha256"]
+    oracle_log = tmp_path / "oracle.jsonl"
+    assert main(["play", "courtyard", "--backend", "oracle", "--max-ticks", "2", "--record", str(oracle_log),
+                 "--resolution", str(RES), "--window", str(WINDOW)]) == 0
+    assert read_action_log(oracle_log).header["resolution"] == [RES, RES]
 
 
 def test_unknown_scene_and_model_errors_are_user_errors(tmp_path):

@@ -219,7 +219,7 @@ def test_image_session_replays_with_the_picture_first(tmp_path):
     picture[5:15, 5:15] = (10, 220, 40)
     image = tmp_path / "pic.png"
     Image.fromarray(picture).save(image)
-    session = build_session(GameConfig(scene="courtyard", image=str(image), resolution=RES))
+    session = build_session(GameConfig(scene="courtyard", backend="oracle", image=str(image), resolution=RES))
     shown = [session.reset()]
     log = tmp_path / "img.jsonl"
     session.start_recording(log)

@@ -1,0 +1,68 @@
+"""Guard on the shipped checkpoint: a change that makes the model worse fails here, not only in eval.
+
+The floors sit a little under what the shipped checkpoint measured when it was committed (see
+docs/model_card.md): a held-out world, a fixed 16-tick walk, generated frames scored against the
+oracle. Everything is seeded, so on one machine the numbers are exact; the margin absorbs
+floating-point differences between machines.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from scenes.render import render_views
+from scenes.trajectories import make_trajectory
+from scenes.scene import Scene
+from scenes.world import HELDOUT_SEED_START, generate_world
+from worldmodel.camera import CameraPose
+from worldmodel.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+from worldmodel.metrics import psnr
+
+GUARD_WORLD = HELDOUT_SEED_START + 4242
+GUARD_TICKS = 16
+MEASURED_PSNR_DB = 22.73
+"""Mean PSNR of the shipped checkpoint on the guard log when it was committed (2026-11-29, this CPU)."""
+PSNR_FLOOR_DB = MEASURED_PSNR_DB - 0.5
+AE_PSNR_FLOOR_DB = 29.0
+"""The autoencoder measured 31.8 dB on held-out frames; reconstructions below this mean a broken AE."""
+
+
+@pytest.fixture(scope="module")
+def guard_log():
+    world = generate_world(GUARD_WORLD)
+    tr = make_trajectory(world, GUARD_TICKS + 1, "walk", random.Random(GUARD_WORLD))
+    truth = render_views(world, tr.poses, 64)
+    return world, tr, truth
+
+
+def test_shipped_checkpoint_loads_and_matches_its_config() -> None:
+    model, autoencoder, config = load_checkpoint(DEFAULT_CHECKPOINT)
+    assert config.resolution == 64 and config.use_memory
+    assert DEFAULT_CHECKPOINT.stat().st_size < 50 * 2 ** 20
+
+
+def test_shipped_autoencoder_reconstructs_held_out_frames(guard_log) -> None:
+    _, _, truth = guard_log
+    _, autoencoder, _ = load_checkpoint(DEFAULT_CHECKPOINT)
+    with torch.no_grad():
+        rec = autoencoder.decode_uint8(autoencoder.encode(truth))
+    assert float(psnr(rec, truth).mean()) >= AE_PSNR_FLOOR_DB
+
+
+def test_shipped_model_follows_actions_above_the_floor(guard_log) -> None:
+    from worldmodel.runtime import ModelFrameSource
+
+    world, tr, truth = guard_log
+    source = ModelFrameSource(DEFAULT_CHECKPOINT)
+    start = CameraPose.from_sequence(tr.poses[0].tolist())
+    scene = Scene(name="guard", prompt=world.caption, start_pose=start, fov_deg=90.0, world_seed=GUARD_WORLD,
+                  image=truth[0].numpy(), path=None)
+    source.reset(scene, start, world.caption, 0)
+    frames = torch.stack([torch.from_numpy(source.step(tr.actions[t].tolist(),
+                                                       CameraPose.from_sequence(tr.poses[t].tolist())))
+                          for t in range(1, GUARD_TICKS + 1)])
+    mean = float(psnr(frames, truth[1:]).mean())
+    assert mean >= PSNR_FLOOR_DB, f"shipped model: {mean:.2f} dB on the guard log, floor {PSNR_FLOOR_DB} dB"
