@@ -31,6 +31,7 @@ from worldmodel.autoencoder import Autoencoder, AutoencoderConfig, _default_file
 from worldmodel.data import ClipDataset, FrameSampler, fixed_frames
 from worldmodel.errors import UserError
 from worldmodel.metrics import psnr
+from worldmodel.train import resolve_device
 
 CHECKPOINT_NAME = "autoencoder.safetensors"
 TRAIN_STATE_NAME = "autoencoder.train.pt"
@@ -77,18 +78,6 @@ def learning_rate(step: int, total: int, base_lr: float, optim: OptimConfig) -> 
     progress = min(1.0, (step - warm) / max(1, total - warm))
     floor = base_lr * optim.min_lr_ratio
     return floor + (base_lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise UserError(f"train: unknown device {device!r}") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"train: device {device!r} requested but CUDA is not available")
-    return dev
 
 
 def reconstruction_loss(model: Autoencoder, frames: torch.Tensor, loss_cfg: AutoencoderLossConfig,
