@@ -13,7 +13,6 @@ See docs/distillation.md for the recipe and the metrics to report.
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 from worldmodel.errors import UserError
@@ -84,9 +83,7 @@ def run(args: argparse.Namespace) -> int:
                    resume=not args.no_resume, device=args.device, stop_after=args.stop_after)
     print(f"student checkpoint: {path}")
     if args.export is not None:
-        args.export.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.export.with_name(args.export.name + ".tmp")
-        shutil.copyfile(path, tmp)
-        tmp.replace(args.export)
-        print(f"exported to {args.export}")
+        from tools.train import export_checkpoint
+
+        export_checkpoint(path, args.export)
     return 0

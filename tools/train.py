@@ -105,12 +105,17 @@ def _run_world(args: argparse.Namespace) -> int:
         return 0  # rank 0 reports and exports
     print(f"world model checkpoint: {path}")
     if args.export is not None:
-        args.export.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.export.with_name(args.export.name + ".tmp")
-        shutil.copyfile(path, tmp)
-        tmp.replace(args.export)
-        print(f"exported to {args.export}")
+        export_checkpoint(path, args.export)
     return 0
+
+
+def export_checkpoint(path: Path, export: Path) -> None:
+    """Copy a finished checkpoint to `export` (e.g. the shipped default path) atomically."""
+    export.parent.mkdir(parents=True, exist_ok=True)
+    tmp = export.with_name(export.name + ".tmp")
+    shutil.copyfile(path, tmp)
+    tmp.replace(export)
+    print(f"exported to {export}")
 
 
 def _is_main_process() -> bool:

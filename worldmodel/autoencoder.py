@@ -350,7 +350,8 @@ def _default_file_mode() -> int:
 
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
                             metadata: dict[str, str]) -> Path:
-    """Write a safetensors file through a temporary file in the same folder + rename (atomic)."""
+    """Write a safetensors file through a temporary file in the same folder + fsync + rename (atomic):
+    never half a file under `path`. The one safetensors writer of the model code."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -359,6 +360,8 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.Pat
     os.close(fd)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.chmod(tmp, _default_file_mode())
         os.replace(tmp, path)
     except BaseException:

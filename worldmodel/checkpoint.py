@@ -16,14 +16,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from worldmodel.autoencoder import atomic_save_safetensors
 from worldmodel.config import WorldModelConfig
 from worldmodel.errors import UserError
 from worldmodel.model import WorldModel
@@ -55,24 +54,6 @@ def _ae_config_json(autoencoder: nn.Module) -> str:
     return cfg.to_json()
 
 
-def atomic_save_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
-    """Write a safetensors file via temp file + fsync + rename (never half a file under `path`)."""
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_checkpoint(path: str | Path, model: WorldModel, autoencoder: nn.Module,
                     train_summary: dict[str, Any] | None = None, dtype: torch.dtype = torch.float32) -> Path:
     """Write model + autoencoder + metadata to `path` atomically; returns the path.
@@ -98,7 +79,7 @@ def save_checkpoint(path: str | Path, model: WorldModel, autoencoder: nn.Module,
         "tick_hz": repr(float(cfg.tick_hz)),
         "train": json.dumps(train_summary or {}, sort_keys=True),
     }
-    atomic_save_safetensors(tensors, metadata, path)
+    atomic_save_safetensors(tensors, path, metadata)
     return path
 
 
