@@ -3,9 +3,12 @@
 Actions are what a player's keys and mouse would produce: held keys move at WALK_SPEED_MPS and
 turn at TURN_SPEED_DPS, mouse looks add smooth yaw/pitch changes. Walkers do not pass through
 obstacles (the policy turns away), so the clips look like someone exploring, and the poses are
-exactly the DESIGN §2 integration of the actions. The `revisit` policy walks out, turns around
-and comes back to where it started, so a place seen at the beginning is seen again >= 100 ticks
-later: that is what the memory learns from.
+exactly the DESIGN §2 integration of the actions. Two policies come back to places >= 100 ticks
+later, which is what the memory learns from and is scored on:
+- `revisit` walks out, turns round, comes back along the way and faces the start again, so the
+  place it returns to is the start view (which the sink frame also holds);
+- `retrace` does the same and then walks the outbound route a second time with the same keys, so
+  the views it returns to are ones seen along the way, which only the memory can hold.
 """
 
 from __future__ import annotations
@@ -20,8 +23,12 @@ from scenes.world import World
 from worldmodel.camera import (ACTION_DIM, DEFAULT_TICK_HZ, PITCH_LIMIT, TURN_SPEED_DPS, WALK_SPEED_MPS,
                                CameraPose)
 
-POLICIES = ("walk", "look", "revisit")
-POLICY_WEIGHTS = (0.35, 0.25, 0.40)
+POLICIES = ("walk", "look", "revisit", "retrace")
+POLICY_WEIGHTS = (0.30, 0.20, 0.25, 0.25)
+"""Mix weights of `worldmodel dataset --policy mix` (data sets record each clip's policy)."""
+RETRACE_OUT_FRACTION = 0.25
+"""Retrace clips: the outbound walk is this share of the clip (then back, then the walk again)."""
+LOOK_AROUND_START_TICKS = 6
 WALKER_RADIUS = 0.4
 REVISIT_TURN_SPEED = 2.0
 """About-faces in revisit clips turn at twice the key rate, like a mouse flick."""
@@ -100,14 +107,19 @@ class _Walker:
             step = self.step_m if self.rng.random() < 0.15 and self.ahead_is_free(1.0) else 0.0
             self.act(step, 0.0, yaw_rate, self.pitch_towards(pitch_target))
 
-    def turn_to(self, yaw: float, max_ticks: int, speed: float = 1.0) -> None:
-        """Turn in place to `yaw` at `speed` x the key turn rate (a mouse flick turns faster)."""
+    def turn_to(self, yaw: float, max_ticks: int, speed: float = 1.0, pitch: float = 0.0) -> None:
+        """Turn in place to (`yaw`, `pitch`) at `speed` x the key turn rate (a mouse flick turns faster)."""
         rate = self.turn_rad * speed
         for _ in range(max_ticks):
             diff = math.remainder(yaw - self.pose.yaw, 2 * math.pi)
-            if abs(diff) < 1e-6 and abs(self.pose.pitch) < 1e-6:
+            if abs(diff) < 1e-6 and abs(self.pose.pitch - pitch) < 1e-6:
                 break
-            self.act(0.0, 0.0, max(-rate, min(rate, diff)), self.pitch_towards(0.0))
+            self.act(0.0, 0.0, max(-rate, min(rate, diff)), self.pitch_towards(pitch))
+
+    def replay(self, actions: list[list[float]], max_ticks: int) -> None:
+        """Press the same keys again: apply recorded actions (blocked moves still turn instead)."""
+        for a in actions[:max_ticks]:
+            self.act(a[0], a[1], a[3], a[4])
 
     def go_to(self, x: float, z: float, max_ticks: int, tolerance: float) -> None:
         """Turn towards (x, z) and walk there, as a player steering with keys and mouse would."""
@@ -137,18 +149,28 @@ def make_trajectory(world: World, ticks: int, policy: str, rng: random.Random,
         w.wander(n)
     elif policy == "look":
         w.look_around(n)
-    else:
+    elif policy == "revisit":
         # Out (about 30% of the clip), turn round, come back along the way, face the start again.
         out = max(1, int(n * 0.30))
-        w.look_around(min(6, out))
+        w.look_around(min(LOOK_AROUND_START_TICKS, out))
         w.wander(out)
-        path = [(p.x, p.z) for p in w.poses]
-        w.turn_to(w.pose.yaw + math.pi, max_ticks=ticks, speed=REVISIT_TURN_SPEED)
-        for x, z in reversed(path[:: max(1, len(path) // 12)]):
-            if len(w.poses) >= ticks:
-                break
-            w.go_to(x, z, max_ticks=ticks - len(w.poses), tolerance=w.step_m)
+        _walk_back(w, ticks)
         w.turn_to(start.yaw, max_ticks=max(0, ticks - len(w.poses)), speed=REVISIT_TURN_SPEED)
+        if len(w.poses) < ticks:
+            w.look_around(ticks - len(w.poses))
+    else:
+        # Out (a quarter of the clip), back along the way, then the same outbound keys again from the
+        # same place and heading: the second walk sees what the first one saw.
+        out = max(1, int(n * RETRACE_OUT_FRACTION))
+        w.look_around(min(LOOK_AROUND_START_TICKS, out))
+        origin = w.pose
+        first_action = len(w.actions)
+        w.wander(out)
+        outbound = [list(a) for a in w.actions[first_action:]]
+        _walk_back(w, ticks, origin)
+        w.turn_to(origin.yaw, max_ticks=max(0, ticks - len(w.poses)), speed=REVISIT_TURN_SPEED,
+                  pitch=origin.pitch)
+        w.replay(outbound, max_ticks=max(0, ticks - len(w.poses)))
         if len(w.poses) < ticks:
             w.look_around(ticks - len(w.poses))
     actions = torch.tensor(w.actions[:ticks], dtype=torch.float32)
@@ -156,6 +178,18 @@ def make_trajectory(world: World, ticks: int, policy: str, rng: random.Random,
     assert actions.shape[0] == ticks and poses.shape[0] == ticks, (policy, actions.shape, ticks)
     assert poses[:, 4].abs().max() <= PITCH_LIMIT + 1e-6
     return Trajectory(actions=actions, poses=poses, policy=policy)
+
+
+def _walk_back(w: _Walker, ticks: int, to: CameraPose | None = None) -> None:
+    """Turn round and walk back along the path walked so far (to its start, or to the pose `to`)."""
+    path = [(p.x, p.z) for p in w.poses]
+    w.turn_to(w.pose.yaw + math.pi, max_ticks=ticks, speed=REVISIT_TURN_SPEED)
+    for x, z in reversed(path[:: max(1, len(path) // 12)]):
+        if len(w.poses) >= ticks:
+            return
+        w.go_to(x, z, max_ticks=ticks - len(w.poses), tolerance=w.step_m)
+    if to is not None and len(w.poses) < ticks:
+        w.go_to(to.x, to.z, max_ticks=ticks - len(w.poses), tolerance=w.step_m * 0.5)
 
 
 def revisit_ticks(poses: torch.Tensor, min_gap: int = 100, max_distance: float = 0.5,

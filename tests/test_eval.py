@@ -79,6 +79,19 @@ def test_revisit_scores_use_return_ticks() -> None:
     scores = ev.revisit_scores(truth[1:], log, prefill=0)
     if scores["return_ticks"]:
         assert scores["first_return_tick"] >= 100 and scores["psnr_vs_truth"] == 100.0
+        # a perfect model scores against its first visit exactly what the true views score
+        assert scores["psnr_vs_first_visit"] == scores["truth_psnr_vs_first_visit"] < 100.0
+
+
+def test_summary_means_per_policy() -> None:
+    def result(policy: str, value: float) -> dict:
+        return {"policy": policy, "runs": {"memory_on": {"mean_psnr": value, "revisit": {"psnr_vs_truth": value}}}}
+
+    summary = ev.summarise([result("revisit", 10.0), result("retrace", 20.0), result("retrace", 30.0)])
+    assert summary["memory_on.mean_psnr"] == 20.0
+    assert summary["retrace/memory_on.revisit.psnr_vs_truth"] == 25.0
+    assert summary["revisit/memory_on.mean_psnr"] == 10.0
+    assert not any("/" in k for k in ev.summarise([result("revisit", 1.0)]))
 
 
 def test_eval_refuses_logs_without_ground_truth(checkpoint: Path, tmp_path: Path) -> None:

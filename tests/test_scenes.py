@@ -65,6 +65,29 @@ def test_trajectories_integrate_exactly_and_revisit_comes_back():
     assert found >= 4
 
 
+REVISIT_SEED3_LAST_POSE = [-4.6218, 1.6, 0.7543, -3.2887, 0.0]
+"""Last pose of the seed-3 revisit clip as generated before the retrace policy was added."""
+
+
+def test_retrace_returns_to_views_seen_along_the_way_not_only_the_start():
+    """The retrace policy walks its outbound route again >= 100 ticks later: most return ticks
+    match outbound ticks past the start look-around, which only the memory can hold (the sink
+    holds tick 0)."""
+    along = 0
+    for s in range(6):
+        tr = make_trajectory(generate_world(s), 161, "retrace", random.Random(s))
+        pairs = revisit_ticks(tr.poses)
+        assert all(t - f >= 100 for t, f in pairs)
+        along += sum(f > 6 for _, f in pairs)
+    assert along >= 30
+
+
+def test_revisit_policy_is_unchanged_by_the_retrace_refactor():
+    """Data sets record policies per clip; a `revisit` clip of a seed must stay the clip it was."""
+    tr = make_trajectory(generate_world(3), 160, "revisit", random.Random(3))
+    assert [round(v, 4) for v in tr.poses[-1].tolist()] == REVISIT_SEED3_LAST_POSE
+
+
 def test_bundled_scenes_load_and_match_their_worlds():
     names = list_scenes()
     assert len(names) >= 8 and DEFAULT_SCENE in names

@@ -66,3 +66,32 @@ def test_shipped_model_follows_actions_above_the_floor(guard_log) -> None:
                           for t in range(1, GUARD_TICKS + 1)])
     mean = float(psnr(frames, truth[1:]).mean())
     assert mean >= PSNR_FLOOR_DB, f"shipped model: {mean:.2f} dB on the guard log, floor {PSNR_FLOOR_DB} dB"
+
+
+MEMORY_GUARD_PREFILL = 80
+"""The outbound half of the guard retrace log comes from the true renders (teacher forcing)."""
+MEASURED_MEMORY_ON_DB = float("nan")
+MEASURED_MEMORY_GAIN_DB = float("nan")
+"""Return ticks of the guard retrace log vs. the truth: memory on, and on minus off, when committed."""
+
+
+def test_shipped_model_uses_its_memory_on_a_retrace() -> None:
+    """The memory must keep making the difference: a held-out retrace (walk out, come back, walk the
+    same way again), outbound half teacher-forced, scored on the return ticks with memory on and off."""
+    from tools.eval import EvalLog, revisit_scores, rollout
+    from worldmodel.runtime import ModelFrameSource
+
+    world = generate_world(GUARD_WORLD)
+    tr = make_trajectory(world, 161, "retrace", random.Random(GUARD_WORLD))
+    log = EvalLog("guard-retrace", world, CameraPose.from_sequence(tr.poses[0].tolist()), world.caption,
+                  tr.actions[1:], tr.poses[1:], render_views(world, tr.poses, 64), GUARD_WORLD, "retrace")
+    scores = {}
+    for mem in (True, False):
+        frames = rollout(ModelFrameSource(DEFAULT_CHECKPOINT, use_memory=mem), log, log.actions, log.poses,
+                         MEMORY_GUARD_PREFILL)
+        scores[mem] = revisit_scores(frames, log, MEMORY_GUARD_PREFILL)
+    assert scores[True]["return_ticks"] >= 20
+    on, off = scores[True]["psnr_vs_truth"], scores[False]["psnr_vs_truth"]
+    print(f"guard retrace: memory on {on:.2f} dB, off {off:.2f} dB")
+    assert on >= MEASURED_MEMORY_ON_DB - 0.5, f"memory on: {on:.2f} dB, measured {MEASURED_MEMORY_ON_DB} when shipped"
+    assert on - off >= MEASURED_MEMORY_GAIN_DB - 0.5, f"memory gain {on - off:.2f} dB, measured {MEASURED_MEMORY_GAIN_DB}"

@@ -166,3 +166,88 @@ def test_train_command_world_stage(run_files: dict[str, Path]) -> None:
                  "--steps", "1"]) == 2  # no --autoencoder: one-line error, exit 2
     assert main(["train", "--stage", "world", "--data", str(run_files["train"]), "--autoencoder",
                  str(run_files["ae"]), "--out", str(out), "--set", "nonsense=1"]) == 2
+
+
+# --- memory curriculum: several caches, revisit-focused segments, fine-tuning ----------------------
+def test_returning_ticks_finds_places_seen_long_before() -> None:
+    from worldmodel.train import returning_ticks
+
+    poses = torch.zeros(60, 5)
+    poses[:, 0] = torch.arange(60.0)  # walk away along x (1 m per tick) ...
+    poses[50:, 0] = torch.tensor([3.0, 3.2, 15.0, 4.0, 4.1, 5.0, 30.0, 31.0, 5.0, 5.0])  # ... and come back
+    poses[55, 3] = 3.0  # at tick 55 the place is right but the view is turned away
+    got = returning_ticks(poses, min_gap=40).tolist()
+    assert got == [50, 51, 53, 54, 58, 59]  # ticks 52, 56, 57 were last there fewer than 40 ticks ago
+    poses[56:58, 0] = 0.0  # tick 0 is the sink, always in the cache: not a return
+    assert 56 not in returning_ticks(poses, min_gap=40).tolist()
+
+
+def test_revisit_focus_puts_returning_ticks_among_the_targets(run_files: dict[str, Path]) -> None:
+    from worldmodel.train import segment_start
+
+    c = tiny_config()
+    data = load_latents(run_files["train"], c)
+    data.poses[0, 14:] = data.poses[0, 2:2 + TICKS - 14]  # clip 0 walks the same poses again from tick 14
+    ticks = set(data.revisit_ticks(10)[0].tolist())
+    assert ticks and ticks <= set(range(14, TICKS))
+    k = 3
+    g = torch.Generator().manual_seed(0)
+    starts = [segment_start(data, 0, k, g, 1.0, 10) for _ in range(200)]
+    assert all(on and ticks & set(range(s, s + k)) for s, on in starts)
+    assert not segment_start(data, 1, k, g, 1.0, 10)[1]  # clip 1 never comes back: a uniform segment
+    uniform = [segment_start(data, 0, k, torch.Generator().manual_seed(i))[0] for i in range(200)]
+    assert 1 <= min(uniform) and max(uniform) <= TICKS - k and not all(ticks & set(range(s, s + k)) for s in uniform)
+
+
+def test_training_on_several_caches_and_from_a_checkpoint(run_files: dict[str, Path]) -> None:
+    c = tiny_config()
+    both = load_latents([run_files["train"], run_files["val"]], c)
+    assert both.clips == 8 and len(both.captions) == 8
+    other = write_latent_clips(run_files["dir"] / "short.safetensors", 2, TICKS - 4, c, 0,
+                               load_latents(run_files["train"], c).autoencoder_sha256)
+    with pytest.raises(UserError, match="same clip length"):
+        load_latents([run_files["train"], other], c)
+    base = train_world_model(run_files["train"], run_files["dir"] / "base", run_files["ae"], _opts(steps=2), c,
+                             progress=False)
+    tuned_dir = run_files["dir"] / "tuned"
+    tuned = train_world_model([run_files["train"], run_files["val"]], tuned_dir, run_files["ae"],
+                              _opts(steps=1, lr=1e-12, warmup_steps=1, init_from=str(base), revisit_focus=0.5,
+                                    revisit_min_gap=5), c, progress=False)
+    start, tuned_model = load_checkpoint(base)[0], load_checkpoint(tuned)[0]
+    for (name, a), b in zip(start.state_dict().items(), tuned_model.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name  # lr ~0: the run starts from the checkpoint's weights
+    with pytest.raises(UserError, match="config does not match"):
+        train_world_model(run_files["train"], run_files["dir"] / "bad", run_files["ae"],
+                          _opts(steps=1, init_from=str(base)), tiny_config(layers=3), progress=False)
+    with pytest.raises(UserError, match="revisit_focus"):
+        train_world_model(run_files["train"], run_files["dir"] / "bad2", run_files["ae"],
+                          _opts(steps=1, revisit_focus=2.0), c, progress=False)
+
+
+def test_a_pool_memory_checkpoint_starts_an_equivalent_patch_memory_model(tmp_path: Path) -> None:
+    from worldmodel.model import WorldModel
+    from worldmodel.train import initial_weights
+
+    c = tiny_config()
+    pool = randomized_model(c)
+    path = save_checkpoint(tmp_path / "pool.safetensors", pool, tiny_autoencoder(), {})
+    patch = WorldModel(c.replace(memory_compression="patch")).eval()
+    patch.load_state_dict(initial_weights(path, patch.config))
+    latents = torch.randn(2, 3, c.latent_channels, c.latent_size, c.latent_size)
+    with torch.no_grad():
+        assert torch.allclose(pool.compress_memory(latents), patch.compress_memory(latents), atol=1e-5)
+    with pytest.raises(UserError, match="config does not match"):
+        initial_weights(path, c.replace(layers=3))
+
+
+def test_window_dropout_hides_the_recent_frames_from_the_targets(run_files: dict[str, Path]) -> None:
+    from worldmodel.train import build_sample
+
+    c = tiny_config()
+    data = load_latents(run_files["train"], c)
+    k, g = 2, torch.Generator().manual_seed(0)
+    args = (data, 0, 10, c, torch.tensor([2, 3]), torch.full((k,), 0.5), torch.zeros(c.window_frames + k), g, k)
+    kept, dropped = build_sample(*args), build_sample(*args, drop_window=True)
+    assert kept["valid"].all()
+    assert dropped["valid"].tolist() == [True] + [False] * (c.window_frames + k - 1) + [True] * k
+    assert torch.equal(kept["mem_valid"], dropped["mem_valid"])  # the memory stays

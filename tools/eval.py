@@ -37,6 +37,9 @@ ACTION_SUITE_SEEDS = tuple(HELDOUT_SEED_START + 100 + i for i in range(8))
 ACTION_SUITE_TICKS = 64
 ACTION_SUITE_HORIZONS = (16, 64)
 REVISIT_SUITE_SEEDS = tuple(HELDOUT_SEED_START + 200 + i for i in range(8))
+REVISIT_SUITE_POLICIES = ("revisit", "retrace")
+"""Each revisit-suite world is played twice: back to the start view (which the sink also holds) and a
+retrace of the outbound walk (views only the memory holds)."""
 REVISIT_SUITE_TICKS = 160
 REVISIT_OUTBOUND_FRACTION = 0.5
 """Suite revisit: prefill covers the first half of the clip (the outbound walk and the turn)."""
@@ -56,6 +59,7 @@ class EvalLog:
     poses: torch.Tensor  # [T, 5] poses after each action
     truth: torch.Tensor  # uint8 [T + 1, H, W, 3]: tick 0 (start) .. T
     seed: int = 0
+    policy: str = "log"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -103,17 +107,20 @@ def log_from_file(path: Path, resolution: int, fov: float) -> EvalLog:
 
 
 def suite_logs(suite: str, resolution: int, fov: float, limit: int | None = None) -> list[EvalLog]:
+    """The suite's logs; `limit` keeps the first N worlds (the revisit suite has two logs per world)."""
     seeds = ACTION_SUITE_SEEDS if suite == "action" else REVISIT_SUITE_SEEDS
     ticks = ACTION_SUITE_TICKS if suite == "action" else REVISIT_SUITE_TICKS
-    policy = "walk" if suite == "action" else "revisit"
+    policies = ("walk",) if suite == "action" else REVISIT_SUITE_POLICIES
     logs = []
-    for seed in seeds[:limit]:
-        world = generate_world(seed)
-        tr = make_trajectory(world, ticks + 1, policy, random.Random(seed))
-        start = CameraPose.from_sequence(tr.poses[0].tolist())
-        logs.append(EvalLog(name=f"{suite}:{seed}", world=world, start_pose=start, prompt=world.caption,
-                            actions=tr.actions[1:], poses=tr.poses[1:],
-                            truth=render_views(world, tr.poses, resolution, fov), seed=seed))
+    for policy in policies:
+        for seed in seeds[:limit]:
+            world = generate_world(seed)
+            tr = make_trajectory(world, ticks + 1, policy, random.Random(seed))
+            start = CameraPose.from_sequence(tr.poses[0].tolist())
+            name = f"{suite}:{seed}" if suite == "action" else f"{policy}:{seed}"
+            logs.append(EvalLog(name=name, world=world, start_pose=start, prompt=world.caption,
+                                actions=tr.actions[1:], poses=tr.poses[1:],
+                                truth=render_views(world, tr.poses, resolution, fov), seed=seed, policy=policy))
     return logs
 
 
@@ -157,16 +164,21 @@ def revisit_scores(frames: torch.Tensor, log: EvalLog, prefill: int) -> dict:
     firsts = [f for _, f in pairs]
     vs_truth = psnr(gen[ticks], log.truth[ticks])
     vs_first = psnr(gen[ticks], gen[firsts])
+    # what a perfect model would score against its first visit: the true views themselves differ,
+    # since a return is anywhere within 0.5 m and 15 degrees of the first pose
+    truth_vs_first = psnr(log.truth[ticks], log.truth[firsts])
     return {"return_ticks": len(pairs), "first_return_tick": ticks[0],
             "psnr_vs_truth": float(vs_truth.mean()), "ssim_vs_truth": float(ssim(gen[ticks], log.truth[ticks]).mean()),
             "psnr_vs_first_visit": float(vs_first.mean()),
-            "ssim_vs_first_visit": float(ssim(gen[ticks], gen[firsts]).mean())}
+            "ssim_vs_first_visit": float(ssim(gen[ticks], gen[firsts]).mean()),
+            "truth_psnr_vs_first_visit": float(truth_vs_first.mean())}
 
 
 def evaluate_log(make_source, log: EvalLog, memory_modes: list[bool], prefill: int, baselines: bool) -> dict:
     T = len(log.actions)
     truth = log.truth[1:]
-    out: dict = {"log": log.name, "world_seed": log.world.seed, "ticks": T, "prefill": prefill, "runs": {}}
+    out: dict = {"log": log.name, "policy": log.policy, "world_seed": log.world.seed, "ticks": T, "prefill": prefill,
+                 "runs": {}}
     for mem in memory_modes:
         source = make_source(mem)
         t0 = time.perf_counter()
@@ -201,7 +213,17 @@ def evaluate_log(make_source, log: EvalLog, memory_modes: list[bool], prefill: i
 
 
 def summarise(results: list[dict]) -> dict:
-    """Means over logs of every scalar metric, per run and baseline."""
+    """Means over logs of every scalar metric, per run and baseline; with logs of several policies
+    (the revisit suite) also per policy, under `<policy>/`."""
+    summary = _means(results)
+    policies = sorted({r.get("policy", "log") for r in results})
+    if len(policies) > 1:
+        for pol in policies:
+            summary.update({f"{pol}/{k}": v for k, v in _means([r for r in results if r.get("policy") == pol]).items()})
+    return summary
+
+
+def _means(results: list[dict]) -> dict:
     summary: dict = {}
 
     def acc(prefix: str, d: dict) -> None:
@@ -222,8 +244,10 @@ def summarise(results: list[dict]) -> dict:
 def _print_summary(summary: dict) -> None:
     for k, v in summary.items():
         if k.endswith(("psnr", "ssim", "psnr_16", "psnr_64", "ssim_16", "ssim_64", "ms_per_frame",
-                       "psnr_vs_truth", "psnr_vs_first_visit", "return_ticks")):
-            print(f"  {k:48s} {v:8.3f}")
+                       "psnr_vs_truth", "psnr_vs_first_visit", "return_ticks")) and "/" not in k \
+                or k.endswith(("revisit.psnr_vs_truth", "revisit.psnr_vs_first_visit",
+                               "revisit.truth_psnr_vs_first_visit")):
+            print(f"  {k:56s} {v:8.3f}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,6 +6,9 @@ model (stage world).
                      --out data/train_latents.safetensors
     worldmodel train --stage world   --data data/train_latents.safetensors --val data/heldout_latents.safetensors \\
                      --autoencoder runs/ae/autoencoder.safetensors --out runs/world --steps 3000
+    worldmodel train --stage world   --data data/train_latents.safetensors data/retrace_latents.safetensors \
+                     --autoencoder runs/ae/autoencoder.safetensors --out runs/memory --steps 2000 \
+                     --opt init_from=worldmodel/checkpoints/default.safetensors --opt revisit_focus=0.5
     torchrun --nproc_per_node 8 -m worldmodel.cli train --stage world ... [--fsdp]
 
 The ae and world stages resume from OUT when it holds a training state of the same config (--no-resume
@@ -33,8 +36,9 @@ STAGES = ("ae", "latents", "world")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stage", choices=STAGES, required=True,
                    help="ae: the autoencoder; latents: encode a data set with it; world: the world model")
-    p.add_argument("--data", type=Path, required=True,
-                   help="ae, latents: a clip data set folder; world: a latent cache (.safetensors)")
+    p.add_argument("--data", type=Path, required=True, nargs="+",
+                   help="ae, latents: a clip data set folder; world: one or more latent caches (.safetensors), "
+                        "trained on together")
     p.add_argument("--val", type=Path, default=None,
                    help="held-out data of the same kind (ae: folder, world: latent cache)")
     p.add_argument("--out", type=Path, required=True,
@@ -99,7 +103,7 @@ def _run_world(args: argparse.Namespace) -> int:
     if args.fsdp:
         opt_over["fsdp"] = True
     options = TrainOptions(**opt_over)
-    path = train_world_model(args.data, args.out, args.autoencoder, options, config, val_latents_path=args.val,
+    path = train_world_model(list(args.data), args.out, args.autoencoder, options, config, val_latents_path=args.val,
                              resume=not args.no_resume, device=args.device, stop_after=args.stop_after)
     if not _is_main_process():
         return 0  # rank 0 reports and exports
@@ -176,6 +180,9 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.stage != "world":
         _refuse_multi_process(args.stage)
+        if len(args.data) != 1:
+            raise UserError(f"train --stage {args.stage}: --data takes one folder, got {len(args.data)}")
+        args.data = args.data[0]
         if args.fsdp:
             raise UserError(f"--fsdp: only --stage world trains distributed, not --stage {args.stage}")
     if args.stage == "ae":

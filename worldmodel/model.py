@@ -144,6 +144,16 @@ class PositionEncoder(nn.Module):
         self.register_buffer("timeless", timeless, persistent=False)
         """[D] mask that zeroes the time pairs: a key without them is seen the same from any tick."""
 
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
+        """Keep the float64 angle tables float64 when the model is cast (`model.to(torch.bfloat16)` at
+        play): rounding the frequencies would shift every relative angle (by up to ~1 rad at 256 ticks
+        in bf16) away from what training saw; the tables only move to the new device."""
+        exact = {name: buf for name, buf in self._buffers.items() if buf is not None and buf.dtype == torch.float64}
+        super()._apply(fn, recurse)
+        for name, buf in exact.items():
+            self._buffers[name] = buf.to(self._buffers[name].device)
+        return self
+
     # --- building maps ---
     def time_angles(self, ticks: torch.Tensor) -> torch.Tensor:
         """ticks [B, G] -> angles [B, G, R/2] (float64; zero for the spatial pairs)."""

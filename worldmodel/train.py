@@ -8,6 +8,13 @@ own memory entries chosen from the clip's frames older than the window by the pl
 (memory.retrieval.select_memory). One joint pass with `build_joint_mask` gives every frame exactly the
 keys it would see at play time, and the loss is the MSE of the predicted clean latents of the targets.
 
+Memory curriculum: in mixed data only a few percent of ticks return to a place seen long before, and
+only there does the memory matter, so `TrainOptions.revisit_focus` places that share of the segments
+on returning ticks (`returning_ticks`), and `window_dropout` hides the recent frames from some of those,
+so the targets must be copied from the memory. `init_from` starts a run from a checkpoint (fine-tuning;
+a 2x2-pooling memory checkpoint can start a learned-patch one, see `initial_weights`), and several
+latent caches (e.g. the mixed data plus extra `retrace` clips) train together.
+
 `world_model_loss(model, batch, config)` is the pure step function (reused by distillation / DDP);
 `train_world_model(...)` is the resumable loop: AdamW + warmup/cosine, EMA of weights, bf16 autocast,
 atomic checkpoints (`train_state.pt`: model, EMA, optimizer, step, RNG) every `ckpt_every` steps, the
@@ -32,7 +39,7 @@ import os
 import random
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,18 +79,63 @@ class LatentData:
     captions: list[str]
     source: str
     autoencoder_sha256: str | None = None
+    _revisits: dict[int, list[torch.Tensor]] = field(default_factory=dict, repr=False)
 
     @property
     def clips(self) -> int:
         return self.latents.shape[0]
+
+    def revisit_ticks(self, min_gap: int) -> list[torch.Tensor]:
+        """Per clip, the ticks whose view was seen at least `min_gap` ticks earlier (computed once)."""
+        if min_gap not in self._revisits:
+            self._revisits[min_gap] = [returning_ticks(p, min_gap) for p in self.poses]
+        return self._revisits[min_gap]
 
     @property
     def ticks(self) -> int:
         return self.latents.shape[1]
 
 
-def load_latents(path: str | Path, config: WorldModelConfig) -> LatentData:
-    """Read a latent cache written by worldmodel.data.encode_dataset and check it fits `config`."""
+REVISIT_DISTANCE_M = 0.5
+REVISIT_ANGLE_DEG = 15.0
+"""A tick returns to a place when its pose is this close to an earlier one (DESIGN §6 revisit rule)."""
+
+
+def returning_ticks(poses: torch.Tensor, min_gap: int) -> torch.Tensor:
+    """Ticks t of one clip (poses [T, 5]) whose pose is within REVISIT_DISTANCE_M and
+    REVISIT_ANGLE_DEG of the pose at some tick in [1, t - min_gap]: the frames only memory can
+    explain (the sink, tick 0, is left out because it is always in the cache)."""
+    from worldmodel.camera import forward_vector
+
+    t = poses.shape[0]
+    dist = torch.cdist(poses[:, :3].double(), poses[:, :3].double())  # [T, T]
+    fwd = forward_vector(poses.double())  # [T, 3]
+    cos = fwd @ fwd.T
+    close = (dist <= REVISIT_DISTANCE_M) & (cos >= math.cos(math.radians(REVISIT_ANGLE_DEG)) - 1e-9)
+    idx = torch.arange(t)
+    earlier = (idx[None, :] >= 1) & (idx[None, :] <= idx[:, None] - min_gap)  # [t, f]: 1 <= f <= t - gap
+    return torch.nonzero((close & earlier).any(1)).flatten()
+
+
+def load_latents(path: str | Path | list[str | Path], config: WorldModelConfig) -> LatentData:
+    """Read one latent cache written by worldmodel.data.encode_dataset, or several (concatenated, e.g.
+    the mixed data set plus extra retrace clips), and check they fit `config` and each other."""
+    if isinstance(path, (list, tuple)):
+        if not path:
+            raise UserError("train: no latent cache given")
+        parts = [load_latents(p, config) for p in path]
+        if len(parts) == 1:
+            return parts[0]
+        for p in parts[1:]:
+            if p.ticks != parts[0].ticks:
+                raise UserError(f"{p.source}: clips have {p.ticks} ticks, {parts[0].source} has "
+                                f"{parts[0].ticks}; caches trained together need the same clip length")
+            if p.autoencoder_sha256 != parts[0].autoencoder_sha256:
+                raise UserError(f"{p.source}: encoded by another autoencoder than {parts[0].source} "
+                                f"({(p.autoencoder_sha256 or '?')[:12]} vs {(parts[0].autoencoder_sha256 or '?')[:12]})")
+        return LatentData(torch.cat([p.latents for p in parts]), torch.cat([p.actions for p in parts]),
+                          torch.cat([p.poses for p in parts]), [c for p in parts for c in p.captions],
+                          ",".join(p.source for p in parts), parts[0].autoencoder_sha256)
     from worldmodel.data import LatentClips
 
     path = Path(path)
@@ -153,8 +205,9 @@ def select_training_memory(poses: torch.Tensor, tick: int, config: WorldModelCon
 
 def build_sample(data: LatentData, clip: int, start: int, config: WorldModelConfig, tokenizer_ids: torch.Tensor,
                  target_levels: torch.Tensor, ctx_levels: torch.Tensor, gen: torch.Generator, targets: int,
-                 use_memory: bool = True) -> dict[str, torch.Tensor]:
-    """One sample: targets at ticks start .. start+targets-1 of clip `clip` (see module doc)."""
+                 use_memory: bool = True, drop_window: bool = False) -> dict[str, torch.Tensor]:
+    """One sample: targets at ticks start .. start+targets-1 of clip `clip` (see module doc).
+    `drop_window` hides the clean context frames, so the targets see only the sink and their memory."""
     c = config
     w, k = c.window_frames, targets
     n_ctx = w + k - 1
@@ -165,7 +218,7 @@ def build_sample(data: LatentData, clip: int, start: int, config: WorldModelConf
     tgt_ticks = list(range(start, start + k))
     real = [0] + ctx_ticks + tgt_ticks
     g_ticks = [0] + [PAD_TICK] * pad + ctx_ticks + tgt_ticks
-    valid = [True] + [False] * pad + [True] * (len(ctx_ticks) + k)
+    valid = [True] + [False] * pad + [not drop_window] * len(ctx_ticks) + [True] * k
     clean = [True] * (1 + n_ctx) + [False] * k
     idx = torch.tensor(real)
     x0 = lat[idx]  # [1 + len(ctx) + K, C, h, w]
@@ -314,8 +367,27 @@ class StepSampler:
         return torch.Generator().manual_seed(stream_seed(self.seed, _SLOT_STREAM, step, slot))
 
 
+def segment_start(data: LatentData, clip: int, targets: int, gen: torch.Generator, revisit_focus: float = 0.0,
+                  revisit_min_gap: int = 0) -> tuple[int, bool]:
+    """(first target tick, whether it was placed on a return) of a training segment: uniform over the
+    clip, or, with probability `revisit_focus` when the clip returns somewhere, placed so a returning
+    tick is among the targets (memory only matters on those; in mixed data they are a few percent)."""
+    last = data.ticks - targets  # starts in [1, last]
+    if revisit_focus <= 0.0:  # (draw nothing extra: the streams of unfocused runs stay as they were)
+        return int(torch.randint(1, last + 1, (1,), generator=gen)), False
+    focus = float(torch.rand((), generator=gen)) < revisit_focus
+    uniform = int(torch.randint(1, last + 1, (1,), generator=gen))
+    ticks = data.revisit_ticks(revisit_min_gap)[clip]
+    if not focus or len(ticks) == 0:
+        return uniform, False
+    tick = int(ticks[int(torch.randint(len(ticks), (1,), generator=gen))])
+    offset = int(torch.randint(targets, (1,), generator=gen))
+    return max(1, min(last, tick - offset)), True
+
+
 def step_batch(data: LatentData, config: WorldModelConfig, tokenizer: Tokenizer, sampler: StepSampler, step: int,
-               rank: int = 0, world_size: int = 1, caption_dropout: float = 0.0) -> TrainBatch:
+               rank: int = 0, world_size: int = 1, caption_dropout: float = 0.0, revisit_focus: float = 0.0,
+               revisit_min_gap: int = 0, window_dropout: float = 0.0) -> TrainBatch:
     """This rank's part of step `step`'s global batch (all of it when world_size = 1).
 
     Concatenating the ranks' batches along B gives exactly the one-process batch: the same clips,
@@ -333,10 +405,12 @@ def step_batch(data: LatentData, config: WorldModelConfig, tokenizer: Tokenizer,
     samples = []
     for s in slots:
         gen = gens[s]
-        start = int(torch.randint(1, data.ticks - k + 1, (1,), generator=gen))
+        start, on_return = segment_start(data, clips[s], k, gen, revisit_focus, revisit_min_gap)
+        drop = on_return and window_dropout > 0.0 and float(torch.rand((), generator=gen)) < window_dropout
         tl = sample_target_levels(c, (k,), gen)
         cl = torch.rand(c.window_frames + k, generator=gen) * c.ctx_noise_max
-        samples.append(build_sample(data, clips[s], start, c, torch.tensor(ids_all[s]), tl, cl, gen, k))
+        samples.append(build_sample(data, clips[s], start, c, torch.tensor(ids_all[s]), tl, cl, gen, k,
+                                    drop_window=drop))
     return collate(samples, max_len, k)
 
 
@@ -481,6 +555,16 @@ class TrainOptions:
     seed: int = 0
     amp: bool = True
     """bf16 autocast (CPU and CUDA)."""
+    revisit_focus: float = 0.0
+    """Share of samples whose targets include a tick that returns to a place seen >= revisit_min_gap
+    ticks earlier (so the memory path gets a training signal; 0 = uniform segments)."""
+    revisit_min_gap: int = 40
+    window_dropout: float = 0.0
+    """Share of the return-placed samples whose recent frames are hidden, so the targets must come
+    from the sink and the memory: at play the window holds the model's own, drifted frames by the
+    time it comes back, and the memory is what should win."""
+    init_from: str = ""
+    """Start a new run from this checkpoint's weights (fine-tuning; same config), not from random."""
     fsdp: bool = False
     """Shard parameters, gradients and optimizer state across the torchrun processes (FSDP2) instead
     of replicating the model in each (DDP): for models that do not fit one GPU. Needs torchrun."""
@@ -546,6 +630,25 @@ def _load_state(path: Path, config: WorldModelConfig) -> dict[str, Any]:
     return state
 
 
+def initial_weights(path: str | Path, config: WorldModelConfig) -> dict[str, torch.Tensor]:
+    """Weights of the checkpoint at `path` for a model of `config` (fine-tuning). The configs must be
+    equal, except that a 'pool' memory checkpoint may start a 'patch' memory model: its memory
+    projection is spread over the 4 positions of each 2x2 patch (weights / 4), which is exactly 2x2
+    average pooling, so the new model starts as the old one and can learn to use the detail."""
+    from worldmodel.checkpoint import load_checkpoint
+
+    path = Path(path)
+    theirs = load_checkpoint(path)[2]
+    convert = (theirs.use_memory and theirs.memory_compression == "pool" and config.memory_compression == "patch")
+    expected = config.replace(memory_compression=theirs.memory_compression) if convert else config
+    model = load_checkpoint(path, expected_config=expected)[0]
+    state = model.state_dict()
+    if convert:
+        factor = 4  # positions of a 2x2 patch; pixel_unshuffle orders features as channel * 4 + position
+        state["mem_in.weight"] = state["mem_in.weight"].repeat_interleave(factor, dim=1) / factor
+    return state
+
+
 def _log(path: Path, record: dict[str, Any]) -> None:
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
@@ -575,7 +678,7 @@ def _step_metrics(ctx: DistContext, metrics: dict[str, float], batch: TrainBatch
         "mse_low_noise": (metrics.get("mse_low_noise", 0.0), n_all - n_high)})
 
 
-def train_world_model(latents_path: str | Path, out_dir: str | Path, autoencoder_path: str | Path,
+def train_world_model(latents_path: str | Path | list[str | Path], out_dir: str | Path, autoencoder_path: str | Path,
                       options: TrainOptions | None = None, config: WorldModelConfig | None = None,
                       val_latents_path: str | Path | None = None, resume: bool = True, device: str = "auto",
                       progress: bool = True, stop_after: int | None = None) -> Path:
@@ -594,7 +697,7 @@ def train_world_model(latents_path: str | Path, out_dir: str | Path, autoencoder
                       val_latents_path, resume, progress, stop_after)
 
 
-def _train(ctx: DistContext, latents_path: str | Path, out_dir: str | Path, autoencoder_path: str | Path,
+def _train(ctx: DistContext, latents_path: str | Path | list[str | Path], out_dir: str | Path, autoencoder_path: str | Path,
            opts: TrainOptions, config: WorldModelConfig | None, val_latents_path: str | Path | None,
            resume: bool, progress: bool, stop_after: int | None) -> Path:
     from worldmodel.autoencoder import load_autoencoder
@@ -604,6 +707,9 @@ def _train(ctx: DistContext, latents_path: str | Path, out_dir: str | Path, auto
     config = (config or default_config()).validate()
     if opts.steps < 1 or opts.batch < 1:
         raise UserError("train: --steps and --batch must be >= 1")
+    if not (0.0 <= opts.revisit_focus <= 1.0 and 0.0 <= opts.window_dropout <= 1.0) or opts.revisit_min_gap < 1:
+        raise UserError(f"train: revisit_focus and window_dropout must be in [0, 1] and revisit_min_gap >= 1, "
+                        f"got {opts.revisit_focus}, {opts.window_dropout} and {opts.revisit_min_gap}")
     rank_slots(opts.batch, ctx.rank, ctx.world_size)  # refuse a global batch the ranks cannot split
     if opts.fsdp and not ctx.group:
         raise UserError("--fsdp shards the model across processes; launch with torchrun "
@@ -623,7 +729,7 @@ def _train(ctx: DistContext, latents_path: str | Path, out_dir: str | Path, auto
     data = load_latents(latents_path, config)
     ae_sha = checkpoint_sha256(autoencoder_path)
     if data.autoencoder_sha256 and data.autoencoder_sha256 != ae_sha:
-        raise UserError(f"{latents_path}: latents were encoded by another autoencoder "
+        raise UserError(f"{data.source}: latents were encoded by another autoencoder "
                         f"({data.autoencoder_sha256[:12]}), not {autoencoder_path} ({ae_sha[:12]})")
     vset = None
     if val_latents_path is not None:
@@ -659,6 +765,11 @@ def _train(ctx: DistContext, latents_path: str | Path, out_dir: str | Path, auto
         torch.set_rng_state(state["torch_rng"])
         step = int(state["step"])
         del state
+    if step == 0 and opts.init_from:
+        start_state = initial_weights(opts.init_from, config)
+        load_full_state_dict(model, start_state, opts.fsdp)
+        load_full_state_dict(ema, start_state, opts.fsdp)
+        del start_state
     if not ctx.all_equal(step):
         raise UserError(f"{state_path}: the ranks found different training states here (rank {ctx.rank} is at "
                         f"step {step}); --out must be a folder every rank sees")
@@ -702,7 +813,7 @@ def _train(ctx: DistContext, latents_path: str | Path, out_dir: str | Path, auto
                                 "options": asdict(opts), "world_size": ctx.world_size, "model": model_sd,
                                 "ema": {k: v.detach().cpu() for k, v in ema_module.state_dict().items()},
                                 "optimizer": optim_sd, "torch_rng": torch.get_rng_state()}, state_path)
-            summary = {"step": step_now, "options": asdict(opts), "data": str(latents_path),
+            summary = {"step": step_now, "options": asdict(opts), "data": data.source,
                        "clips": data.clips, "ticks": data.ticks, "autoencoder_sha256": ae_sha,
                        "world_size": ctx.world_size, **metrics}
             save_checkpoint(out / PRODUCT_CHECKPOINT, ema_module, autoencoder, summary)
@@ -717,7 +828,8 @@ def _train(ctx: DistContext, latents_path: str | Path, out_dir: str | Path, auto
     end = opts.steps if stop_after is None else min(opts.steps, step + max(0, stop_after))
     while step < end:
         batch = step_batch(data, config, tokenizer, sampler, step, ctx.rank, ctx.world_size,
-                           opts.caption_dropout).to(dev)
+                           opts.caption_dropout, opts.revisit_focus, opts.revisit_min_gap,
+                           opts.window_dropout).to(dev)
         lr = learning_rate(step, opts)
         for group in optim.param_groups:
             group["lr"] = lr
