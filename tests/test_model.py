@@ -263,3 +263,15 @@ def test_sampler_levels_and_updates() -> None:
     # with a perfect x0 estimate the update lands exactly on the path at the next level
     assert torch.allclose(ddim_step(xt, x0, 0.6, 0.3), add_noise(x0, eps, 0.3), atol=1e-6)
     assert torch.equal(ddim_step(xt, x0, 0.6, 0.0), x0)
+
+
+def test_casting_the_model_keeps_the_angle_tables_exact() -> None:
+    """Play runs `model.to(bfloat16)`; the RoPE frequencies must stay the float64 ones training used."""
+    from worldmodel.model import WorldModel
+
+    model = WorldModel(tiny_config())
+    before = model.pos.time_freqs.clone()
+    model.to(dtype=torch.bfloat16)
+    assert model.pos.time_freqs.dtype == torch.float64 and torch.equal(model.pos.time_freqs, before)
+    assert model.pos.frame_angles.dtype == torch.float64
+    assert next(model.parameters()).dtype == torch.bfloat16
