@@ -22,6 +22,7 @@ import torch
 from scenes.world import World
 from worldmodel.camera import (ACTION_DIM, DEFAULT_TICK_HZ, PITCH_LIMIT, TURN_SPEED_DPS, WALK_SPEED_MPS,
                                CameraPose)
+from worldmodel.metrics import REVISIT_MAX_ANGLE_DEG, REVISIT_MAX_DISTANCE_M, revisit_matrix
 
 POLICIES = ("walk", "look", "revisit", "retrace")
 POLICY_WEIGHTS = (0.30, 0.20, 0.25, 0.25)
@@ -192,18 +193,11 @@ def _walk_back(w: _Walker, ticks: int, to: CameraPose | None = None) -> None:
         w.go_to(to.x, to.z, max_ticks=ticks - len(w.poses), tolerance=w.step_m * 0.5)
 
 
-def revisit_ticks(poses: torch.Tensor, min_gap: int = 100, max_distance: float = 0.5,
-                  max_angle_deg: float = 15.0) -> list[tuple[int, int]]:
+def revisit_ticks(poses: torch.Tensor, min_gap: int = 100, max_distance: float = REVISIT_MAX_DISTANCE_M,
+                  max_angle_deg: float = REVISIT_MAX_ANGLE_DEG) -> list[tuple[int, int]]:
     """(t, first) pairs: tick t's pose is within `max_distance` m and `max_angle_deg` of the pose at
     tick `first` <= t - min_gap (the earliest such). DESIGN §6 revisit definition."""
-    from worldmodel.camera import angle_between_views
-
-    pairs = []
-    for t in range(min_gap, poses.shape[0]):
-        earlier = poses[: t - min_gap + 1]
-        close = ((earlier[:, :3] - poses[t, :3]).norm(dim=-1) <= max_distance) & (
-            angle_between_views(earlier, poses[t].expand_as(earlier)) <= math.radians(max_angle_deg))
-        idx = torch.nonzero(close)
-        if len(idx):
-            pairs.append((t, int(idx[0, 0])))
-    return pairs
+    close = revisit_matrix(poses, min_gap, max_distance, max_angle_deg)  # [t, f]
+    hit = close.any(1)
+    first = close.int().argmax(1)  # earliest f (argmax returns the first maximum)
+    return [(t, int(first[t])) for t in torch.nonzero(hit).flatten().tolist()]

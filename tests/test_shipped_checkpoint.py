@@ -78,13 +78,10 @@ MEASURED_MEMORY_GAIN_DB = 5.09
 def test_shipped_model_uses_its_memory_on_a_retrace() -> None:
     """The memory must keep making the difference: a held-out retrace (walk out, come back, walk the
     same way again), outbound half teacher-forced, scored on the return ticks with memory on and off."""
-    from tools.eval import EvalLog, revisit_scores, rollout
+    from tools.eval import revisit_scores, rollout, trajectory_log
     from worldmodel.runtime import ModelFrameSource
 
-    world = generate_world(GUARD_WORLD)
-    tr = make_trajectory(world, 161, "retrace", random.Random(GUARD_WORLD))
-    log = EvalLog("guard-retrace", world, CameraPose.from_sequence(tr.poses[0].tolist()), world.caption,
-                  tr.actions[1:], tr.poses[1:], render_views(world, tr.poses, 64), GUARD_WORLD, "retrace")
+    log = trajectory_log("guard-retrace", generate_world(GUARD_WORLD), "retrace", 160, 64, 90.0)
     scores = {}
     for mem in (True, False):
         frames = rollout(ModelFrameSource(DEFAULT_CHECKPOINT, use_memory=mem), log, log.actions, log.poses,

@@ -111,17 +111,19 @@ def suite_logs(suite: str, resolution: int, fov: float, limit: int | None = None
     seeds = ACTION_SUITE_SEEDS if suite == "action" else REVISIT_SUITE_SEEDS
     ticks = ACTION_SUITE_TICKS if suite == "action" else REVISIT_SUITE_TICKS
     policies = ("walk",) if suite == "action" else REVISIT_SUITE_POLICIES
-    logs = []
-    for policy in policies:
-        for seed in seeds[:limit]:
-            world = generate_world(seed)
-            tr = make_trajectory(world, ticks + 1, policy, random.Random(seed))
-            start = CameraPose.from_sequence(tr.poses[0].tolist())
-            name = f"{suite}:{seed}" if suite == "action" else f"{policy}:{seed}"
-            logs.append(EvalLog(name=name, world=world, start_pose=start, prompt=world.caption,
-                                actions=tr.actions[1:], poses=tr.poses[1:],
-                                truth=render_views(world, tr.poses, resolution, fov), seed=seed, policy=policy))
-    return logs
+    worlds = {seed: generate_world(seed) for seed in seeds[:limit]}
+    return [trajectory_log(f"{suite}:{seed}" if suite == "action" else f"{policy}:{seed}", world, policy, ticks,
+                           resolution, fov)
+            for policy in policies for seed, world in worlds.items()]
+
+
+def trajectory_log(name: str, world: World, policy: str, ticks: int, resolution: int, fov: float) -> EvalLog:
+    """A `policy` trajectory of `ticks` actions in `world` (RNG seeded by the world seed) with its truth."""
+    tr = make_trajectory(world, ticks + 1, policy, random.Random(world.seed))
+    start = CameraPose.from_sequence(tr.poses[0].tolist())
+    return EvalLog(name=name, world=world, start_pose=start, prompt=world.caption, actions=tr.actions[1:],
+                   poses=tr.poses[1:], truth=render_views(world, tr.poses, resolution, fov), seed=world.seed,
+                   policy=policy)
 
 
 def other_actions(log: EvalLog, resolution: int) -> torch.Tensor:
@@ -241,12 +243,15 @@ def _means(results: list[dict]) -> dict:
     return {k: sum(v) / len(v) for k, v in sorted(summary.items())}
 
 
+SUMMARY_PRINTED = ("psnr", "ssim", "psnr_16", "psnr_64", "ssim_16", "ssim_64", "ms_per_frame", "psnr_vs_truth",
+                   "psnr_vs_first_visit", "return_ticks")
+POLICY_SUMMARY_PRINTED = ("revisit.psnr_vs_truth", "revisit.psnr_vs_first_visit", "revisit.truth_psnr_vs_first_visit")
+"""Per-policy (`<policy>/...`) keys printed: only the revisit scores; the JSON has them all."""
+
+
 def _print_summary(summary: dict) -> None:
     for k, v in summary.items():
-        if k.endswith(("psnr", "ssim", "psnr_16", "psnr_64", "ssim_16", "ssim_64", "ms_per_frame",
-                       "psnr_vs_truth", "psnr_vs_first_visit", "return_ticks")) and "/" not in k \
-                or k.endswith(("revisit.psnr_vs_truth", "revisit.psnr_vs_first_visit",
-                               "revisit.truth_psnr_vs_first_visit")):
+        if k.endswith(POLICY_SUMMARY_PRINTED if "/" in k else SUMMARY_PRINTED):
             print(f"  {k:56s} {v:8.3f}")
 
 

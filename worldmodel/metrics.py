@@ -7,6 +7,8 @@ functions, so numbers are comparable everywhere.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -15,6 +17,9 @@ SSIM_SIGMA = 1.5
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 PSNR_MAX_DB = 100.0
 """PSNR of identical frames is capped here instead of infinity, so means stay finite."""
+REVISIT_MAX_DISTANCE_M = 0.5
+REVISIT_MAX_ANGLE_DEG = 15.0
+"""DESIGN §6 / issue 4: a tick revisits a place when its pose is this close to an earlier pose."""
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:
@@ -65,3 +70,19 @@ def ssim(a: torch.Tensor, b: torch.Tensor, channel_dim: int = -1) -> torch.Tenso
     c1, c2 = SSIM_K1 ** 2, SSIM_K2 ** 2
     s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2))
     return s.flatten(1).mean(-1).reshape(*lead, 3).mean(-1)
+
+
+def revisit_matrix(poses: torch.Tensor, min_gap: int, max_distance: float = REVISIT_MAX_DISTANCE_M,
+                   max_angle_deg: float = REVISIT_MAX_ANGLE_DEG) -> torch.Tensor:
+    """The revisit rule for one pose sequence [T, 5] -> bool [T, T]: [t, f] is True when the pose at
+    tick f <= t - min_gap is within `max_distance` m and `max_angle_deg` of the pose at tick t. The
+    eval's return ticks and the trainer's revisit-focused segments both come from here."""
+    from worldmodel.camera import angle_between_views
+
+    t = poses.shape[0]
+    earlier = poses[None, :, :].expand(t, t, poses.shape[-1])  # [t, f, 5]: pose at f
+    current = poses[:, None, :].expand(t, t, poses.shape[-1])  # [t, f, 5]: pose at t
+    close = ((earlier[..., :3] - current[..., :3]).norm(dim=-1) <= max_distance) & (
+        angle_between_views(earlier, current) <= math.radians(max_angle_deg))
+    idx = torch.arange(t)
+    return close & (idx[None, :] <= idx[:, None] - min_gap)

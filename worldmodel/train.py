@@ -96,25 +96,15 @@ class LatentData:
         return self.latents.shape[1]
 
 
-REVISIT_DISTANCE_M = 0.5
-REVISIT_ANGLE_DEG = 15.0
-"""A tick returns to a place when its pose is this close to an earlier one (DESIGN §6 revisit rule)."""
-
-
 def returning_ticks(poses: torch.Tensor, min_gap: int) -> torch.Tensor:
-    """Ticks t of one clip (poses [T, 5]) whose pose is within REVISIT_DISTANCE_M and
-    REVISIT_ANGLE_DEG of the pose at some tick in [1, t - min_gap]: the frames only memory can
-    explain (the sink, tick 0, is left out because it is always in the cache)."""
-    from worldmodel.camera import forward_vector
+    """Ticks t of one clip (poses [T, 5]) that revisit (worldmodel.metrics.revisit_matrix, the DESIGN
+    §6 rule) a pose at some tick in [1, t - min_gap]: the frames only memory can explain (the sink,
+    tick 0, is left out because it is always in the cache)."""
+    from worldmodel.metrics import revisit_matrix
 
-    t = poses.shape[0]
-    dist = torch.cdist(poses[:, :3].double(), poses[:, :3].double())  # [T, T]
-    fwd = forward_vector(poses.double())  # [T, 3]
-    cos = fwd @ fwd.T
-    close = (dist <= REVISIT_DISTANCE_M) & (cos >= math.cos(math.radians(REVISIT_ANGLE_DEG)) - 1e-9)
-    idx = torch.arange(t)
-    earlier = (idx[None, :] >= 1) & (idx[None, :] <= idx[:, None] - min_gap)  # [t, f]: 1 <= f <= t - gap
-    return torch.nonzero((close & earlier).any(1)).flatten()
+    close = revisit_matrix(poses, min_gap)
+    close[:, 0] = False
+    return torch.nonzero(close.any(1)).flatten()
 
 
 def load_latents(path: str | Path | list[str | Path], config: WorldModelConfig) -> LatentData:
@@ -635,10 +625,10 @@ def initial_weights(path: str | Path, config: WorldModelConfig) -> dict[str, tor
     equal, except that a 'pool' memory checkpoint may start a 'patch' memory model: its memory
     projection is spread over the 4 positions of each 2x2 patch (weights / 4), which is exactly 2x2
     average pooling, so the new model starts as the old one and can learn to use the detail."""
-    from worldmodel.checkpoint import load_checkpoint
+    from worldmodel.checkpoint import load_checkpoint, read_checkpoint_metadata
 
     path = Path(path)
-    theirs = load_checkpoint(path)[2]
+    theirs = WorldModelConfig.from_json(read_checkpoint_metadata(path)["config"], source=str(path))
     convert = (theirs.use_memory and theirs.memory_compression == "pool" and config.memory_compression == "patch")
     expected = config.replace(memory_compression=theirs.memory_compression) if convert else config
     model = load_checkpoint(path, expected_config=expected)[0]
