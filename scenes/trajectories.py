@@ -21,7 +21,7 @@ import torch
 
 from scenes.world import World
 from worldmodel.camera import (ACTION_DIM, DEFAULT_TICK_HZ, PITCH_LIMIT, TURN_SPEED_DPS, WALK_SPEED_MPS,
-                               CameraPose)
+                               CameraPose, angle_between_views)
 from worldmodel.metrics import REVISIT_MAX_ANGLE_DEG, REVISIT_MAX_DISTANCE_M, revisit_matrix
 
 POLICIES = ("walk", "look", "revisit", "retrace")
@@ -194,10 +194,30 @@ def _walk_back(w: _Walker, ticks: int, to: CameraPose | None = None) -> None:
 
 
 def revisit_ticks(poses: torch.Tensor, min_gap: int = 100, max_distance: float = REVISIT_MAX_DISTANCE_M,
-                  max_angle_deg: float = REVISIT_MAX_ANGLE_DEG) -> list[tuple[int, int]]:
-    """(t, first) pairs: tick t's pose is within `max_distance` m and `max_angle_deg` of the pose at
-    tick `first` <= t - min_gap (the earliest such). DESIGN §6 revisit definition."""
+                  max_angle_deg: float = REVISIT_MAX_ANGLE_DEG, match: str = "first_visit") -> list[tuple[int, int]]:
+    """(t, first) pairs, DESIGN §6: tick t's pose is within `max_distance` m and `max_angle_deg` of
+    the pose at some tick <= t - min_gap; `first` is the frame of the first visit to compare it with.
+
+    The first visit is the earliest unbroken run of such ticks. Its frame is, with `match`:
+    - "first_visit" (default): the tick of that run whose pose is nearest t's (distance / max_distance
+      + angle / max_angle), i.e. the frame of the first visit that shows the same view;
+    - "earliest": the run's first tick. That is the edge of the tolerance ball, a view up to 0.5 m and
+      15 degrees away, so even the true renders agree only to ~19 dB there (measured on the revisit
+      suite); it was the rule before 2026-11-29 and is kept to compare with earlier numbers.
+    """
+    if match not in ("first_visit", "earliest"):
+        raise ValueError(f"match must be 'first_visit' or 'earliest', got {match!r}")
     close = revisit_matrix(poses, min_gap, max_distance, max_angle_deg)  # [t, f]
-    hit = close.any(1)
-    first = close.int().argmax(1)  # earliest f (argmax returns the first maximum)
-    return [(t, int(first[t])) for t in torch.nonzero(hit).flatten().tolist()]
+    pairs = []
+    for t in torch.nonzero(close.any(1)).flatten().tolist():
+        hits = torch.nonzero(close[t]).flatten()  # ticks f, ascending
+        if match == "earliest":
+            pairs.append((t, int(hits[0])))
+            continue
+        breaks = torch.nonzero(hits.diff() != 1).flatten()
+        run = hits[: int(breaks[0]) + 1] if breaks.numel() else hits  # the first unbroken visit
+        here = poses[t].expand(run.numel(), poses.shape[-1])
+        distance = (poses[run, :3] - here[:, :3]).norm(dim=-1) / max_distance + \
+            angle_between_views(poses[run], here) / math.radians(max_angle_deg)  # [run]
+        pairs.append((t, int(run[int(distance.argmin())])))
+    return pairs

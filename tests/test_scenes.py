@@ -82,6 +82,27 @@ def test_retrace_returns_to_views_seen_along_the_way_not_only_the_start():
     assert along >= 30
 
 
+def test_revisit_pairs_compare_with_the_nearest_view_of_the_first_visit():
+    """Ticks 0-4 walk past a place (first visit), 5-119 are far away, 120-124 come back slowly,
+    ticks 200-204 pass again (a second visit). A return is paired with the first visit's tick whose
+    pose is nearest, not with that visit's edge and never with the later visit."""
+    def far(n: int, x0: float) -> list:
+        return [[x0 + 0.6 * i, 1.6, 10.0, 0.0, 0.0] for i in range(n)]  # never within 0.5 m of each other
+
+    poses = [[0.1 * i, 1.6, 0.0, 0.0, 0.0] for i in range(5)] + far(115, 10.0) + \
+        [[0.1 * i + 0.02, 1.6, 0.0, 0.0, 0.0] for i in range(5)] + far(75, 200.0) + \
+        [[0.1 * i + 0.01, 1.6, 0.0, 0.0, 0.0] for i in range(5)]
+    poses = torch.tensor(poses)  # [205, 5]
+    pairs = dict(revisit_ticks(poses))
+    assert set(pairs) == set(range(120, 125)) | set(range(200, 205))
+    assert [pairs[t] for t in range(120, 125)] == list(range(5))  # the same view, not tick 0
+    assert [pairs[t] for t in range(200, 205)] == list(range(5))  # the first visit, not ticks 120-124
+    earliest = dict(revisit_ticks(poses, match="earliest"))
+    assert set(earliest) == set(pairs) and all(f == 0 for f in earliest.values())
+    with pytest.raises(ValueError):
+        revisit_ticks(poses, match="nearest")
+
+
 def test_revisit_policy_is_unchanged_by_the_retrace_refactor():
     """Data sets record policies per clip; a `revisit` clip of a seed must stay the clip it was."""
     tr = make_trajectory(generate_world(3), 160, "revisit", random.Random(3))
