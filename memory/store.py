@@ -8,12 +8,18 @@ same when the player comes back, at a cost that does not grow with the length of
 
 - payloads live in ONE preallocated tensor [budget_entries, *payload_shape] (allocated on the first
   add, never grown or reallocated); poses and ticks in [budget] CPU tensors next to it;
-- add-time dedup: a new entry within `dedup_distance` and `dedup_angle_deg` of stored entries replaces
-  them (the newest view of a place wins, so the budget is spent on covering more of the world), unless
-  one of them is younger than `refresh_ticks`: then the place was just recorded and the new view is
-  skipped. Without that exception a walking camera would keep replacing the entry it stored a tick
-  ago and the store would hold one entry; with it, a walk leaves a trail spaced ~dedup_distance
-  apart and a return visit (or a long stand-still) refreshes the old views;
+- add-time dedup: a new view within `dedup_distance` and `dedup_angle_deg` of a stored one is a
+  near-duplicate, so the budget is spent on covering more of the world rather than one place many
+  times. `dedup_keep` says which view of a place stays:
+  - "first" (default): the stored view stays and the new one is skipped. A place looks the way it
+    did when it was first seen, and the frames generated during a return never overwrite what the
+    return is meant to reproduce. (With "newest", the first return frame replaced every first-visit
+    entry within dedup_distance, and the replacement stays out of retrieval for the W ticks it is in
+    the rolling window, so the frames right after it were generated without the first visit.)
+  - "newest": the new view replaces the stored ones, unless one of them is younger than
+    `refresh_ticks` (the place was just recorded: skipped, else a walking camera would keep
+    replacing the entry it stored a tick ago). For worlds that change, where the newest view is
+    the truth;
 - eviction when full: the oldest entry of the most crowded grid cell goes (ties: older tick, lower
   slot), which thins out places visited often and keeps the only views of rarely visited ones;
 - retrieval scores only the entries the spatial grid finds within `candidate_radius` of the camera,
@@ -58,6 +64,8 @@ _HASH_CHARS_IN_NAME = 16
 _FILE_MODE = 0o666
 _DIR_MODE = 0o777
 _NO_TICK = torch.iinfo(torch.long).max
+DEDUP_KEEP = ("first", "newest")
+"""Values of MemoryConfig.dedup_keep."""
 
 
 @dataclass(frozen=True)
@@ -76,9 +84,11 @@ class MemoryConfig:
     selection skips pairs this close too."""
     dedup_angle_deg: float = DEFAULT_DEDUP_ANGLE_DEG
     """Degrees between viewing directions under which two close views count as the same view."""
+    dedup_keep: str = "first"
+    """Which view of a place stays when a near-duplicate is added: "first" or "newest" (module docstring)."""
     refresh_ticks: int = 20
-    """A duplicate of a stored view younger than this many ticks is skipped instead of replacing it
-    (1 s at 20 Hz; see the module docstring)."""
+    """With dedup_keep "newest": a duplicate of a stored view younger than this many ticks is skipped
+    instead of replacing it (1 s at 20 Hz; see the module docstring)."""
     min_overlap: float = DEFAULT_MIN_OVERLAP
     """Entries sharing less of the current view than this are never retrieved."""
     cell_size: float = 4.0
@@ -102,6 +112,8 @@ class MemoryConfig:
             raise ValueError("max_distance and cell_size must be positive")
         if self.dedup_distance < 0.0 or not 0.0 <= self.dedup_angle_deg <= 180.0:
             raise ValueError("dedup_distance must be >= 0 and dedup_angle_deg in [0, 180]")
+        if self.dedup_keep not in DEDUP_KEEP:
+            raise ValueError(f"dedup_keep must be one of {DEDUP_KEEP}, got {self.dedup_keep!r}")
         if isinstance(self.refresh_ticks, bool) or not isinstance(self.refresh_ticks, int) or self.refresh_ticks < 0:
             raise ValueError(f"refresh_ticks must be a non-negative integer, got {self.refresh_ticks!r}")
         if not 0.0 <= self.min_overlap <= 1.0:
@@ -271,10 +283,12 @@ class MemoryStore:
 
     def add(self, payload: torch.Tensor, pose: torch.Tensor | Sequence[float], tick: int) -> int | None:
         """Store `payload` [*payload_shape] seen from `pose` [5] at `tick`; returns the slot used, or None
-        when the view was skipped (a duplicate younger than refresh_ticks is stored).
+        when the view was skipped (a near-duplicate is stored and dedup_keep is "first", or, with
+        "newest", one younger than refresh_ticks is).
 
-        Older near-duplicates of the new view are dropped (the new entry takes the nearest one's slot);
-        when the store is full the eviction rule frees a slot first. Never reallocates the payload tensor.
+        With "newest", older near-duplicates of the new view are dropped (the new entry takes the
+        nearest one's slot). When the store is full the eviction rule frees a slot first. Never
+        reallocates the payload tensor.
         """
         pose_t = torch.as_tensor(pose, dtype=torch.float32).detach().to("cpu").reshape(-1)  # [5]
         if pose_t.shape[0] != POSE_DIM or not bool(torch.isfinite(pose_t).all()):
@@ -291,7 +305,8 @@ class MemoryStore:
                              f"{list(self._payloads.shape[1:])}")
 
         dup = self._duplicates(pose_t)  # [D] slots
-        if dup.numel() and bool(((tick - self._ticks[dup]) < self.config.refresh_ticks).any()):
+        if dup.numel() and (self.config.dedup_keep == "first"
+                            or bool(((tick - self._ticks[dup]) < self.config.refresh_ticks).any())):
             self.stats.skipped += 1
             return None
         slot = self._drop(pose_t, dup) if dup.numel() else None
@@ -623,3 +638,21 @@ def _read_data(path: Path, sha256: str) -> dict[str, torch.Tensor]:
         return load_safetensors_bytes(data)
     except (SafetensorError, ValueError, RuntimeError) as exc:
         raise UserError(f"{path}: not a readable safetensors file ({exc})") from exc
+
+
+def kept_ticks(poses: torch.Tensor, config: MemoryConfig) -> torch.Tensor:
+    """bool [T]: which frames of a path (poses [T, 5]; tick 0 is the start image, which the runtime keeps
+    in the attention sink and never adds) a store with `config` holds once ticks 1..T-1 were added in
+    order. Computed by running a store with 1-number payloads, so it is the store's own rule.
+
+    With dedup_keep "first" and T <= budget_entries (no eviction) a frame, once held, stays held, so
+    the store held at tick t exactly the kept frames up to t: training uses this to give each target
+    the memory candidates play would have had.
+    """
+    store = MemoryStore(dataclasses.replace(config, payload_shape=(1,), payload_dtype="float32"))
+    one = torch.zeros(1)
+    for t in range(1, poses.shape[0]):
+        store.add(one, poses[t], t)
+    kept = torch.zeros(poses.shape[0], dtype=torch.bool)
+    kept[store.ticks()] = True
+    return kept

@@ -58,8 +58,21 @@ def test_add_and_inspect() -> None:
         s.add(payload(1), torch.tensor([0.0, 1.0, float("nan"), 0.0, 0.0]), 6)
 
 
+def test_dedup_keep_first_keeps_the_first_view_of_a_place() -> None:
+    s = MemoryStore(MemoryConfig(budget_entries=8))
+    assert s.config.dedup_keep == "first"
+    s.add(payload(0), pose(), 0)
+    assert s.add(payload(1), pose(0.1), 5) is None
+    assert s.add(payload(2), pose(0.2, yaw=math.radians(10)), 500) is None  # a return much later: skipped
+    assert s.ticks().tolist() == [0] and s.stats.skipped == 2 and s.stats.replaced == 0
+    assert s.add(payload(3), pose(0.2, yaw=math.radians(40)), 501) is not None  # another view: stored
+    assert sorted(s.ticks().tolist()) == [0, 501]
+    with pytest.raises(ValueError, match="dedup_keep"):
+        MemoryConfig(dedup_keep="last")
+
+
 def test_dedup_newest_wins_but_recent_duplicates_are_skipped() -> None:
-    s = MemoryStore(MemoryConfig(budget_entries=8, refresh_ticks=20))
+    s = MemoryStore(MemoryConfig(budget_entries=8, refresh_ticks=20, dedup_keep="newest"))
     s.add(payload(0), pose(), 0)
     assert s.add(payload(1), pose(0.1), 5) is None  # the place was just recorded
     assert s.ticks().tolist() == [0] and s.stats.skipped == 1
@@ -81,18 +94,19 @@ def test_walking_leaves_a_trail() -> None:
 
 
 def test_no_two_entries_are_duplicates_and_replacement_frees_all() -> None:
-    s = MemoryStore(MemoryConfig(budget_entries=32, refresh_ticks=0))
+    s = MemoryStore(MemoryConfig(budget_entries=32, refresh_ticks=0, dedup_keep="newest"))
     s.add(payload(0), pose(0.0), 0)
     s.add(payload(1), pose(0.8), 1)
     slot = s.add(payload(2), pose(0.4), 2)  # within 0.5 m of both: both go, it takes the nearer's slot
     assert len(s) == 1 and slot == 0 and s.stats.replaced == 2
-    s = filled_store(n=600, budget=256, spread=6.0, refresh_ticks=0)
-    p = s.poses()
-    dist = torch.cdist(p[:, :3], p[:, :3])
-    fwd = torch.stack([-torch.sin(p[:, 3]) * torch.cos(p[:, 4]), torch.sin(p[:, 4]),
-                       -torch.cos(p[:, 3]) * torch.cos(p[:, 4])], 1)
-    dup = (dist <= 0.5) & (fwd @ fwd.T >= math.cos(math.radians(15)))
-    assert int(dup.sum()) == len(s)  # only the diagonal
+    for keep in ("newest", "first"):
+        s = filled_store(n=600, budget=256, spread=6.0, refresh_ticks=0, dedup_keep=keep)
+        p = s.poses()
+        dist = torch.cdist(p[:, :3], p[:, :3])
+        fwd = torch.stack([-torch.sin(p[:, 3]) * torch.cos(p[:, 4]), torch.sin(p[:, 4]),
+                           -torch.cos(p[:, 3]) * torch.cos(p[:, 4])], 1)
+        dup = (dist <= 0.5) & (fwd @ fwd.T >= math.cos(math.radians(15)))
+        assert int(dup.sum()) == len(s)  # only the diagonal
 
 
 def test_budget_holds_over_10k_adds_without_reallocation() -> None:
@@ -146,7 +160,7 @@ def test_indexed_retrieval_equals_brute_force(spread: float) -> None:
 
 
 def test_retrieve_returns_copies() -> None:
-    s = MemoryStore(MemoryConfig(budget_entries=4, refresh_ticks=0))
+    s = MemoryStore(MemoryConfig(budget_entries=4, refresh_ticks=0, dedup_keep="newest"))
     s.add(payload(0), pose(), 0)
     (entry,) = s.retrieve(pose(), 4, current_tick=100, min_age=10)
     assert entry.tick == 0 and entry.overlap == pytest.approx(1.0, abs=1e-5)

@@ -12,7 +12,7 @@ from wm_helpers import randomized_model, tiny_autoencoder, write_latent_clips
 
 from worldmodel.checkpoint import (CHECKPOINT_FORMAT, checkpoint_sha256, load_checkpoint,
                                    read_checkpoint_metadata, save_checkpoint)
-from worldmodel.config import tiny_config
+from worldmodel.config import WorldModelConfig, tiny_config
 from worldmodel.errors import UserError
 from worldmodel.text import Tokenizer
 from worldmodel.train import (LOG_FILE, TrainOptions, load_latents, sample_batch,
@@ -180,6 +180,30 @@ def test_returning_ticks_finds_places_seen_long_before() -> None:
     assert got == [50, 51, 53, 54, 58, 59]  # ticks 52, 56, 57 were last there fewer than 40 ticks ago
     poses[56:58, 0] = 0.0  # tick 0 is the sink, always in the cache: not a return
     assert 56 not in returning_ticks(poses, min_gap=40).tolist()
+
+
+def test_training_memory_is_what_the_play_store_would_retrieve() -> None:
+    """Each target's memory comes from the frames the play-time store holds (its keep-first dedup
+    drops later views of a place), so at a return the first visit's frames are the candidates, as in
+    play. Checked against a real store fed the same path tick by tick."""
+    import random
+
+    from scenes.trajectories import make_trajectory
+    from scenes.world import generate_world
+    from worldmodel.runtime import make_memory_store
+    from worldmodel.train import memory_candidates, select_training_memory
+
+    c = WorldModelConfig()
+    world = generate_world(7)
+    poses = make_trajectory(world, 161, "retrace", random.Random(7)).poses  # [161, 5]
+    kept = memory_candidates(poses, c)
+    assert kept is not None and not kept[0] and 10 < int(kept.sum()) < 150  # later views of a place dropped
+    store = make_memory_store(c)
+    payload = torch.zeros(c.latent_channels, c.latent_size, c.latent_size)
+    for t in range(1, poses.shape[0]):
+        got = store.retrieve_batch(poses[t], c.memory_entries, current_tick=t, min_age=c.window_frames + 1)
+        assert select_training_memory(poses, t, c, kept) == got.ticks.tolist(), f"tick {t}"
+        store.add(payload, poses[t], t)
 
 
 def test_revisit_focus_puts_returning_ticks_among_the_targets(run_files: dict[str, Path]) -> None:

@@ -53,12 +53,19 @@ def memory_payload_shape(config: WorldModelConfig) -> tuple[int, int, int]:
     return (config.latent_channels, config.latent_size, config.latent_size)
 
 
+def memory_config(config: WorldModelConfig):
+    """The MemoryConfig of this model's play-time store (training builds its memory by the same rules)."""
+    from memory.store import MemoryConfig
+
+    return MemoryConfig(fov_deg=config.fov_deg, payload_shape=memory_payload_shape(config),
+                        payload_dtype=str(MEMORY_PAYLOAD_DTYPE).removeprefix("torch."))
+
+
 def make_memory_store(config: WorldModelConfig):
     """An empty MemoryStore for this model's payloads (preallocated, fixed budget)."""
-    from memory.store import MemoryConfig, MemoryStore
+    from memory.store import MemoryStore
 
-    return MemoryStore(MemoryConfig(fov_deg=config.fov_deg, payload_shape=memory_payload_shape(config),
-                                    payload_dtype=str(MEMORY_PAYLOAD_DTYPE).removeprefix("torch.")))
+    return MemoryStore(memory_config(config))
 
 
 @dataclass

@@ -4,8 +4,9 @@ One training sample is a segment of a latent clip (worldmodel.data.LatentClips):
     G = [ sink (tick 0) | W + K - 1 clean context frames | K noisy target frames ]
 The clean copies get a small noise augmentation (level ~ U[0, ctx_noise_max], told to the model), the
 targets get independent flow-matching noise levels (diffusion-forcing style), and every target gets its
-own memory entries chosen from the clip's frames older than the window by the play-time rule
-(memory.retrieval.select_memory). One joint pass with `build_joint_mask` gives every frame exactly the
+own memory entries chosen by the play-time rules: among the clip's frames the play store would hold
+(`memory_candidates`: the store's own add-time dedup, run over the clip's poses) and older than the
+window, by memory.retrieval.select_memory. One joint pass with `build_joint_mask` gives every frame exactly the
 keys it would see at play time, and the loss is the MSE of the predicted clean latents of the targets.
 
 Memory curriculum: in mixed data only a few percent of ticks return to a place seen long before, and
@@ -80,6 +81,7 @@ class LatentData:
     source: str
     autoencoder_sha256: str | None = None
     _revisits: dict[int, list[torch.Tensor]] = field(default_factory=dict, repr=False)
+    _kept: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def clips(self) -> int:
@@ -91,9 +93,29 @@ class LatentData:
             self._revisits[min_gap] = [returning_ticks(p, min_gap) for p in self.poses]
         return self._revisits[min_gap]
 
+    def memory_candidates(self, clip: int, config: WorldModelConfig) -> torch.Tensor | None:
+        """bool [T]: the frames of clip `clip` the play-time store would hold (`memory_candidates`;
+        computed once per clip)."""
+        if clip not in self._kept:
+            self._kept[clip] = memory_candidates(self.poses[clip], config)
+        return self._kept[clip]
+
     @property
     def ticks(self) -> int:
         return self.latents.shape[1]
+
+
+def memory_candidates(poses: torch.Tensor, config: WorldModelConfig) -> torch.Tensor | None:
+    """bool [T] over one clip's ticks (poses [T, 5]): the frames the play-time MemoryStore keeps
+    (`memory.store.kept_ticks` with the runtime's `memory_config`), or None when its dedup rule is not
+    prefix-stable ("newest" replaces entries later) and every earlier frame stays a candidate."""
+    from memory.store import kept_ticks
+    from worldmodel.runtime import memory_config
+
+    mc = memory_config(config)
+    if mc.dedup_keep != "first" or poses.shape[0] > mc.budget_entries:
+        return None
+    return kept_ticks(poses, mc)
 
 
 def returning_ticks(poses: torch.Tensor, min_gap: int) -> torch.Tensor:
@@ -178,16 +200,22 @@ def sample_target_levels(config: WorldModelConfig, shape: tuple[int, ...], gen: 
     return torch.where(use, choice, t).clamp(1e-3, 1.0)
 
 
-def select_training_memory(poses: torch.Tensor, tick: int, config: WorldModelConfig) -> list[int]:
-    """Clip frames (ticks) the play-time rule would retrieve for the frame at `tick`: older than the
-    window (age >= W + 1), excluding the sink, best view overlap first, deduplicated."""
+def select_training_memory(poses: torch.Tensor, tick: int, config: WorldModelConfig,
+                           kept: torch.Tensor | None = None) -> list[int]:
+    """Clip frames (ticks) the play-time rule would retrieve for the frame at `tick`: among the frames
+    the play store holds (`kept` bool [T] from `memory_candidates`; None = all), older than the window
+    (age >= W + 1), excluding the sink, best view overlap first, deduplicated."""
     from memory.retrieval import select_memory
 
     first_old = tick - config.window_frames - 1
     if first_old < 1:
         return []
     cand_ticks = torch.arange(1, first_old + 1)
-    idx = select_memory(poses[tick], poses[1: first_old + 1], cand_ticks, current_tick=tick,
+    if kept is not None:
+        cand_ticks = cand_ticks[kept[1: first_old + 1]]
+        if cand_ticks.numel() == 0:
+            return []
+    idx = select_memory(poses[tick], poses[cand_ticks], cand_ticks, current_tick=tick,
                         max_entries=config.memory_entries, min_age=config.window_frames + 1,
                         fov_deg=config.fov_deg)
     return [int(cand_ticks[i]) for i in idx.tolist()]
@@ -233,8 +261,9 @@ def build_sample(data: LatentData, clip: int, start: int, config: WorldModelConf
         m_owner = torch.zeros(k * e, dtype=torch.long)
         m_valid = torch.zeros(k * e, dtype=torch.bool)
         g_total = 1 + n_ctx + k
+        kept = data.memory_candidates(clip, c) if use_memory else None
         for j, tick in enumerate(tgt_ticks):
-            chosen = select_training_memory(poses_all, tick, c) if use_memory else []
+            chosen = select_training_memory(poses_all, tick, c, kept) if use_memory else []
             for i in range(e):
                 slot = j * e + i
                 m_owner[slot] = g_total - k + j
