@@ -39,6 +39,43 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*.tmp"))  # atomic: no temp file left behind
 
 
+def test_average_checkpoints_is_the_weighted_mean_and_refuses_strangers(tmp_path: Path) -> None:
+    import dataclasses
+
+    from worldmodel.checkpoint import average_checkpoints
+    from worldmodel.cli import main
+
+    c = tiny_config()
+    ae = tiny_autoencoder()
+    a = save_checkpoint(tmp_path / "a.safetensors", randomized_model(c, seed=1), ae, {"step": 1})
+    b = save_checkpoint(tmp_path / "b.safetensors", randomized_model(c, seed=2), ae, {"step": 2})
+    out = average_checkpoints([a, b], tmp_path / "ab.safetensors", [0.25, 0.75])
+    ma, mb, (mo, ae_o, co) = load_checkpoint(a)[0], load_checkpoint(b)[0], load_checkpoint(out)
+    assert co == c
+    for k, v in mo.state_dict().items():
+        want = 0.25 * ma.state_dict()[k].double() + 0.75 * mb.state_dict()[k].double()
+        assert torch.allclose(v.double(), want, atol=1e-6), k
+    for k, v in ae_o.state_dict().items():
+        assert torch.equal(v, ae.state_dict()[k])
+    inputs = json.loads(read_checkpoint_metadata(out)["train"])["average_of"]
+    assert [i["weight"] for i in inputs] == [0.25, 0.75] and inputs[1]["train"] == {"step": 2}
+    assert inputs[0]["sha256"] == checkpoint_sha256(a)
+    assert main(["average", str(a), str(b), "--out", str(tmp_path / "cli.safetensors")]) == 0
+    other = save_checkpoint(tmp_path / "other.safetensors", randomized_model(dataclasses.replace(c, layers=c.layers + 1)), ae)
+    with pytest.raises(UserError, match="other.safetensors.*config differs"):
+        average_checkpoints([a, other], tmp_path / "x.safetensors")
+    torch.manual_seed(5)
+    ae2 = tiny_autoencoder()
+    with torch.no_grad():
+        next(ae2.parameters()).add_(1.0)
+    stranger = save_checkpoint(tmp_path / "s.safetensors", randomized_model(c, seed=3), ae2)
+    with pytest.raises(UserError, match="s.safetensors.*autoencoder differs"):
+        average_checkpoints([a, stranger], tmp_path / "x.safetensors")
+    with pytest.raises(UserError, match="weights"):
+        average_checkpoints([a, b], tmp_path / "x.safetensors", [0.5, 0.6])
+    assert not (tmp_path / "x.safetensors").exists()
+
+
 def test_checkpoint_errors_name_the_problem(tmp_path: Path) -> None:
     c = tiny_config()
     model, ae = randomized_model(c), tiny_autoencoder()

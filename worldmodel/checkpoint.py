@@ -190,3 +190,40 @@ def load_checkpoint(path: str | Path, expected_config: WorldModelConfig | None =
                  for k, v in tensors.items() if k.startswith(prefix)}
         module.load_state_dict(state, strict=True)
     return model.to(device).eval(), autoencoder.to(device).eval(), config
+
+
+def average_checkpoints(paths: list[str | Path], out: str | Path, weights: list[float] | None = None) -> Path:
+    """Write the weighted mean of checkpoints' world-model weights to `out` (atomically; returns it).
+
+    Why: two fine-tunes of one model (e.g. one that leans on its memory, one that follows actions
+    better) sit in the same basin, and the mean of their weights can keep most of both (a "model
+    soup", Wortsman et al. 2022); measure it like any checkpoint. The configs and the autoencoders
+    must be identical, else UserError naming the file. The train summary records every input
+    (path, sha256, weight, and its own summary).
+    """
+    if len(paths) < 2:
+        raise UserError("average needs at least two checkpoints")
+    weights = [1.0 / len(paths)] * len(paths) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(paths) or any(w < 0 for w in weights) or abs(sum(weights) - 1.0) > 1e-6:
+        raise UserError(f"weights must be {len(paths)} non-negative numbers summing to 1, got {weights}")
+    first_model, first_ae, first_config = load_checkpoint(paths[0])
+    total = {k: v.double() * weights[0] for k, v in first_model.state_dict().items() if v.is_floating_point()}
+    ae_state = first_ae.state_dict()
+    inputs = []
+    for i, (path, w) in enumerate(zip(paths, weights)):
+        model, ae, config = (first_model, first_ae, first_config) if i == 0 else load_checkpoint(path)
+        if config.to_json() != first_config.to_json():
+            raise UserError(f"{path}: its config differs from {paths[0]}'s; only fine-tunes of one model can be averaged")
+        if any(not torch.equal(v, ae_state[k]) for k, v in ae.state_dict().items()):
+            raise UserError(f"{path}: its autoencoder differs from {paths[0]}'s; the latents would not match")
+        if i > 0:
+            for k, v in model.state_dict().items():
+                if v.is_floating_point():
+                    total[k] += v.double() * w
+        meta = read_checkpoint_metadata(path)
+        inputs.append({"path": str(path), "sha256": checkpoint_sha256(path), "weight": w,
+                       "train": json.loads(meta.get("train", "{}"))})
+    state = first_model.state_dict()
+    state.update({k: v.to(state[k].dtype) for k, v in total.items()})
+    first_model.load_state_dict(state)
+    return save_checkpoint(out, first_model, first_ae, {"average_of": inputs})

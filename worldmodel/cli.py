@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dataset": ("tools.dataset", "write training clips from procedural worlds"),
     "train": ("tools.train", "train the autoencoder and the world model"),
     "distill": ("tools.distill", "distil the teacher into a 1-2 step student (Self Forcing + DMD)"),
+    "average": ("tools.average", "average fine-tuned checkpoints' weights into a new checkpoint"),
     "eval": ("tools.eval", "score the model against the procedural ground truth"),
     "bench": ("tools.bench", "benchmark the oracle renderer and the play loop"),
 }

@@ -1,0 +1,25 @@
+"""`worldmodel average A B [...] --out C`: the mean of fine-tunes' weights as a new checkpoint.
+
+See `worldmodel.checkpoint.average_checkpoints` (why, and what is checked). Evaluate the result like
+any checkpoint (`worldmodel eval --checkpoint C ...`) before shipping it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoints", nargs="+", type=Path, help="two or more checkpoints of one config")
+    p.add_argument("--out", type=Path, required=True, help="where to write the averaged checkpoint")
+    p.add_argument("--weights", type=float, nargs="+", default=None,
+                   help="one weight per checkpoint, summing to 1 (default: equal)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from worldmodel.checkpoint import average_checkpoints, checkpoint_sha256
+
+    out = average_checkpoints(list(args.checkpoints), args.out, args.weights)
+    print(f"wrote {out} (sha256 {checkpoint_sha256(out)[:16]}...)")
+    return 0
