@@ -73,6 +73,8 @@ def test_average_checkpoints_is_the_weighted_mean_and_refuses_strangers(tmp_path
         average_checkpoints([a, stranger], tmp_path / "x.safetensors")
     with pytest.raises(UserError, match="weights"):
         average_checkpoints([a, b], tmp_path / "x.safetensors", [0.5, 0.6])
+    with pytest.raises(UserError, match="weights"):
+        average_checkpoints([a, b], tmp_path / "x.safetensors", [float("nan"), 1.0])
     assert not (tmp_path / "x.safetensors").exists()
 
 

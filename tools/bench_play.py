@@ -113,7 +113,7 @@ def bench_play(args: argparse.Namespace) -> dict:
     memory_label = args.memory if args.backend == "model" else "n/a"
     session = PlaySession(source, scene, scene_spec=DEFAULT_SCENE, tick_hz=getattr(
         getattr(source, "config", None), "tick_hz", 20.0))
-    ab = args.ticks >= EARLY_TICK + SPAN
+    ab = args.ticks >= EARLY_TICK + SPAN  # an early window to compare with, and a session to fork there
     actions = _actions(generate_world(scene.world_seed), args.ticks + AB_TICKS, session.tick_hz)
     session.reset()
     early_session = None
@@ -128,7 +128,7 @@ def bench_play(args: argparse.Namespace) -> dict:
             if t + 1 in (EARLY_TICK, EARLY_TICK + SPAN, late, args.ticks):
                 rss[t + 1] = _rss_mb()
             bar.update(1, ms=float(times[t]))
-    early_ms = float(np.median(times[EARLY_TICK:EARLY_TICK + SPAN])) if args.ticks >= EARLY_TICK + SPAN else float("nan")
+    early_ms = float(np.median(times[EARLY_TICK:EARLY_TICK + SPAN])) if ab else float("nan")
     late_ms = float(np.median(times[late:]))
     steady = times[min(EARLY_TICK, args.ticks // 2):]
     interleaved = None

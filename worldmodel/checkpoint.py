@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -204,7 +205,8 @@ def average_checkpoints(paths: list[str | Path], out: str | Path, weights: list[
     if len(paths) < 2:
         raise UserError("average needs at least two checkpoints")
     weights = [1.0 / len(paths)] * len(paths) if weights is None else [float(w) for w in weights]
-    if len(weights) != len(paths) or any(w < 0 for w in weights) or abs(sum(weights) - 1.0) > 1e-6:
+    if len(weights) != len(paths) or not all(math.isfinite(w) and w >= 0 for w in weights) \
+            or abs(sum(weights) - 1.0) > 1e-6:
         raise UserError(f"weights must be {len(paths)} non-negative numbers summing to 1, got {weights}")
     first_model, first_ae, first_config = load_checkpoint(paths[0])
     total = {k: v.double() * weights[0] for k, v in first_model.state_dict().items() if v.is_floating_point()}

@@ -6,8 +6,9 @@ The clean copies get a small noise augmentation (level ~ U[0, ctx_noise_max], to
 targets get independent flow-matching noise levels (diffusion-forcing style), and every target gets its
 own memory entries chosen by the play-time rules: among the clip's frames the play store would hold
 (`memory_candidates`: the store's own add-time dedup, run over the clip's poses) and older than the
-window, by memory.retrieval.select_memory. One joint pass with `build_joint_mask` gives every frame exactly the
-keys it would see at play time, and the loss is the MSE of the predicted clean latents of the targets.
+window, by memory.retrieval.select_memory. One joint pass with `build_joint_mask` gives every frame
+exactly the keys it would see at play time, and the loss is the MSE of the predicted clean latents of
+the targets.
 
 Memory curriculum: in mixed data only a few percent of ticks return to a place seen long before, and
 only there does the memory matter, so `TrainOptions.revisit_focus` places that share of the segments
