@@ -10,9 +10,29 @@ train_world_model uses it and leaves it up between runs), which saves a torchrun
 from __future__ import annotations
 
 import json
+import os
 import sys
+from pathlib import Path
 
 import torch
+
+
+GLOO_THREAD_PREFIX = "pt_gloo"
+"""gloo's per-group worker threads (pt_gloo_runloop); they exist only while a gloo group is alive."""
+
+
+def live_gloo_threads() -> list[str]:
+    """Names of this process's gloo worker threads (Linux /proc; [] where there is no /proc)."""
+    tasks = Path("/proc/self/task")
+    if not tasks.is_dir():
+        return []
+    names = []
+    for task in tasks.iterdir():
+        try:
+            names.append((task / "comm").read_text().strip())
+        except OSError:  # the thread ended while we listed them
+            continue
+    return [n for n in names if n.startswith(GLOO_THREAD_PREFIX)]
 
 
 def main(spec_path: str) -> int:
@@ -27,6 +47,14 @@ def main(spec_path: str) -> int:
         for run in spec["runs"]:
             train_world_model(spec["train"], run["out"], spec["ae"], options, tiny_config(),
                               val_latents_path=spec.get("val"), progress=False, stop_after=run.get("stop_after"))
+    # A group that outlives its session takes gloo's threads into interpreter shutdown, where they can
+    # abort the process after all the work is done (see worldmodel.distributed); fail every time, not
+    # on the unlucky schedule.
+    left = live_gloo_threads()
+    if left:
+        print(f"rank {os.environ.get('RANK')}: the process group outlived distributed_session "
+              f"(gloo threads still running: {left})", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

@@ -195,6 +195,19 @@ def reduce_weighted_means(ctx: DistContext, values: Mapping[str, tuple[float, fl
     return {k: float(flat[i, 0] / flat[i, 1]) for i, k in enumerate(keys) if float(flat[i, 1]) > 0}
 
 
+def _import_group_capturing_modules() -> None:
+    """Import, before the process group exists, the torch modules that would keep it alive forever.
+
+    torch.distributed.nn.functional evaluates `group=group.WORLD` default arguments at import time, and
+    DDP imports it (through torch._dynamo) lazily, after init_process_group. Imported then, those
+    defaults hold the world group, so destroy_process_group cannot free it: gloo's worker threads
+    outlive the group and run into interpreter shutdown, where one still releasing the last
+    collective's Python tensor asks for the GIL and the process dies with SIGABRT ("terminate called
+    without an active exception") after training finished. Imported first, the defaults are None, the
+    group is freed on destroy and its destructor joins the threads."""
+    import torch.distributed.nn.functional  # noqa: F401
+
+
 @contextlib.contextmanager
 def distributed_session(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S,
                         env: Mapping[str, str] | None = None) -> Iterator[DistContext]:
@@ -209,6 +222,7 @@ def distributed_session(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT
     dev = rank_device(device, launch)
     owned = not dist.is_initialized()
     if owned:
+        _import_group_capturing_modules()
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
             dist.init_process_group(CUDA_BACKEND, timeout=datetime.timedelta(seconds=timeout_s), device_id=dev)
