@@ -181,6 +181,32 @@ def make_trajectory(world: World, ticks: int, policy: str, rng: random.Random,
     return Trajectory(actions=actions, poses=poses, policy=policy)
 
 
+CHAIN_SEGMENT_TICKS = 200
+"""Frames of each policy segment of a `chained_trajectory` (its first is the previous segment's last)."""
+
+
+def chained_trajectory(world: World, ticks: int, rng: random.Random, tick_hz: float = DEFAULT_TICK_HZ,
+                       start: CameraPose | None = None, segment_ticks: int = CHAIN_SEGMENT_TICKS) -> Trajectory:
+    """A long play-like trajectory of `ticks` frames: segments of walk, look, revisit, retrace in turn,
+    each starting where the last one ended (default start: the world's spawn pose).
+
+    Long runs (the play benchmark, the drift suite) need a camera that keeps exploring and comes back,
+    the way a person plays for minutes; one policy alone either never returns or never leaves."""
+    if ticks < 1 or segment_ticks < 2:
+        raise ValueError(f"need ticks >= 1 and segment_ticks >= 2, got {ticks}, {segment_ticks}")
+    pose = world.spawn_pose() if start is None else start
+    actions, poses = [torch.zeros(1, ACTION_DIM)], [torch.tensor([pose.as_list()], dtype=torch.float32)]
+    made, i = 1, 0
+    while made < ticks:
+        seg = make_trajectory(world, segment_ticks, POLICIES[i % len(POLICIES)], rng, tick_hz, start=pose)
+        actions.append(seg.actions[1:])
+        poses.append(seg.poses[1:])
+        made += segment_ticks - 1
+        pose = CameraPose.from_sequence(seg.poses[-1].tolist())
+        i += 1
+    return Trajectory(actions=torch.cat(actions)[:ticks], poses=torch.cat(poses)[:ticks], policy="chain")
+
+
 def _walk_back(w: _Walker, ticks: int, to: CameraPose | None = None) -> None:
     """Turn round and walk back along the path walked so far (to its start, or to the pose `to`)."""
     path = [(p.x, p.z) for p in w.poses]

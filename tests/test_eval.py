@@ -19,7 +19,7 @@ from worldmodel.checkpoint import save_checkpoint
 from worldmodel.cli import main
 from worldmodel.config import tiny_config
 from worldmodel.errors import UserError
-from worldmodel.metrics import psnr
+from worldmodel.metrics import DRIFT_EARLY_TICKS, DRIFT_LATE_TICKS, drift_scores, psnr
 
 SEED = 1_000_123
 
@@ -105,3 +105,33 @@ def test_eval_refuses_logs_without_ground_truth(checkpoint: Path, tmp_path: Path
     with pytest.raises(UserError, match="no procedural world"):
         ev.log_from_file(tmp_path / "c.jsonl", 64, 90.0)
     assert main(["eval", "--checkpoint", str(checkpoint)]) == 2  # neither --log nor --suite
+
+
+def test_drift_compares_the_late_window_with_the_early_one() -> None:
+    assert (DRIFT_EARLY_TICKS, DRIFT_LATE_TICKS) == ((1, 100), (1000, 1100))  # DESIGN §6
+    per_tick = [20.0] * 100 + [0.0] * 899 + [15.0] * 101  # ticks 1..1100
+    d = drift_scores(per_tick, [0.5] * 1100)
+    assert d["early_psnr"] == 20.0 and d["late_psnr"] == 15.0 and d["drift_db"] == -5.0
+    assert d["late_over_early"] == 0.75 and d["early_ssim"] == d["late_ssim"] == 0.5
+    assert drift_scores(per_tick[:1099]) is None  # the rollout must reach tick 1100
+    assert drift_scores([1.0, 2.0, 3.0, 4.0], early=(1, 2), late=(3, 4))["drift_db"] == 2.0
+
+
+def test_drift_suite_runs_long_chained_rollouts(checkpoint: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ev, "DRIFT_WINDOWS", ((1, 3), (10, 12)))  # the suite's length follows the late window
+    out = tmp_path / "drift.json"
+    assert main(["eval", "--suite", "drift", "--limit", "1", "--checkpoint", str(checkpoint), "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    (log,) = doc["logs"]
+    assert log["ticks"] == 12 and log["policy"] == "chain" and "baselines" not in log
+    assert set(log["runs"]) == {"memory_on", "memory_off"}
+    for run in log["runs"].values():
+        p = run["psnr"]
+        assert run["drift"]["early_psnr"] == pytest.approx(sum(p[:3]) / 3)
+        assert run["drift"]["late_psnr"] == pytest.approx(sum(p[9:12]) / 3)
+    assert doc["summary"]["memory_on.drift.drift_db"] == pytest.approx(log["runs"]["memory_on"]["drift"]["drift_db"])
+    # a teacher-forced start that covers the early window leaves nothing to compare with
+    assert main(["eval", "--suite", "drift", "--limit", "1", "--prefill", "2", "--memory", "on",
+                 "--checkpoint", str(checkpoint), "--json", str(out)]) == 0
+    assert "drift" not in json.loads(out.read_text())["logs"][0]["runs"]["memory_on"]

@@ -7,7 +7,7 @@ from PIL import Image
 
 from scenes.render import render_views
 from scenes.scene import DEFAULT_SCENE, list_scenes, load_image, load_scene
-from scenes.trajectories import POLICIES, make_trajectory, revisit_ticks
+from scenes.trajectories import POLICIES, chained_trajectory, make_trajectory, revisit_ticks
 from scenes.world import caption_vocabulary, generate_world, is_heldout_seed, tokenize_words
 from worldmodel.camera import integrate
 from worldmodel.errors import UserError
@@ -63,6 +63,24 @@ def test_trajectories_integrate_exactly_and_revisit_comes_back():
     found = sum(bool(revisit_ticks(make_trajectory(generate_world(s), 160, "revisit", random.Random(s)).poses))
                 for s in range(6))
     assert found >= 4
+
+
+def test_chained_trajectory_strings_policy_segments_from_the_spawn_pose():
+    w = generate_world(2)
+    tr = chained_trajectory(w, 95, random.Random(1), segment_ticks=20)
+    assert tr.actions.shape == (95, 5) and tr.poses.shape == (95, 5) and torch.all(tr.actions[0] == 0)
+    assert tr.poses[0].tolist() == pytest.approx(w.spawn_pose().as_list())
+    pose = tr.poses[0]
+    for t in range(1, 95):  # one continuous walk: each segment starts where the last one ended
+        pose = integrate(pose, tr.actions[t])
+        assert torch.allclose(pose, tr.poses[t], atol=1e-3), t
+    # the segments follow POLICIES in turn: the first walks (moves every tick), the second mostly stands
+    moved = (tr.actions[:, :3].abs().sum(1) > 0).float()
+    assert moved[1:20].mean() > 0.9 and moved[20:39].mean() < 0.5
+    again = chained_trajectory(w, 95, random.Random(1), segment_ticks=20)
+    assert torch.equal(again.actions, tr.actions)
+    with pytest.raises(ValueError):
+        chained_trajectory(w, 0, random.Random(1))
 
 
 REVISIT_SEED3_LAST_POSE = [-4.6218, 1.6, 0.7543, -3.2887, 0.0]

@@ -303,6 +303,20 @@ def test_a_pool_memory_checkpoint_starts_an_equivalent_patch_memory_model(tmp_pa
         initial_weights(path, c.replace(layers=3))
 
 
+def test_a_fine_tune_may_change_only_the_training_objective_fields(tmp_path: Path) -> None:
+    from worldmodel.train import initial_weights
+
+    c = tiny_config()
+    base = randomized_model(c)
+    path = save_checkpoint(tmp_path / "base.safetensors", base, tiny_autoencoder(), {})
+    state = initial_weights(path, c.replace(ctx_noise_max=0.5, schedule_time_prob=0.5))  # stronger context noise
+    assert all(torch.equal(state[k], v) for k, v in base.state_dict().items())
+    for play_field in ({"ctx_noise_play": c.ctx_noise_play + 0.05}, {"sample_steps": c.sample_steps + 1},
+                       {"window_frames": c.window_frames + 1}):
+        with pytest.raises(UserError, match="config does not match"):
+            initial_weights(path, c.replace(**play_field))
+
+
 def test_window_dropout_hides_the_recent_frames_from_the_targets(run_files: dict[str, Path]) -> None:
     from worldmodel.train import build_sample
 

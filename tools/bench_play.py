@@ -50,18 +50,10 @@ def _rss_mb() -> float:
 
 
 def _actions(world, ticks: int, tick_hz: float) -> torch.Tensor:
-    """A long play-like action sequence: chained walk/look/revisit trajectories, [ticks, 5]."""
-    from scenes.trajectories import POLICIES, make_trajectory
-    from worldmodel.camera import CameraPose
+    """A long play-like action sequence (`chained_trajectory` from the spawn pose), [ticks, 5]."""
+    from scenes.trajectories import chained_trajectory
 
-    rng = random.Random(0)
-    out = []
-    pose = world.spawn_pose()
-    while sum(len(a) for a in out) < ticks:
-        tr = make_trajectory(world, 200, POLICIES[len(out) % len(POLICIES)], rng, tick_hz, start=pose)
-        out.append(tr.actions[1:])
-        pose = CameraPose.from_sequence(tr.poses[-1].tolist())
-    return torch.cat(out)[:ticks]
+    return chained_trajectory(world, ticks + 1, random.Random(0), tick_hz).actions[1:]
 
 
 def _fork(session, source):

@@ -7,7 +7,9 @@ mean: "hold the start frame" (a model that ignores actions) and "shuffled action
 driven by the actions of another log, so it cannot simply follow the camera). For logs that revisit
 places, the return ticks are scored against the truth and against the model's own frame at the first
 visit, with memory on and off. `--prefill N` feeds the first N ticks from the true renders (teacher
-forcing), so retrieval can be judged apart from generation.
+forcing), so retrieval can be judged apart from generation. Rollouts long enough for DESIGN §6 drift
+(the drift suite: 1100 ticks of chained walk/look/revisit/retrace segments) report the mean PSNR of
+ticks 1000-1100 against that of ticks 1-100.
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ import torch
 
 from scenes.render import render_views
 from scenes.scene import Scene, load_scene
-from scenes.trajectories import make_trajectory, revisit_ticks
+from scenes.trajectories import chained_trajectory, make_trajectory, revisit_ticks
 from scenes.world import HELDOUT_SEED_START, World, generate_world
 from worldmodel.camera import CameraPose, integrate_sequence
 from worldmodel.errors import UserError
-from worldmodel.metrics import psnr, ssim
+from worldmodel.metrics import DRIFT_EARLY_TICKS, DRIFT_LATE_TICKS, drift_scores, psnr, ssim
 
 ACTION_SUITE_SEEDS = tuple(HELDOUT_SEED_START + 100 + i for i in range(8))
 ACTION_SUITE_TICKS = 64
@@ -43,6 +45,10 @@ retrace of the outbound walk (views only the memory holds)."""
 REVISIT_SUITE_TICKS = 160
 REVISIT_OUTBOUND_FRACTION = 0.5
 """Suite revisit: prefill covers the first half of the clip (the outbound walk and the turn)."""
+DRIFT_SUITE_SEEDS = tuple(HELDOUT_SEED_START + 300 + i for i in range(4))
+DRIFT_WINDOWS = (DRIFT_EARLY_TICKS, DRIFT_LATE_TICKS)
+"""Tick windows (early, late) of the drift score; DESIGN §6's, changed only by tests."""
+SUITES = ("action", "revisit", "drift")
 SHUFFLE_SEED_OFFSET = 7777
 """'Another log' for the shuffled baseline: a walk in the same world from this RNG offset."""
 
@@ -64,14 +70,14 @@ class EvalLog:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log", type=Path, help="an action log (scene procedural:<seed> or a bundled scene)")
-    p.add_argument("--suite", choices=("action", "revisit"), help="built-in suite on held-out worlds")
+    p.add_argument("--suite", choices=SUITES, help="built-in suite on held-out worlds")
     p.add_argument("--checkpoint", type=Path, default=None, help="checkpoint (default: the shipped one)")
     p.add_argument("--memory", choices=("on", "off", "both"), default=None,
-                   help="memory on/off (default: on for --log and action, both for revisit)")
+                   help="memory on/off (default: on for --log and action, both for revisit and drift)")
     p.add_argument("--prefill", type=int, default=None,
                    help="feed the first N ticks from the true renders (default 0; revisit suite: the outbound half)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the checkpoint's)")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N logs of a suite")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N worlds of a suite")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", type=Path, default=None, help="write the summary JSON here")
     p.add_argument("--plot", type=Path, default=None,
@@ -108,6 +114,9 @@ def log_from_file(path: Path, resolution: int, fov: float) -> EvalLog:
 
 def suite_logs(suite: str, resolution: int, fov: float, limit: int | None = None) -> list[EvalLog]:
     """The suite's logs; `limit` keeps the first N worlds (the revisit suite has two logs per world)."""
+    if suite == "drift":
+        worlds = {seed: generate_world(seed) for seed in DRIFT_SUITE_SEEDS[:limit]}
+        return [long_log(f"drift:{seed}", world, DRIFT_WINDOWS[1][1], resolution, fov) for seed, world in worlds.items()]
     seeds = ACTION_SUITE_SEEDS if suite == "action" else REVISIT_SUITE_SEEDS
     ticks = ACTION_SUITE_TICKS if suite == "action" else REVISIT_SUITE_TICKS
     policies = ("walk",) if suite == "action" else REVISIT_SUITE_POLICIES
@@ -115,6 +124,16 @@ def suite_logs(suite: str, resolution: int, fov: float, limit: int | None = None
     return [trajectory_log(f"{suite}:{seed}" if suite == "action" else f"{policy}:{seed}", world, policy, ticks,
                            resolution, fov)
             for policy in policies for seed, world in worlds.items()]
+
+
+def long_log(name: str, world: World, ticks: int, resolution: int, fov: float) -> EvalLog:
+    """`ticks` actions of a `chained_trajectory` from the world's spawn pose (RNG seeded by the world
+    seed) with its truth: the long, play-like rollout that drift is measured on."""
+    tr = chained_trajectory(world, ticks + 1, random.Random(world.seed))
+    start = CameraPose.from_sequence(tr.poses[0].tolist())
+    return EvalLog(name=name, world=world, start_pose=start, prompt=world.caption, actions=tr.actions[1:],
+                   poses=tr.poses[1:], truth=render_views(world, tr.poses, resolution, fov), seed=world.seed,
+                   policy=tr.policy)
 
 
 def trajectory_log(name: str, world: World, policy: str, ticks: int, resolution: int, fov: float) -> EvalLog:
@@ -196,6 +215,9 @@ def evaluate_log(make_source, log: EvalLog, memory_modes: list[bool], prefill: i
             if T >= h:
                 run[f"psnr_{h}"] = _mean(p, prefill, h)
                 run[f"ssim_{h}"] = _mean(s, prefill, h)
+        drift = drift_scores(p, s, *DRIFT_WINDOWS) if prefill < DRIFT_WINDOWS[0][0] else None
+        if drift is not None:
+            run["drift"] = drift
         out["runs"]["memory_on" if mem else "memory_off"] = run
         out["_memory_source"] = source if mem else out.get("_memory_source")
         out["_frames"] = frames
@@ -247,7 +269,7 @@ def _means(results: list[dict]) -> dict:
 
 
 SUMMARY_PRINTED = ("psnr", "ssim", "psnr_16", "psnr_64", "ssim_16", "ssim_64", "ms_per_frame", "psnr_vs_truth",
-                   "psnr_vs_first_visit", "return_ticks")
+                   "psnr_vs_first_visit", "return_ticks", "early_psnr", "late_psnr", "drift_db")
 POLICY_SUMMARY_PRINTED = ("revisit.psnr_vs_truth", "revisit.psnr_vs_first_visit", "revisit.truth_psnr_vs_first_visit")
 """Per-policy (`<policy>/...`) keys printed: only the revisit scores; the JSON has them all."""
 
@@ -267,18 +289,19 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--threads: must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     if (args.log is None) == (args.suite is None):
-        raise UserError("eval: give exactly one of --log LOG or --suite action|revisit")
+        raise UserError(f"eval: give exactly one of --log LOG or --suite {'|'.join(SUITES)}")
     ckpt = args.checkpoint or DEFAULT_CHECKPOINT
     probe = ModelFrameSource(checkpoint=ckpt)
     resolution, fov = probe.resolution, probe.config.fov_deg
-    memory = args.memory or ("both" if args.suite == "revisit" else "on")
+    memory = args.memory or ("both" if args.suite in ("revisit", "drift") else "on")
     modes = {"on": [True], "off": [False], "both": [True, False]}[memory]
     if args.log is not None:
         logs = [log_from_file(args.log, resolution, fov)]
     else:
         logs = suite_logs(args.suite, resolution, fov, args.limit)
     prefill = args.prefill
-    baselines = args.suite != "revisit"
+    baselines = args.suite not in ("revisit", "drift")  # neither a held start frame nor another walk
+    # means anything on returns or 1000 ticks in
 
     def make_source(mem: bool):
         return ModelFrameSource(checkpoint=ckpt, use_memory=mem, sample_steps=args.steps)

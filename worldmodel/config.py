@@ -107,6 +107,11 @@ class WorldModelConfig:
     schedule_time_prob: float = 0.25
     """Probability that a target's noise level is one the sampler actually visits (e.g. t = 1)."""
 
+    TRAINING_ONLY_FIELDS = ("ctx_noise_max", "target_frames", "time_sampling", "logit_normal_mean",
+                            "logit_normal_std", "schedule_time_prob")
+    """Fields that shape only the training objective (no weight, no play-time behaviour depends on
+    them), so a fine-tune may change them from the checkpoint it starts from."""
+
     def __post_init__(self) -> None:
         if isinstance(self.action_scale, list):
             self.action_scale = tuple(self.action_scale)

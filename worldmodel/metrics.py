@@ -20,6 +20,10 @@ PSNR_MAX_DB = 100.0
 REVISIT_MAX_DISTANCE_M = 0.5
 REVISIT_MAX_ANGLE_DEG = 15.0
 """DESIGN §6 / issue 4: a tick revisits a place when its pose is this close to an earlier pose."""
+DRIFT_EARLY_TICKS = (1, 100)
+DRIFT_LATE_TICKS = (1000, 1100)
+"""DESIGN §6 drift: mean PSNR vs the truth on ticks 1000-1100 of a long rollout relative to ticks 1-100
+(inclusive tick windows; tick 0 is the given start frame)."""
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:
@@ -86,3 +90,26 @@ def revisit_matrix(poses: torch.Tensor, min_gap: int, max_distance: float = REVI
         angle_between_views(earlier, current) <= math.radians(max_angle_deg))
     idx = torch.arange(t)
     return close & (idx[None, :] <= idx[:, None] - min_gap)
+
+
+def drift_scores(psnr_per_tick: list[float], ssim_per_tick: list[float] | None = None,
+                 early: tuple[int, int] = DRIFT_EARLY_TICKS, late: tuple[int, int] = DRIFT_LATE_TICKS
+                 ) -> dict[str, float] | None:
+    """DESIGN §6 drift of one rollout: `psnr_per_tick[i]` scores tick i + 1. Returns the mean PSNR
+    (and SSIM) of the early and late tick windows, their difference `drift_db` (late - early; 0 means
+    no drift, negative means the rollout got worse) and `late_over_early` (the ratio of the two
+    means); None when the rollout does not reach the end of the late window."""
+    if len(psnr_per_tick) < late[1]:
+        return None
+
+    def mean(values: list[float], window: tuple[int, int]) -> float:
+        part = values[window[0] - 1: window[1]]
+        return float(sum(part) / len(part))
+
+    out = {"early_psnr": mean(psnr_per_tick, early), "late_psnr": mean(psnr_per_tick, late)}
+    out["drift_db"] = out["late_psnr"] - out["early_psnr"]
+    out["late_over_early"] = out["late_psnr"] / out["early_psnr"]
+    if ssim_per_tick is not None:
+        out["early_ssim"] = mean(ssim_per_tick, early)
+        out["late_ssim"] = mean(ssim_per_tick, late)
+    return out

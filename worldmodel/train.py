@@ -652,15 +652,18 @@ def _load_state(path: Path, config: WorldModelConfig) -> dict[str, Any]:
 
 def initial_weights(path: str | Path, config: WorldModelConfig) -> dict[str, torch.Tensor]:
     """Weights of the checkpoint at `path` for a model of `config` (fine-tuning). The configs must be
-    equal, except that a 'pool' memory checkpoint may start a 'patch' memory model: its memory
-    projection is spread over the 4 positions of each 2x2 patch (weights / 4), which is exactly 2x2
-    average pooling, so the new model starts as the old one and can learn to use the detail."""
+    equal, except for the training-only fields (`WorldModelConfig.TRAINING_ONLY_FIELDS`, e.g. a
+    fine-tune with stronger context noise) and that a 'pool' memory checkpoint may start a 'patch'
+    memory model: its memory projection is spread over the 4 positions of each 2x2 patch (weights / 4),
+    which is exactly 2x2 average pooling, so the new model starts as the old one and can learn to use
+    the detail."""
     from worldmodel.checkpoint import load_checkpoint, read_checkpoint_metadata
 
     path = Path(path)
     theirs = WorldModelConfig.from_json(read_checkpoint_metadata(path)["config"], source=str(path))
     convert = (theirs.use_memory and theirs.memory_compression == "pool" and config.memory_compression == "patch")
     expected = config.replace(memory_compression=theirs.memory_compression) if convert else config
+    expected = expected.replace(**{f: getattr(theirs, f) for f in WorldModelConfig.TRAINING_ONLY_FIELDS})
     model = load_checkpoint(path, expected_config=expected)[0]
     state = model.state_dict()
     if convert:
