@@ -199,8 +199,10 @@ def average_checkpoints(paths: list[str | Path], out: str | Path, weights: list[
     Why: two fine-tunes of one model (e.g. one that leans on its memory, one that follows actions
     better) sit in the same basin, and the mean of their weights can keep most of both (a "model
     soup", Wortsman et al. 2022); measure it like any checkpoint. The configs and the autoencoders
-    must be identical, else UserError naming the file. The train summary records every input
-    (path, sha256, weight, and its own summary).
+    must be identical, else UserError naming the file; only the training-only config fields
+    (`WorldModelConfig.TRAINING_ONLY_FIELDS`, e.g. the context noise a fine-tune used) may differ, and
+    the result keeps the first checkpoint's. The train summary records every input (path, sha256,
+    weight, and its own summary).
     """
     if len(paths) < 2:
         raise UserError("average needs at least two checkpoints")
@@ -214,7 +216,8 @@ def average_checkpoints(paths: list[str | Path], out: str | Path, weights: list[
     inputs = []
     for i, (path, w) in enumerate(zip(paths, weights)):
         model, ae, config = (first_model, first_ae, first_config) if i == 0 else load_checkpoint(path)
-        if config.to_json() != first_config.to_json():
+        training_only = {f: getattr(first_config, f) for f in WorldModelConfig.TRAINING_ONLY_FIELDS}
+        if config.replace(**training_only).to_json() != first_config.to_json():
             raise UserError(f"{path}: its config differs from {paths[0]}'s; only fine-tunes of one model can be averaged")
         if any(not torch.equal(v, ae_state[k]) for k, v in ae.state_dict().items()):
             raise UserError(f"{path}: its autoencoder differs from {paths[0]}'s; the latents would not match")
