@@ -90,6 +90,8 @@ class GameConfig:
     prompt: str | None = None
     backend: str = DEFAULT_BACKEND
     checkpoint: str | None = None
+    precision: str | None = None
+    """The model's precision ("fp32" / "bf16"; None: fp32)."""
     seed: int = 0
     tick_hz: float = DEFAULT_TICK_HZ
     resolution: int = DEFAULT_RESOLUTION
@@ -134,7 +136,8 @@ def build_session(config: GameConfig) -> PlaySession:
     elif config.prompt is not None:
         scene = scene_with_image(scene, scene.image, config.prompt)
     source: FrameSource = make_frame_source(config.backend, resolution=config.resolution,
-                                            start_image_path=config.image, checkpoint=config.checkpoint)
+                                            start_image_path=config.image, checkpoint=config.checkpoint,
+                                            precision=config.precision)
     return PlaySession(source, scene, scene_spec=spec, seed=config.seed, tick_hz=config.tick_hz,
                        image_path=config.image, recordings_dir=config.recordings_dir)
 

@@ -26,6 +26,7 @@ from game.action_log import ActionLog, image_sha256, read_action_log
 from game.frame_source import MODEL_BACKEND, make_frame_source
 from game.session import PlaySession
 from worldmodel.camera import CameraPose
+from worldmodel.config import DEFAULT_PRECISION, PRECISION_NAMES
 from worldmodel.errors import UserError
 
 MP4_QUALITY = 8
@@ -118,8 +119,15 @@ def load_replay(log_path: str | os.PathLike, backend: str | None = None, checkpo
         warnings.append(f"{log_path}: the start image differs from the one recorded (image_sha256); "
                         "the first frames may differ")
     height = int(header["resolution"][0])
+    precision = None
+    if backend == MODEL_BACKEND:
+        # the arithmetic the log was made with; logs from before precision was recorded ran fp32
+        precision = header.get("precision", DEFAULT_PRECISION)
+        if precision not in PRECISION_NAMES:
+            raise UserError(f"{log_path}: line 1: \"precision\" must be one of {list(PRECISION_NAMES)}, "
+                            f"got {precision!r}")
     source = make_frame_source(backend, resolution=height, start_image_path=image_path,
-                               checkpoint=checkpoint, device=device)
+                               checkpoint=checkpoint, device=device, precision=precision)
     if source.resolution != height:
         warnings.append(f"{log_path}: recorded at {height}x{height}, the {backend} backend makes "
                         f"{source.resolution}x{source.resolution} frames")

@@ -46,8 +46,9 @@ def test_eval_log_scores_against_the_oracle_with_baselines(checkpoint: Path, tmp
     poses = _write_log(tmp_path / "a.jsonl", 6)
     out = tmp_path / "a.json"
     assert main(["eval", "--log", str(tmp_path / "a.jsonl"), "--checkpoint", str(checkpoint), "--json", str(out),
-                 "--plot", str(tmp_path / "a.png")]) == 0
+                 "--plot", str(tmp_path / "a.png"), "--precision", "bf16"]) == 0
     doc = json.loads(out.read_text())
+    assert doc["precision"] == "bf16"
     log = doc["logs"][0]
     run = log["runs"]["memory_on"]
     assert log["ticks"] == 6 and len(run["psnr"]) == 6 and len(run["ssim"]) == 6

@@ -259,16 +259,18 @@ def test_replay_cli(tmp_path, capsys):
     assert "no such action log" in capsys.readouterr().err
 
 
-def test_model_backend_session_replays_to_the_frames_shown(tmp_path):
+@pytest.mark.parametrize("precision", [None, "bf16"])
+def test_model_backend_session_replays_to_the_frames_shown(tmp_path, precision):
     """The learned generator (tiny random checkpoint): replay of a recorded session is bit-identical,
-    and the log names the checkpoint by sha256."""
+    and the log names the checkpoint by sha256 and the precision it ran in, which the replay uses."""
     from wm_helpers import randomized_model, tiny_autoencoder
 
     from game.loop import build_session
     from worldmodel.checkpoint import checkpoint_sha256, save_checkpoint
 
     ckpt = save_checkpoint(tmp_path / "tiny.safetensors", randomized_model(), tiny_autoencoder())
-    session = build_session(GameConfig(scene="courtyard", backend="model", checkpoint=str(ckpt), seed=3))
+    session = build_session(GameConfig(scene="courtyard", backend="model", checkpoint=str(ckpt), seed=3,
+                                       precision=precision))
     shown = [session.reset()]
     log = tmp_path / "model.jsonl"
     session.start_recording(log)
@@ -277,8 +279,34 @@ def test_model_backend_session_replays_to_the_frames_shown(tmp_path):
     session.close()
     replay = load_replay(log, checkpoint=str(ckpt))
     assert replay.log.header["checkpoint_sha256"] == checkpoint_sha256(ckpt)
+    assert replay.log.header["precision"] == (precision or "fp32")
     assert replay.log.header["backend"] == "model" and replay.warnings == []
+    assert replay.session.source.precision == (precision or "fp32")
     replayed = list(replay.frames())
     assert len(replayed) == 3
     for i, (a, b) in enumerate(zip(shown, replayed)):
         assert np.array_equal(a, b), f"frame {i}"
+    if precision is None:
+        return
+    # a log written before precision was recorded ran fp32; a precision nobody knows is refused
+    lines = log.read_text().splitlines()
+    header = json.loads(lines[0])
+    for value, expect in ((None, "fp32"), ("fp8", None)):
+        if value is None:
+            header.pop("precision")
+        else:
+            header["precision"] = value
+        edited = tmp_path / f"edited-{value}.jsonl"
+        edited.write_text("\n".join([json.dumps(header)] + lines[1:]) + "\n")
+        if expect is None:
+            with pytest.raises(UserError, match=r"line 1: \"precision\" must be one of \['fp32', 'bf16'\]"):
+                load_replay(edited, checkpoint=str(ckpt))
+        else:
+            assert load_replay(edited, checkpoint=str(ckpt)).session.source.precision == expect
+
+
+def test_only_the_model_has_a_precision():
+    from game.frame_source import make_frame_source
+
+    with pytest.raises(UserError, match="only the model backend has a precision"):
+        make_frame_source("oracle", precision="bf16")

@@ -108,3 +108,13 @@ def test_bfloat16_play_matches_float32_closely(checkpoint: Path) -> None:
     a = _play(ModelFrameSource(checkpoint), 4).astype(np.float32)
     b = _play(ModelFrameSource(checkpoint, dtype=torch.bfloat16), 4).astype(np.float32)
     assert np.abs(a - b).mean() < 8.0  # mean absolute pixel difference (0..255)
+    c = _play(ModelFrameSource(checkpoint, precision="bf16"), 4).astype(np.float32)
+    assert np.array_equal(b, c)  # the precision name and the dtype are the same thing
+
+
+def test_precision_names(checkpoint: Path) -> None:
+    assert ModelFrameSource(checkpoint).precision == "fp32"
+    assert ModelFrameSource(checkpoint, dtype=torch.bfloat16).precision == "bf16"
+    assert ModelFrameSource(checkpoint, precision="bf16").session.dtype == torch.bfloat16
+    with pytest.raises(UserError, match="--precision: unknown precision 'fp16' \\(choose from fp32, bf16\\)"):
+        ModelFrameSource(checkpoint, precision="fp16")

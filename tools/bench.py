@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from worldmodel.camera import DEFAULT_RESOLUTION
+from worldmodel.config import PRECISION_NAMES
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,6 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="model", help="play: frame source, model or oracle (default model)")
     p.add_argument("--checkpoint", type=Path, default=None, help="play: checkpoint (default: shipped)")
     p.add_argument("--memory", choices=("on", "off"), default="on", help="play: memory on/off (default on)")
+    p.add_argument("--precision", choices=PRECISION_NAMES, default=None,
+                   help="play: model arithmetic, fp32 (default) or bf16")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
 

@@ -98,7 +98,8 @@ def bench_play(args: argparse.Namespace) -> dict:
     from scenes.world import generate_world
 
     scene = load_scene(DEFAULT_SCENE)
-    kwargs = {"checkpoint": None if args.checkpoint is None else str(args.checkpoint)}
+    kwargs = {"checkpoint": None if args.checkpoint is None else str(args.checkpoint),
+              "precision": getattr(args, "precision", None)}
     source = make_frame_source(args.backend, resolution=args.resolution, **kwargs)
     if args.backend == "model" and args.memory == "off":
         source.session.use_memory = False
@@ -143,8 +144,10 @@ def bench_play(args: argparse.Namespace) -> dict:
         "memory_entries": len(source.memory) if getattr(source, "memory", None) is not None else 0,
         "interleaved_ms": interleaved,
         "threads": torch.get_num_threads(),
+        "precision": getattr(source, "precision", None),
     }
-    print(f"play loop ({args.backend}, memory {memory_label}, {args.ticks} ticks, {result['threads']} threads): "
+    precision = f", {result['precision']}" if result["precision"] else ""
+    print(f"play loop ({args.backend}{precision}, memory {memory_label}, {args.ticks} ticks, {result['threads']} threads): "
           f"p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms per frame; "
           f"tick {args.ticks} / tick {EARLY_TICK} frame time {result['late_over_early']:.3f} "
           f"({late_ms:.1f} / {early_ms:.1f} ms); RSS {statistics.fmean(list(rss.values())[:1] or [float('nan')]):.0f}"

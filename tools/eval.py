@@ -32,6 +32,7 @@ from scenes.scene import Scene, load_scene
 from scenes.trajectories import chained_trajectory, make_trajectory, revisit_ticks
 from scenes.world import HELDOUT_SEED_START, World, generate_world
 from worldmodel.camera import CameraPose, integrate_sequence
+from worldmodel.config import PRECISION_NAMES
 from worldmodel.errors import UserError
 from worldmodel.metrics import DRIFT_EARLY_TICKS, DRIFT_LATE_TICKS, drift_scores, psnr, ssim
 
@@ -77,6 +78,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefill", type=int, default=None,
                    help="feed the first N ticks from the true renders (default 0; revisit suite: the outbound half)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the checkpoint's)")
+    p.add_argument("--precision", choices=PRECISION_NAMES, default=None, help="model arithmetic: fp32 (default) or bf16")
     p.add_argument("--limit", type=int, default=None, help="use only the first N worlds of a suite")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", type=Path, default=None, help="write the summary JSON here")
@@ -304,7 +306,7 @@ def run(args: argparse.Namespace) -> int:
     # means anything on returns or 1000 ticks in
 
     def make_source(mem: bool):
-        return ModelFrameSource(checkpoint=ckpt, use_memory=mem, sample_steps=args.steps)
+        return ModelFrameSource(checkpoint=ckpt, use_memory=mem, sample_steps=args.steps, precision=args.precision)
 
     results = []
     for i, log in enumerate(logs):
@@ -322,7 +324,8 @@ def run(args: argparse.Namespace) -> int:
         _write_plots(args.plot, results)
     if args.json:
         doc = {"checkpoint": str(ckpt), "checkpoint_sha256": checkpoint_sha256(ckpt), "suite": args.suite,
-               "memory": memory, "summary": summary,
+               "memory": memory, "precision": probe.precision if args.precision is None else args.precision,
+               "summary": summary,
                "logs": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]}
         tmp = args.json.with_name(args.json.name + ".tmp")
         tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")

@@ -2,7 +2,7 @@
 
     worldmodel play [SCENE] [--image PATH --prompt TEXT] [--backend oracle|model] [--record PATH]
                     [--tick-hz F] [--window 512] [--seed N] [--max-ticks N] [--checkpoint PATH]
-                    [--save-world DIR] [--load-world DIR]
+                    [--precision fp32|bf16] [--save-world DIR] [--load-world DIR]
 
 SCENE is a bundled scene name, a scene folder or `procedural:<seed>`. Without a display (Linux,
 no DISPLAY/WAYLAND_DISPLAY, no SDL_VIDEODRIVER) it says so in one line and exits with 2: record
@@ -17,6 +17,7 @@ import sys
 
 from game.frame_source import BACKEND_CHOICES, DEFAULT_BACKEND
 from worldmodel.camera import DEFAULT_RESOLUTION, DEFAULT_TICK_HZ
+from worldmodel.config import PRECISION_NAMES
 from worldmodel.errors import UserError
 
 NO_DISPLAY_EXIT = 2
@@ -32,6 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=BACKEND_CHOICES, default=DEFAULT_BACKEND,
                    help=f"frame source (default {DEFAULT_BACKEND})")
     p.add_argument("--checkpoint", default=None, help="model checkpoint (default: the shipped one)")
+    p.add_argument("--precision", default=None, choices=PRECISION_NAMES,
+                   help="model arithmetic: fp32 (default) or bf16 (about 10%% faster per frame on a CPU)")
     p.add_argument("--record", default=None, metavar="PATH",
                    help="record an action log from the first tick (R records to recordings/ any time)")
     p.add_argument("--tick-hz", type=float, default=DEFAULT_TICK_HZ,
@@ -93,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     if args.save_world is not None and args.backend != "model":
         raise UserError(f"--save-world: saving a world needs --backend model (the {args.backend} has no memory)")
     config = GameConfig(scene=args.scene, image=args.image, prompt=args.prompt, backend=args.backend,
-                        checkpoint=args.checkpoint, seed=args.seed, tick_hz=args.tick_hz,
+                        checkpoint=args.checkpoint, precision=args.precision, seed=args.seed, tick_hz=args.tick_hz,
                         resolution=args.resolution, window=args.window, smooth=args.smooth, record=args.record,
                         max_ticks=args.max_ticks, fly=not args.walk, show_hud=not args.no_hud,
                         save_world=args.save_world, load_world=args.load_world)

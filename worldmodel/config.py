@@ -24,6 +24,10 @@ from typing import Any
 from worldmodel.camera import ACTION_DIM, DEFAULT_FOV_DEG, DEFAULT_RESOLUTION, DEFAULT_TICK_HZ
 from worldmodel.errors import UserError
 
+PRECISION_NAMES = ("fp32", "bf16")
+"""Play-time arithmetic of the generator (`--precision`); worldmodel.runtime.PRECISIONS maps them to dtypes."""
+DEFAULT_PRECISION = "fp32"
+
 CAMERA_BLOCK = 4
 """The camera part of a head is a stack of homogeneous 4-vectors (one 4x4 pose matrix each)."""
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from worldmodel.camera import ACTION_DIM, CameraPose
-from worldmodel.config import WorldModelConfig
+from worldmodel.config import DEFAULT_PRECISION, PRECISION_NAMES, WorldModelConfig
 from worldmodel.errors import UserError
 from worldmodel.kv_cache import KVCache
 from worldmodel.model import ROLE_CURRENT, ROLE_SINK, ROLE_WINDOW, WorldModel
@@ -42,6 +42,18 @@ def _pose_tensor(pose: CameraPose | Sequence[float] | torch.Tensor) -> torch.Ten
     if isinstance(pose, CameraPose):
         return pose.as_tensor()
     return torch.as_tensor(pose, dtype=torch.float32).reshape(5)
+
+
+PRECISIONS: dict[str, torch.dtype] = dict(zip(PRECISION_NAMES, (torch.float32, torch.bfloat16)))
+"""Play-time precisions of the generator (`--precision`). bf16 is about 10% faster per frame on this
+CPU at the same action following; see docs/model_card.md for what it measured."""
+
+
+def precision_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a `--precision` name; UserError naming the choices otherwise."""
+    if name not in PRECISIONS:
+        raise UserError(f"--precision: unknown precision {name!r} (choose from {', '.join(PRECISIONS)})")
+    return PRECISIONS[name]
 
 
 MEMORY_PAYLOAD_DTYPE = torch.bfloat16
@@ -299,7 +311,10 @@ class ModelFrameSource:
     name = "model"
 
     def __init__(self, checkpoint: str | Path | None = None, device: str = "cpu", use_memory: bool = True,
-                 dtype: torch.dtype | None = None, sample_steps: int | None = None) -> None:
+                 dtype: torch.dtype | None = None, sample_steps: int | None = None,
+                 precision: str | None = None) -> None:
+        """`precision` ("fp32" / "bf16", see PRECISIONS) or `dtype` picks the generator's dtype (fp32 by
+        default; not both). The autoencoder always decodes in fp32."""
         from worldmodel.checkpoint import DEFAULT_CHECKPOINT, checkpoint_sha256, load_checkpoint
 
         self.checkpoint_path = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
@@ -308,7 +323,11 @@ class ModelFrameSource:
         self.config = config
         self.resolution = config.resolution
         self.device = torch.device(device)
-        run_dtype = dtype if dtype is not None else torch.float32
+        if dtype is not None and precision is not None:
+            raise ValueError("give dtype or precision, not both")
+        run_dtype = dtype if dtype is not None else precision_dtype(precision or DEFAULT_PRECISION)
+        self.precision = next((n for n, d in PRECISIONS.items() if d == run_dtype), str(run_dtype))
+        """The generator's precision name, recorded in action logs so a replay uses the same one."""
         self.autoencoder = autoencoder.eval().to(self.device)
         self.session = WorldModelSession(model, device=self.device, dtype=run_dtype, use_memory=use_memory,
                                          sample_steps=sample_steps)
