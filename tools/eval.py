@@ -32,7 +32,7 @@ from scenes.scene import Scene, load_scene
 from scenes.trajectories import chained_trajectory, make_trajectory, revisit_ticks
 from scenes.world import HELDOUT_SEED_START, World, generate_world
 from worldmodel.camera import CameraPose, integrate_sequence
-from worldmodel.config import PRECISION_NAMES
+from worldmodel.config import DEFAULT_PRECISION, PRECISION_NAMES
 from worldmodel.errors import UserError
 from worldmodel.metrics import DRIFT_EARLY_TICKS, DRIFT_LATE_TICKS, drift_scores, psnr, ssim
 
@@ -302,8 +302,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         logs = suite_logs(args.suite, resolution, fov, args.limit)
     prefill = args.prefill
-    baselines = args.suite not in ("revisit", "drift")  # neither a held start frame nor another walk
-    # means anything on returns or 1000 ticks in
+    # a held start frame or another walk means nothing on returns or 1000 ticks in
+    baselines = args.suite not in ("revisit", "drift")
 
     def make_source(mem: bool):
         return ModelFrameSource(checkpoint=ckpt, use_memory=mem, sample_steps=args.steps, precision=args.precision)
@@ -324,7 +324,7 @@ def run(args: argparse.Namespace) -> int:
         _write_plots(args.plot, results)
     if args.json:
         doc = {"checkpoint": str(ckpt), "checkpoint_sha256": checkpoint_sha256(ckpt), "suite": args.suite,
-               "memory": memory, "precision": probe.precision if args.precision is None else args.precision,
+               "memory": memory, "precision": args.precision or DEFAULT_PRECISION,
                "summary": summary,
                "logs": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]}
         tmp = args.json.with_name(args.json.name + ".tmp")

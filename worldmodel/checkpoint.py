@@ -216,8 +216,7 @@ def average_checkpoints(paths: list[str | Path], out: str | Path, weights: list[
     inputs = []
     for i, (path, w) in enumerate(zip(paths, weights)):
         model, ae, config = (first_model, first_ae, first_config) if i == 0 else load_checkpoint(path)
-        training_only = {f: getattr(first_config, f) for f in WorldModelConfig.TRAINING_ONLY_FIELDS}
-        if config.replace(**training_only).to_json() != first_config.to_json():
+        if config.with_training_fields_of(first_config).to_json() != first_config.to_json():
             raise UserError(f"{path}: its config differs from {paths[0]}'s; only fine-tunes of one model can be averaged")
         if any(not torch.equal(v, ae_state[k]) for k, v in ae.state_dict().items()):
             raise UserError(f"{path}: its autoencoder differs from {paths[0]}'s; the latents would not match")

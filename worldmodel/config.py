@@ -209,6 +209,11 @@ class WorldModelConfig:
     def replace(self, **changes: Any) -> "WorldModelConfig":
         return dataclasses.replace(self, **changes)
 
+    def with_training_fields_of(self, other: "WorldModelConfig") -> "WorldModelConfig":
+        """This config with `other`'s TRAINING_ONLY_FIELDS: what must equal `other` for both to hold
+        one model (a fine-tune, a checkpoint to average)."""
+        return self.replace(**{f: getattr(other, f) for f in self.TRAINING_ONLY_FIELDS})
+
 
 def default_config(**overrides: Any) -> WorldModelConfig:
     """The shipped config with the caption vocabulary filled in (plus any overrides)."""

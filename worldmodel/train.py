@@ -663,7 +663,7 @@ def initial_weights(path: str | Path, config: WorldModelConfig) -> dict[str, tor
     theirs = WorldModelConfig.from_json(read_checkpoint_metadata(path)["config"], source=str(path))
     convert = (theirs.use_memory and theirs.memory_compression == "pool" and config.memory_compression == "patch")
     expected = config.replace(memory_compression=theirs.memory_compression) if convert else config
-    expected = expected.replace(**{f: getattr(theirs, f) for f in WorldModelConfig.TRAINING_ONLY_FIELDS})
+    expected = expected.with_training_fields_of(theirs)
     model = load_checkpoint(path, expected_config=expected)[0]
     state = model.state_dict()
     if convert:
