@@ -15,7 +15,8 @@ import math
 import torch
 
 from scenes.world import (PATTERN_CHECKER, PATTERN_NOISE, PATTERN_STRIPES, World)
-from worldmodel.camera import DEFAULT_FOV_DEG, DEFAULT_RESOLUTION, camera_rays
+from worldmodel.camera import DEFAULT_FOV_DEG, DEFAULT_RESOLUTION, camera_rays, pixel_directions
+from worldmodel.depth import SKY_DEPTH
 
 FAR = 1e4
 """Distance reported for rays that hit nothing."""
@@ -224,8 +225,10 @@ def _sky(world: World, dirs: torch.Tensor) -> torch.Tensor:
     return torch.where(below[:, None], horizon * 0.8, col)
 
 
-def shade_rays(world: World, origins: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
-    """Linear RGB in [0, 1] for rays origins/dirs [R, 3] -> [R, 3]."""
+def shade_rays(world: World, origins: torch.Tensor, dirs: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rays origins/dirs [R, 3] -> (linear RGB in [0, 1] [R, 3], hit distance along the ray [R];
+    FAR for rays that hit nothing)."""
     t, mat, normal = _intersect(origins, dirs, world)
     hit = mat >= 0
     points = origins + t.clamp(max=1e3)[:, None] * dirs
@@ -249,13 +252,25 @@ def shade_rays(world: World, origins: torch.Tensor, dirs: torch.Tensor) -> torch
     if s.fog_density > 0:
         f = torch.exp(-s.fog_density * t)[:, None]
         colour = colour * f + fog_col * (1 - f)
-    return torch.where(hit[:, None], colour, _sky(world, dirs))
+    return torch.where(hit[:, None], colour, _sky(world, dirs)), torch.where(hit, t, torch.full_like(t, FAR))
 
 
 @torch.inference_mode()
 def render_views(world: World, poses: torch.Tensor, resolution: int = DEFAULT_RESOLUTION,
                  fov_deg: float = DEFAULT_FOV_DEG) -> torch.Tensor:
     """Render the world from each pose: poses [B, 5] -> uint8 [B, H, W, 3] (H = W = resolution)."""
+    return render_views_with_depth(world, poses, resolution, fov_deg)[0]
+
+
+@torch.inference_mode()
+def render_views_with_depth(world: World, poses: torch.Tensor, resolution: int = DEFAULT_RESOLUTION,
+                            fov_deg: float = DEFAULT_FOV_DEG) -> tuple[torch.Tensor, torch.Tensor]:
+    """Render RGB and depth from each pose: poses [B, 5] -> (uint8 [B, H, W, 3], float32 [B, H, W]).
+
+    Depth follows the binding convention of worldmodel.depth: metres along the camera's -z axis (the
+    hit distance times the cosine between the ray and the optical axis), SKY_DEPTH (0) where the ray
+    hits nothing, so sky is a flag and never a large number mistaken for geometry.
+    """
     poses = torch.as_tensor(poses, dtype=torch.float32)
     if poses.ndim == 1:
         poses = poses[None]
@@ -265,11 +280,16 @@ def render_views(world: World, poses: torch.Tensor, resolution: int = DEFAULT_RE
         raise ValueError("poses contain NaN or infinite values")
     B = poses.shape[0]
     origins, dirs = camera_rays(poses, resolution, resolution, fov_deg)
+    # cosine between each pixel's ray and the optical axis (-z): hit distance -> z-depth
+    axial = -pixel_directions(resolution, resolution, fov_deg)[..., 2].reshape(1, -1).expand(B, -1).reshape(-1)
     origins, dirs = origins.reshape(-1, 3), dirs.reshape(-1, 3)
     out = torch.empty(origins.shape[0], 3)
+    dist = torch.empty(origins.shape[0])
     for start in range(0, origins.shape[0], RAY_CHUNK):
         sl = slice(start, start + RAY_CHUNK)
-        out[sl] = shade_rays(world, origins[sl], dirs[sl])
+        out[sl], dist[sl] = shade_rays(world, origins[sl], dirs[sl])
     # Display gamma: values are authored in a perceptual space; a mild curve brightens shadows.
     img = out.clamp(0, 1).pow(1 / 1.2)
-    return (img * 255 + 0.5).to(torch.uint8).reshape(B, resolution, resolution, 3)
+    depth = torch.where(dist < FAR, dist * axial, torch.full_like(dist, SKY_DEPTH))
+    return ((img * 255 + 0.5).to(torch.uint8).reshape(B, resolution, resolution, 3),
+            depth.reshape(B, resolution, resolution))

@@ -1,7 +1,7 @@
 """`worldmodel dataset`: training clips from procedural worlds, written in safetensors shards.
 
 Each clip is a play-like trajectory (walk, look around, or leave-and-return) in a world made from a
-seed, with the oracle's frames, the exact actions and poses, the world seed and its caption. The
+seed, with the oracle's frames and depth maps, the exact actions and poses, the world seed and its caption. The
 format is DESIGN-level shared (see `DATASET_FORMAT`); training reads it with worldmodel.data.
 Train worlds use seeds below scenes.world.HELDOUT_SEED_START, held-out worlds seeds at or above it,
 so evaluation never sees a training world.
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from scenes.render import render_views
+from scenes.render import render_views_with_depth
 from scenes.trajectories import POLICIES, POLICY_WEIGHTS, make_trajectory
 from scenes.world import HELDOUT_SEED_START, generate_world, is_heldout_seed
 from worldmodel.camera import DEFAULT_FOV_DEG, DEFAULT_RESOLUTION, DEFAULT_TICK_HZ
@@ -28,6 +28,8 @@ from worldmodel.progress import ProgressBar
 DATASET_FORMAT = "worldmodel.dataset"
 DATASET_VERSION = 1
 INDEX_FILE = "dataset.json"
+DEPTH_DTYPE = torch.float16
+"""Depth maps are stored as float16 metres along -z (0 = sky, worldmodel.depth): 0.05% precision."""
 CLIP_SEED_STRIDE = 1000
 """Clip RNG seed = world seed * stride + clip index, so clips are reproducible one by one."""
 
@@ -79,7 +81,8 @@ def write_dataset(out: Path, worlds: int, clips_per_world: int, ticks: int, spli
         raise UserError(f"{out / INDEX_FILE}: a data set already exists there; choose an empty --out")
     jobs = [(s, c) for s in seeds for c in range(clips_per_world)]
     shards: list[str] = []
-    buf: dict[str, list] = {"frames": [], "actions": [], "poses": [], "seeds": [], "captions": [], "policies": []}
+    buf: dict[str, list] = {"frames": [], "depth": [], "actions": [], "poses": [], "seeds": [], "captions": [],
+                            "policies": []}
     bar = ProgressBar(len(jobs), f"dataset {split}") if progress else None
 
     def flush() -> None:
@@ -87,7 +90,8 @@ def write_dataset(out: Path, worlds: int, clips_per_world: int, ticks: int, spli
             return
         name = f"shard-{len(shards):05d}.safetensors"
         _atomic_save({
-            "frames": torch.stack(buf["frames"]), "actions": torch.stack(buf["actions"]),
+            "frames": torch.stack(buf["frames"]), "depth": torch.stack(buf["depth"]),
+            "actions": torch.stack(buf["actions"]),
             "poses": torch.stack(buf["poses"]), "world_seeds": torch.tensor(buf["seeds"], dtype=torch.int64),
         }, {"captions": json.dumps(buf["captions"]), "policies": json.dumps(buf["policies"])}, out / name)
         shards.append(name)
@@ -101,7 +105,9 @@ def write_dataset(out: Path, worlds: int, clips_per_world: int, ticks: int, spli
         rng = random.Random(seed * CLIP_SEED_STRIDE + clip)
         pol = rng.choices(POLICIES, weights=POLICY_WEIGHTS)[0] if policy == "mix" else policy
         traj = make_trajectory(world, ticks, pol, rng, tick_hz)
-        buf["frames"].append(render_views(world, traj.poses, resolution, fov_deg))
+        frames, depth = render_views_with_depth(world, traj.poses, resolution, fov_deg)
+        buf["frames"].append(frames)
+        buf["depth"].append(depth.to(DEPTH_DTYPE))
         buf["actions"].append(traj.actions)
         buf["poses"].append(traj.poses)
         buf["seeds"].append(seed)

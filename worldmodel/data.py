@@ -3,12 +3,15 @@
 Formats (COMMON.md, binding):
 - A clip data set is DIR/dataset.json plus safetensors shards holding frames uint8 [N, T, H, W, 3],
   actions float32 [N, T, 5], poses float32 [N, T, 5], world_seeds int64 [N] and string metadata
-  "captions" / "policies" (JSON lists of N strings). `ClipDataset` validates the index and every
+  "captions" / "policies" (JSON lists of N strings), and (data sets made since the geometric hint)
+  depth float16 [N, T, H, W] in the worldmodel.depth convention. `ClipDataset` validates the index and every
   shard's header up front (cheap: headers only) and loads clip data lazily, one clip at a time.
 - A latent cache is ONE safetensors file (`encode_dataset` writes it, `LatentClips` reads it) with
   latents bf16 [N, T, C, h, w] (normalised, as `Autoencoder.encode` returns them), actions, poses,
   world_seeds and metadata: captions, policies, the autoencoder checkpoint's sha256 and config. The
-  world-model trainer reads it so it never runs the encoder per step.
+  world-model trainer reads it so it never runs the encoder per step. An autoencoder with a depth head
+  also stores every frame's view as play has it for the geometric hint: view_rgb uint8 [N, T, H, W, 3]
+  (the decoded latent) and view_depth float16 [N, T, H, W] (the depth head's depth of the latent).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any, Callable
 import torch
 
 from worldmodel.camera import ACTION_DIM, DEFAULT_FOV_DEG, DEFAULT_TICK_HZ, POSE_DIM
+from worldmodel.depth import check_depth
 from worldmodel.errors import UserError
 
 DATASET_FORMAT = "worldmodel.dataset"
@@ -35,6 +39,7 @@ RGB_CHANNELS = 3
 MAX_OPEN_SHARDS = 8
 """Shard handles kept open by a `ClipDataset` (each is an mmap; reopening costs a header parse)."""
 LATENT_DTYPE = torch.bfloat16
+VIEW_DEPTH_DTYPE = torch.float16
 DEFAULT_ENCODE_BATCH = 256
 
 
@@ -63,6 +68,8 @@ class Clip:
     world_seed: int
     caption: str
     policy: str
+    depth: torch.Tensor | None = None
+    """float32 [T, H, W] (worldmodel.depth convention) when the data set stores depth."""
 
 
 def _need(cond: bool, path: Path, problem: str) -> None:
@@ -140,6 +147,8 @@ class ClipDataset:
         self._offsets: list[int] = [0]  # clip index where each shard starts
         self.captions: list[str] = []
         self.policies: list[str] = []
+        self.has_depth = False
+        """Whether the shards store depth maps (data sets written before depth existed do not)."""
         for name in self.info.shards:
             shard = self.path / name
             _need(shard.is_file(), shard, "shard listed in dataset.json not found")
@@ -151,6 +160,9 @@ class ClipDataset:
                     shapes = {k: tuple(f.get_slice(k).get_shape()) for k in
                               ("frames", "actions", "poses", "world_seeds")}
                     dtypes = {k: f.get_slice(k).get_dtype() for k in ("frames", "actions", "poses")}
+                    if "depth" in keys:
+                        shapes["depth"] = tuple(f.get_slice("depth").get_shape())
+                        dtypes["depth"] = f.get_slice("depth").get_dtype()
                     meta = f.metadata() or {}
             except UserError:
                 raise
@@ -163,6 +175,15 @@ class ClipDataset:
                 _need(shapes[k] == shape, shard, f"tensor {k!r} has shape {list(shapes[k])}, expected "
                       f"{list(shape)} (from dataset.json: ticks {t}, resolution {h}x{w})")
             _need(dtypes["frames"] == "U8", shard, f"frames must be uint8, got {dtypes['frames']}")
+            has_depth = "depth" in shapes
+            _need(not self._shard_paths or has_depth == self.has_depth, shard,
+                  "some shards store depth and others do not")
+            self.has_depth = has_depth
+            if has_depth:
+                _need(shapes["depth"] == (n, t, h, w), shard, f"tensor 'depth' has shape "
+                      f"{list(shapes['depth'])}, expected {[n, t, h, w]}")
+                _need(dtypes["depth"] in ("F16", "F32"), shard, f"depth must be float16 or float32, "
+                      f"got {dtypes['depth']}")
             for k in ("actions", "poses"):
                 _need(dtypes[k] == "F32", shard, f"{k} must be float32, got {dtypes[k]}")
             self.captions += _json_list(meta, "captions", n, shard)
@@ -217,10 +238,13 @@ class ClipDataset:
         shard, local = self._locate(index)
         f = self._handle(shard)
         gi = self._offsets[shard] + local
+        depth = None
+        if self.has_depth:
+            depth = check_depth(f.get_slice("depth")[local].float(), f"{self._shard_paths[shard]} clip {local}")
         return Clip(frames=f.get_slice("frames")[local], actions=f.get_slice("actions")[local],
                     poses=f.get_slice("poses")[local],
                     world_seed=int(f.get_slice("world_seeds")[local:local + 1][0]),
-                    caption=self.captions[gi], policy=self.policies[gi])
+                    caption=self.captions[gi], policy=self.policies[gi], depth=depth)
 
     def frame(self, clip: int, tick: int) -> torch.Tensor:
         """One frame uint8 [H, W, 3] without loading the rest of its clip."""
@@ -228,6 +252,17 @@ class ClipDataset:
         if not 0 <= tick < self.ticks:
             raise IndexError(f"tick {tick} out of range for clips of {self.ticks} ticks")
         return self._handle(shard).get_slice("frames")[local:local + 1, tick][0]
+
+    def frame_depth(self, clip: int, tick: int) -> torch.Tensor:
+        """One depth map float32 [H, W] (checked: no NaN, inf or negative values)."""
+        if not self.has_depth:
+            raise UserError(f"{self.path}: this data set stores no depth (written before depth "
+                            f"existed); make it again with `worldmodel dataset`")
+        shard, local = self._locate(clip)
+        if not 0 <= tick < self.ticks:
+            raise IndexError(f"tick {tick} out of range for clips of {self.ticks} ticks")
+        d = self._handle(shard).get_slice("depth")[local:local + 1, tick][0].float()
+        return check_depth(d, f"{self._shard_paths[shard]} clip {local} tick {tick}")
 
     def __getstate__(self) -> dict[str, Any]:  # open mmaps do not pickle (DataLoader workers)
         state = dict(self.__dict__)
@@ -251,9 +286,18 @@ class FrameSampler:
 
     def sample(self, batch: int) -> torch.Tensor:
         """-> uint8 frames [batch, H, W, 3]."""
+        return torch.stack([self.dataset.frame(c, t) for c, t in self._pairs(batch)])
+
+    def sample_with_depth(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (uint8 frames [batch, H, W, 3], depth float32 [batch, H, W])."""
+        pairs = self._pairs(batch)
+        return (torch.stack([self.dataset.frame(c, t) for c, t in pairs]),
+                torch.stack([self.dataset.frame_depth(c, t) for c, t in pairs]))
+
+    def _pairs(self, batch: int) -> list[tuple[int, int]]:
         idx = torch.randint(self.dataset.num_frames, (batch,), generator=self.generator).tolist()
         ticks = self.dataset.ticks
-        return torch.stack([self.dataset.frame(i // ticks, i % ticks) for i in idx])
+        return [(i // ticks, i % ticks) for i in idx]
 
     def state(self) -> torch.Tensor:
         return self.generator.get_state()
@@ -296,6 +340,11 @@ def encode_dataset(autoencoder: Any, dataset_dir: str | os.PathLike, out_path: s
     ds = ClipDataset(dataset_dir, expected_resolution=cfg.resolution)
     n, t = len(ds), ds.ticks
     latents = torch.empty(n, t, *cfg.latent_shape, dtype=LATENT_DTYPE)  # [N, T, C, h, w]
+    views = autoencoder.has_depth
+    if views:  # what play has of every frame for the geometric hint: decoded RGB and depth
+        h, w = ds.info.resolution
+        view_rgb = torch.empty(n, t, h, w, RGB_CHANNELS, dtype=torch.uint8)
+        view_depth = torch.empty(n, t, h, w, dtype=VIEW_DEPTH_DTYPE)
     actions = torch.empty(n, t, ACTION_DIM)
     poses = torch.empty(n, t, POSE_DIM)
     seeds = torch.empty(n, dtype=torch.int64)
@@ -312,6 +361,13 @@ def encode_dataset(autoencoder: Any, dataset_dir: str | os.PathLike, out_path: s
                 z = autoencoder.encode(frames[j:j + batch]).float().to("cpu", LATENT_DTYPE)
                 flat = latents[start:start + len(clips)].view(-1, *cfg.latent_shape)
                 flat[j:j + z.shape[0]] = z
+                if views:
+                    with torch.autocast(device_type, enabled=False):
+                        zf = z.float().to(autoencoder.latent_mean.device)
+                        view_rgb[start:start + len(clips)].view(-1, h, w, RGB_CHANNELS)[j:j + z.shape[0]] = \
+                            autoencoder.decode_uint8(zf).cpu()
+                        view_depth[start:start + len(clips)].view(-1, h, w)[j:j + z.shape[0]] = \
+                            autoencoder.decode_depth(zf).cpu().to(VIEW_DEPTH_DTYPE)
             for k, c in enumerate(clips):
                 actions[start + k], poses[start + k], seeds[start + k] = c.actions, c.poses, c.world_seed
             if report:
@@ -325,8 +381,10 @@ def encode_dataset(autoencoder: Any, dataset_dir: str | os.PathLike, out_path: s
             "resolution": json.dumps(list(ds.info.resolution)), "fov_deg": repr(ds.info.fov_deg),
             "tick_hz": repr(ds.info.tick_hz), "split": ds.info.split,
             "source": str(Path(dataset_dir).resolve())}
-    return atomic_save_safetensors({"latents": latents, "actions": actions, "poses": poses,
-                                    "world_seeds": seeds}, out_path, meta)
+    tensors = {"latents": latents, "actions": actions, "poses": poses, "world_seeds": seeds}
+    if views:
+        tensors.update(view_rgb=view_rgb, view_depth=view_depth)
+    return atomic_save_safetensors(tensors, out_path, meta)
 
 
 def _print_progress(done: int, total: int) -> None:
@@ -355,6 +413,8 @@ class LatentClips:
                 missing = sorted({"latents", "actions", "poses", "world_seeds"} - set(f.keys()))
                 _need(not missing, self.path, f"missing tensors {missing}")
                 tensors = {k: f.get_tensor(k) for k in ("latents", "actions", "poses", "world_seeds")}
+                for k in ("view_rgb", "view_depth", "target_latents"):
+                    tensors[k] = f.get_tensor(k) if k in f.keys() else None
         except UserError:
             raise
         except Exception as exc:  # damaged header or data
@@ -363,6 +423,14 @@ class LatentClips:
         self.actions: torch.Tensor = tensors["actions"]  # [N, T, 5]
         self.poses: torch.Tensor = tensors["poses"]  # [N, T, 5]
         self.world_seeds: torch.Tensor = tensors["world_seeds"]  # [N]
+        self.view_rgb: torch.Tensor | None = tensors["view_rgb"]  # [N, T, H, W, 3] uint8 or None
+        self.view_depth: torch.Tensor | None = tensors["view_depth"]  # [N, T, H, W] float16 or None
+        self.target_latents: torch.Tensor | None = tensors["target_latents"]
+        """[N, T, C, h, w] bf16: the true frames of a closed-loop cache (worldmodel.closed_loop), whose
+        `latents` are the model's own; None for ordinary caches (the latents are the truth)."""
+        if self.target_latents is not None:
+            _need(self.target_latents.shape == self.latents.shape, self.path,
+                  f"target_latents {list(self.target_latents.shape)} != latents {list(self.latents.shape)}")
         _need(self.latents.ndim == 5, self.path, f"latents must be [N, T, C, h, w], got "
               f"{list(self.latents.shape)}")
         n, t = self.latents.shape[:2]
@@ -371,6 +439,13 @@ class LatentClips:
                   f"{name} has shape {list(tensor.shape)}, expected {[n, t, ACTION_DIM]}")
         _need(tuple(self.world_seeds.shape) == (n,), self.path,
               f"world_seeds has shape {list(self.world_seeds.shape)}, expected {[n]}")
+        if (self.view_rgb is None) != (self.view_depth is None):
+            raise UserError(f"{self.path}: holds only one of view_rgb / view_depth")
+        if self.view_rgb is not None:
+            _need(self.view_rgb.shape[:2] == (n, t) and self.view_depth.shape == self.view_rgb.shape[:4],
+                  self.path, f"view_rgb {list(self.view_rgb.shape)} / view_depth {list(self.view_depth.shape)} "
+                  f"do not match latents [N, T] = {[n, t]}")
+            check_depth(self.view_depth, f"{self.path} (view_depth)")
         self.captions = _json_list(meta, "captions", n, self.path)
         self.policies = _json_list(meta, "policies", n, self.path)
         self.autoencoder_sha256: str = meta.get("autoencoder_sha256", "")

@@ -1,0 +1,156 @@
+"""The one reprojection function (worldmodel.reproject) and the depth convention it reads."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from scenes.render import render_views_with_depth
+from scenes.world import generate_world
+from worldmodel.camera import pixel_directions
+from worldmodel.depth import SKY_DEPTH, check_depth, depth_errors
+from worldmodel.errors import UserError
+from worldmodel.metrics import psnr
+from worldmodel.reproject import reproject
+
+RES = 32
+
+
+def _index_image(res: int) -> torch.Tensor:
+    """A float image [3, H, W] whose pixels name themselves (row / H, col / W, 0.5)."""
+    rows = torch.arange(res).float()[:, None].expand(res, res) / res
+    cols = torch.arange(res).float()[None, :].expand(res, res) / res
+    return torch.stack([rows, cols, torch.full_like(rows, 0.5)])
+
+
+def test_renderer_depth_is_metres_along_minus_z_and_flags_sky():
+    world = generate_world(7)
+    pose = torch.tensor([[0.0, 1.6, 0.0, 0.3, 0.0]])
+    rgb, depth = render_views_with_depth(world, pose, RES)
+    assert rgb.shape == (1, RES, RES, 3) and depth.shape == (1, RES, RES)
+    assert bool((depth >= 0).all())
+    # the bottom row sees the floor: z-depth = height * (-dz) / (-dy) for the pixel's ray
+    dirs = pixel_directions(RES, RES)
+    row = RES - 1
+    for col in (0, RES // 2, RES - 1):
+        d = dirs[row, col]
+        expected = 1.6 * (-d[2]) / (-d[1])
+        got = float(depth[0, row, col])
+        if got > 0 and got < expected * 0.999:  # something stands in front of the floor there
+            continue
+        assert got == pytest.approx(float(expected), rel=1e-4)
+    # looking straight up at pitch 85 degrees sees mostly sky, flagged as SKY_DEPTH
+    _, up = render_views_with_depth(world, torch.tensor([[0.0, 1.6, 0.0, 0.0, math.radians(85)]]), RES)
+    assert float((up == SKY_DEPTH).float().mean()) > 0.3
+
+
+def test_identity_returns_the_source():
+    img = _index_image(RES)
+    depth = torch.linspace(1.0, 9.0, RES * RES).reshape(RES, RES)
+    depth[:4] = SKY_DEPTH
+    pose = torch.tensor([1.0, 1.6, -2.0, 0.4, 0.1])
+    out = reproject(img[None, None], depth[None, None], pose[None, None], pose[None])
+    assert bool((out.coverage == 1).all())
+    assert torch.equal(out.rgb[0], img)
+    assert torch.allclose(out.depth[0], depth, atol=1e-4)
+    assert bool((out.source == 0).all())
+
+
+def test_pure_rotation_reprojects_exactly_where_covered():
+    """Turning about the camera centre moves pixels along rays only: every covered target pixel takes
+    the source point nearest the target pixel's own ray, whatever the depth."""
+    img = _index_image(RES)
+    g = torch.Generator().manual_seed(0)
+    depth = 1.0 + 20 * torch.rand(RES, RES, generator=g)  # any depth: a rotation ignores it
+    src = torch.tensor([0.0, 1.6, 0.0, 0.0, 0.0])
+    dst = torch.tensor([0.0, 1.6, 0.0, math.radians(12.0), math.radians(-5.0)])
+    out = reproject(img[None, None], depth[None, None], src[None, None], dst[None])
+    covered = out.coverage[0, 0] > 0
+    assert 0.6 < float(covered.float().mean()) < 1.0
+    # the source pixel whose colour (= its own index) landed on a covered target pixel projects, by
+    # the rotation alone, to within the splat radius of that pixel's centre
+    from worldmodel.camera import rotation
+    from worldmodel.reproject import SPLAT_RADIUS
+
+    src_row = (out.rgb[0, 0] * RES).round().long()
+    src_col = (out.rgb[0, 1] * RES).round().long()
+    rays = pixel_directions(RES, RES)[src_row, src_col]  # [H, W, 3] in the source camera
+    rel = rotation(dst[None])[0].T @ rotation(src[None])[0]
+    in_dst = rays @ rel.T
+    focal = 0.5 * RES / math.tan(math.radians(45.0))
+    col = focal * in_dst[..., 0] / -in_dst[..., 2] + RES / 2 - 0.5
+    row = -focal * in_dst[..., 1] / -in_dst[..., 2] + RES / 2 - 0.5
+    rr, cc = torch.meshgrid(torch.arange(RES).float(), torch.arange(RES).float(), indexing="ij")
+    dist = ((rr - row) ** 2 + (cc - col) ** 2).sqrt()
+    assert float(dist[covered].max()) < SPLAT_RADIUS + 1e-4
+    # and every covered pixel's depth is the source point's depth in the target camera
+    assert bool((out.depth[0][covered] > 0).all())
+
+
+def test_the_nearer_of_two_surfaces_wins_and_sky_never_occludes():
+    res = 16
+    pose = torch.tensor([0.0, 1.6, 0.0, 0.0, 0.0])
+    near = torch.full((res, res), 2.0)
+    far = torch.full((res, res), 8.0)
+    red = torch.zeros(3, res, res)
+    red[0] = 1.0
+    blue = torch.zeros(3, res, res)
+    blue[2] = 1.0
+    sky = torch.full((res, res), SKY_DEPTH)
+    rgb = torch.stack([blue, red, torch.ones(3, res, res)])[None]  # far blue first, near red second, white sky
+    depth = torch.stack([far, near, sky])[None]
+    poses = pose.expand(3, 5)[None]
+    out = reproject(rgb, depth, poses, pose[None])
+    assert bool((out.source == 1).all()), "the nearer surface (source 1) must win although it comes later"
+    assert torch.equal(out.rgb[0], red)
+    # sky alone covers, but loses to any geometry
+    only_sky = reproject(rgb[:, 2:], depth[:, 2:], poses[:, 2:], pose[None])
+    assert bool((only_sky.coverage == 1).all()) and bool((only_sky.depth == SKY_DEPTH).all())
+    sky_first = reproject(torch.stack([rgb[0, 2], rgb[0, 0]])[None], torch.stack([sky, far])[None],
+                          poses[:, :2], pose[None])
+    assert bool((sky_first.source == 1).all())
+
+
+def test_invalid_sources_and_batches():
+    img = _index_image(RES)
+    depth = torch.full((RES, RES), 5.0)
+    pose = torch.tensor([0.0, 1.6, 0.0, 0.0, 0.0])
+    rgb = torch.stack([img, img])[None].expand(2, -1, -1, -1, -1)
+    valid = torch.tensor([[False, False], [False, True]])
+    out = reproject(rgb, depth.expand(2, 2, RES, RES), pose.expand(2, 2, 5), pose.expand(2, 5), valid)
+    assert float(out.coverage[0].sum()) == 0.0 and bool((out.source[0] == -1).all())
+    assert bool((out.source[1] == 1).all())
+    # behind the camera: moved 20 m forward past a wall 5 m away, nothing lands
+    ahead = pose.clone()
+    ahead[2] -= 20.0
+    gone = reproject(img[None, None], depth[None, None], pose[None, None], ahead[None])
+    assert float(gone.coverage.sum()) == 0.0
+
+
+def test_reprojecting_the_previous_true_frame_beats_holding_the_start_frame():
+    from scenes.trajectories import make_trajectory
+    import random
+
+    world = generate_world(1_000_123)
+    traj = make_trajectory(world, 9, "walk", random.Random(5), 20.0)
+    rgb, depth = render_views_with_depth(world, traj.poses, 64)
+    gains = []
+    for t in range(1, 9):
+        r = reproject(rgb[None, t - 1: t], depth[None, t - 1: t], traj.poses[None, t - 1: t], traj.poses[t: t + 1])
+        prev = rgb[t - 1].float() / 255
+        warped = (r.rgb[0] * r.coverage[0] + prev.permute(2, 0, 1) * (1 - r.coverage[0])).permute(1, 2, 0)
+        truth = rgb[t].float() / 255
+        gains.append(float(psnr(warped, truth) - psnr(rgb[0].float() / 255, truth)))
+    assert sum(gains) / len(gains) > 5.0, "vs holding the start frame"
+
+
+def test_depth_checks_and_errors():
+    with pytest.raises(UserError, match="x.safetensors: depth has 1 NaN"):
+        check_depth(torch.tensor([[1.0, float("nan")]]), "x.safetensors")
+    with pytest.raises(UserError, match="negative"):
+        check_depth(torch.tensor([[1.0, -2.0]]), "y")
+    truth = torch.tensor([[2.0, 4.0, SKY_DEPTH]])
+    e = depth_errors(torch.tensor([[2.2, 4.0, SKY_DEPTH]]), truth)
+    assert e["abs_rel"] == pytest.approx(0.05) and e["delta_1_25"] == 1.0 and e["sky_accuracy"] == 1.0

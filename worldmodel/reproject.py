@@ -1,0 +1,133 @@
+"""The one reprojection function (docs/architecture.md "Geometric hint"): frames already seen, with
+their depth and pose, splatted into a new camera.
+
+The worlds are static and every pose is exact, so most of the next frame is a reprojection of frames
+already seen; the generator gets this warped image and its coverage as a hint and only has to refine
+and inpaint. Training, play, eval, the bench and the tests all call `reproject`.
+
+Forward splatting with a z-buffer, vectorised over batch and sources:
+- every source pixel is unprojected with its depth (metres along -z) into the source camera, moved
+  into the target camera and projected; sky pixels (depth == SKY_DEPTH) are directions at infinity,
+  so they follow the rotation only and always lose against geometry (sky never occludes);
+- a projected point covers the target pixels whose centres lie within SPLAT_RADIUS of it (at most
+  the 4 around it): enough to close the cracks of up to ~1.4x magnification, and under the identity
+  a point covers exactly its own pixel, so the identity returns the source;
+- each target pixel keeps one point, chosen by one int64 key per candidate, smallest first:
+  (depth bin, distance to the pixel centre, source order, point index). Depth bins are
+  DEPTH_TOLERANCE wide in log depth, so the nearer of two surfaces wins, while views of the same
+  surface from several sources are decided by which point falls closest to the pixel centre (the
+  densest, least magnified source) and then by the caller's source order. The key makes the result
+  deterministic (no scatter races) and exact.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from worldmodel.camera import DEFAULT_FOV_DEG, camera_to_world, pixel_directions, world_to_camera
+from worldmodel.depth import SKY_DEPTH
+
+SPLAT_RADIUS = 0.5 * math.sqrt(2.0)
+"""Pixels: a point covers target pixel centres closer than this (half a pixel diagonal)."""
+NEAR_PLANE = 0.05
+"""Metres: points closer to (or behind) the target camera are dropped."""
+DEPTH_TOLERANCE = 0.08
+"""Relative depth difference under which two points count as the same surface (8%): predicted depth
+is that uncertain, and a wider bin lets the pixel distance and the source order decide between
+views of one surface instead of whichever view happened to estimate it nearest."""
+DEPTH_BIN_ORIGIN = 0.01
+"""Metres: depth of bin 0 of the log-depth bins."""
+DEPTH_BITS, DIST_BITS, SOURCE_BITS, POINT_BITS = 12, 4, 5, 20
+"""Bit widths of the fields of the z-buffer key (most significant first)."""
+SKY_BIN = (1 << DEPTH_BITS) - 1
+"""Depth bin of sky points: behind every surface."""
+MAX_SOURCES = 1 << SOURCE_BITS
+NO_KEY = torch.iinfo(torch.int64).max
+
+
+@dataclass
+class Reprojection:
+    """What the sources show from the target camera.
+
+    rgb [B, 3, H, W] float in [0, 1] (0 where uncovered), coverage [B, 1, H, W] float (1 where some
+    source point landed), depth [B, H, W] (metres along the target's -z; SKY_DEPTH for sky and for
+    uncovered pixels), source [B, H, W] long (index of the winning source, -1 where uncovered).
+    """
+
+    rgb: torch.Tensor
+    coverage: torch.Tensor
+    depth: torch.Tensor
+    source: torch.Tensor
+
+
+def reproject(rgb: torch.Tensor, depth: torch.Tensor, poses: torch.Tensor, target: torch.Tensor,
+              valid: torch.Tensor | None = None, fov_deg: float = DEFAULT_FOV_DEG) -> Reprojection:
+    """Splat K source frames into the target camera.
+
+    rgb [B, K, 3, H, W] float in [0, 1] (or uint8 [B, K, H, W, 3]), depth [B, K, H, W] (binding
+    convention of worldmodel.depth), poses [B, K, 5] of the sources, target [B, 5], valid [B, K] bool
+    (False = the source is absent, e.g. a memory slot nothing was retrieved for). Earlier sources win
+    ties (see the module docstring). Returns a `Reprojection` at the sources' resolution.
+    """
+    if rgb.dtype == torch.uint8:
+        rgb = rgb.permute(0, 1, 4, 2, 3).float() / 255.0
+    b, k, _, h, w = rgb.shape
+    if k > MAX_SOURCES or h * w > (1 << POINT_BITS):
+        raise ValueError(f"reproject: at most {MAX_SOURCES} sources of {1 << POINT_BITS} pixels")
+    dev = rgb.device
+    depth = depth.float()
+    if valid is None:
+        valid = torch.ones(b, k, dtype=torch.bool, device=dev)
+    focal = 0.5 * w / math.tan(math.radians(fov_deg) / 2)
+    dirs = pixel_directions(h, w, fov_deg).to(dev)  # [H, W, 3], unit
+    rays = dirs / (-dirs[..., 2:3])  # [H, W, 3]: camera-space point at depth 1 (z = -1)
+    sky = (depth <= SKY_DEPTH).reshape(b, k, h * w)  # [B, K, HW]
+    # camera-space points (w = 1) of geometry, directions (w = 0) of the sky
+    pts = torch.where(sky[..., None], dirs.reshape(1, 1, h * w, 3),
+                      rays.reshape(1, 1, h * w, 3) * depth.reshape(b, k, h * w, 1))  # [B, K, HW, 3]
+    rel = world_to_camera(target.float())[:, None] @ camera_to_world(poses.float())  # [B, K, 4, 4]
+    p = pts @ rel[..., :3, :3].transpose(-1, -2)  # [B, K, HW, 3]
+    p += torch.where(sky[..., None], 0.0, rel[..., None, :3, 3])
+    x, y, z = p.unbind(-1)
+    z = -z  # [B, K, HW]: depth in the target camera (or the direction's forward part)
+    ok = valid[:, :, None] & torch.where(sky, z > 1e-6, z > NEAR_PLANE)
+    zs = torch.where(ok, z, 1.0)
+    col = (focal / zs) * x + (w / 2 - 0.5)
+    row = (-focal / zs) * y + (h / 2 - 0.5)
+    depth_bin = torch.where(
+        sky, float(SKY_BIN),
+        (torch.log(zs.clamp(min=DEPTH_BIN_ORIGIN) / DEPTH_BIN_ORIGIN) * (1.0 / math.log1p(DEPTH_TOLERANCE)))
+        .floor_().clamp_(0, SKY_BIN - 1)).long()
+    point = (torch.arange(k, device=dev).view(1, k, 1) << POINT_BITS) + torch.arange(h * w, device=dev)
+    per_point = (depth_bin << (DIST_BITS + SOURCE_BITS + POINT_BITS)) | point  # [B, K, HW]
+    per_point = torch.where(ok, per_point, NO_KEY).reshape(-1)
+    row0, col0 = row.floor().reshape(-1), col.floor().reshape(-1)
+    frow, fcol = row.reshape(-1) - row0, col.reshape(-1) - col0
+    image_base = (torch.arange(b, device=dev) * (h * w)).view(b, 1, 1).expand(b, k, h * w).reshape(-1)
+    best = torch.full((b * h * w,), NO_KEY, dtype=torch.int64, device=dev)
+    dist_scale = ((1 << DIST_BITS) - 1) / SPLAT_RADIUS ** 2
+    # each point covers the pixel centres within SPLAT_RADIUS among the 4 around it; candidates that
+    # cover nothing carry the neutral key (no boolean indexing: it costs more than the whole splat)
+    for dr, dc in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        r, c = row0 + dr, col0 + dc
+        d2 = (frow - dr) ** 2 + (fcol - dc) ** 2
+        inside = (d2 < SPLAT_RADIUS ** 2) & (r >= 0) & (r < h) & (c >= 0) & (c < w)
+        key = per_point | ((d2 * dist_scale).long() << (SOURCE_BITS + POINT_BITS))
+        key = torch.where(inside, key, NO_KEY)
+        flat = (r * w + c).clamp_(0, h * w - 1).long() + image_base
+        best.scatter_reduce_(0, flat, key, reduce="amin", include_self=True)
+    best = best.view(b, h * w)
+    covered = best != NO_KEY
+    winner = torch.where(covered, best & ((1 << (SOURCE_BITS + POINT_BITS)) - 1), 0)
+    # gather the winners' colour and target depth: index into [B, K*H*W]
+    colours = rgb.permute(0, 2, 1, 3, 4).reshape(b, 3, k * h * w)
+    pix_src = (winner >> POINT_BITS) * (h * w) + (winner & ((1 << POINT_BITS) - 1))  # [B, HW]
+    out_rgb = colours.gather(2, pix_src[:, None, :].expand(b, 3, -1)) * covered[:, None, :]
+    z_flat = torch.where(sky, SKY_DEPTH, z).reshape(b, k * h * w)
+    out_depth = torch.where(covered, z_flat.gather(1, pix_src), SKY_DEPTH)
+    source = torch.where(covered, winner >> POINT_BITS, -1)
+    return Reprojection(out_rgb.view(b, 3, h, w), covered.view(b, 1, h, w).float(), out_depth.view(b, h, w),
+                        source.view(b, h, w))
