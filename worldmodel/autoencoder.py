@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from worldmodel.camera import DEFAULT_RESOLUTION
+from worldmodel.depth import MAX_DEPTH, MIN_DEPTH, SKY_DEPTH
 from worldmodel.errors import UserError
 
 CHECKPOINT_FORMAT = "worldmodel.autoencoder"
@@ -73,6 +74,9 @@ class AutoencoderConfig:
     """Decoder widths from the latent grid upwards (mirrors encoder_widths)."""
     decoder_blocks: int = 1
     norm_groups: int = 8
+    depth_widths: tuple[int, ...] = ()
+    """Widths of the depth head (a light second decoder from the same latent to per-pixel depth and
+    a sky flag, worldmodel.depth); () = no depth head (checkpoints from before it)."""
     shortcuts: bool = True
     """Parameter-free space-to-channel shortcuts around every resolution change (DC-AE style):
     pixel-(un)shuffle plus channel averaging/repetition. They give the network a good linear path
@@ -82,13 +86,16 @@ class AutoencoderConfig:
         # JSON gives lists; keep the dataclass hashable and comparable.
         object.__setattr__(self, "encoder_widths", tuple(int(w) for w in self.encoder_widths))
         object.__setattr__(self, "decoder_widths", tuple(int(w) for w in self.decoder_widths))
+        object.__setattr__(self, "depth_widths", tuple(int(w) for w in self.depth_widths))
         problems = []
+        if self.depth_widths and len(self.depth_widths) != len(self.decoder_widths):
+            problems.append("depth_widths must have as many levels as decoder_widths (or be empty)")
         if len(self.encoder_widths) != len(self.decoder_widths) or not self.encoder_widths:
             problems.append("encoder_widths and decoder_widths must have the same non-zero length")
         if self.resolution % self.downsample:
             problems.append(f"resolution {self.resolution} is not divisible by the downsample factor "
                             f"{self.downsample}")
-        for w in (*self.encoder_widths, *self.decoder_widths):
+        for w in (*self.encoder_widths, *self.decoder_widths, *self.depth_widths):
             if w % self.norm_groups:
                 problems.append(f"width {w} is not divisible by norm_groups {self.norm_groups}")
         if self.latent_channels <= 0 or self.stem_factor <= 0:
@@ -229,23 +236,42 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """raw latents [B, C, h, w] -> images in about [-1, 1], [B, 3, h*d, w*d] (unclamped)."""
+    """raw latents [B, C, h, w] -> images in about [-1, 1], [B, 3, h*d, w*d] (unclamped); with other
+    `widths` / `out_channels`, the depth head ([B, 2, H, W]: log-depth and sky logit)."""
 
-    def __init__(self, cfg: AutoencoderConfig) -> None:
+    def __init__(self, cfg: AutoencoderConfig, widths: tuple[int, ...] | None = None,
+                 out_channels: int = RGB_CHANNELS, extra_in: int = 0) -> None:
         super().__init__()
-        widths, g = cfg.decoder_widths, cfg.norm_groups
+        widths, g = widths or cfg.decoder_widths, cfg.norm_groups
         self.stem_factor = cfg.stem_factor
-        self.stem = ShortcutConv(cfg.latent_channels, widths[0], cfg.shortcuts)
+        self.stem = ShortcutConv(cfg.latent_channels + extra_in, widths[0], cfg.shortcuts)
         layers: list[nn.Module] = []
         for i, w in enumerate(widths):
             layers += [ResBlock(w, w, g) for _ in range(cfg.decoder_blocks)]
             if i + 1 < len(widths):
                 layers.append(Up(w, widths[i + 1], cfg.shortcuts))
         self.body = nn.Sequential(*layers)
-        self.head = ShortcutConv(widths[-1], RGB_CHANNELS * cfg.stem_factor ** 2, cfg.shortcuts, norm_groups=g)
+        self.head = ShortcutConv(widths[-1], out_channels * cfg.stem_factor ** 2, cfg.shortcuts, norm_groups=g)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return F.pixel_shuffle(self.head(self.body(self.stem(z))), self.stem_factor)
+
+
+DEPTH_OUTPUTS = 2
+"""Depth head channels: log of depth in metres, and the sky logit (> 0 = sky)."""
+DEPTH_COORD_CHANNELS = 2
+"""The depth head also reads each latent cell's (row, column) in [-1, 1]: depth depends on where in the
+image a surface is (a floor's depth is a function of the row), which convolutions see only through
+their padding. Measured: a head without them underfit (train and held-out abs-rel both ~0.25)."""
+DEFAULT_DEPTH_WIDTHS = (96, 48, 24)
+"""The depth head that ships: as wide as the RGB decoder."""
+
+
+def coordinate_channels(batch: int, size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """[B, 2, size, size]: row and column of each cell in [-1, 1]."""
+    axis = torch.linspace(-1.0, 1.0, size, device=device, dtype=dtype)
+    rows, cols = torch.meshgrid(axis, axis, indexing="ij")
+    return torch.stack([rows, cols])[None].expand(batch, -1, -1, -1)
 
 
 class Autoencoder(nn.Module):
@@ -256,6 +282,8 @@ class Autoencoder(nn.Module):
         self.config = config or AutoencoderConfig()
         self.encoder = Encoder(self.config)
         self.decoder = Decoder(self.config)
+        self.depth_decoder = (Decoder(self.config, self.config.depth_widths, DEPTH_OUTPUTS, DEPTH_COORD_CHANNELS)
+                              if self.config.depth_widths else None)
         c = self.config.latent_channels
         # Normalisation statistics of the raw latents (identity until measured on training data).
         self.register_buffer("latent_mean", torch.zeros(c))  # [C]
@@ -307,6 +335,27 @@ class Autoencoder(nn.Module):
         self._check_latents(latents)
         raw = self.denormalise(latents.to(self.latent_mean.device, self.latent_mean.dtype))
         return (self.decoder(raw).float() * 0.5 + 0.5).clamp(0.0, 1.0)
+
+    @property
+    def has_depth(self) -> bool:
+        return self.depth_decoder is not None
+
+    def depth_outputs(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """normalised latents [B, C, h, w] -> (log depth [B, H, W], sky logit [B, H, W]) (training)."""
+        if self.depth_decoder is None:
+            raise UserError("this autoencoder has no depth head (train one: worldmodel train --stage depth)")
+        raw = self.denormalise(latents.to(self.latent_mean.device, self.latent_mean.dtype))
+        coords = coordinate_channels(raw.shape[0], raw.shape[-1], raw.device, raw.dtype)
+        out = self.depth_decoder(torch.cat([raw, coords], dim=1)).float()
+        return out[:, 0], out[:, 1]
+
+    def decode_depth(self, latents: torch.Tensor) -> torch.Tensor:
+        """normalised latents [B, C, h, w] -> depth [B, H, W] in the worldmodel.depth convention
+        (metres along -z, clamped to [MIN_DEPTH, MAX_DEPTH]; SKY_DEPTH where the head sees sky)."""
+        self._check_latents(latents)
+        log_depth, sky_logit = self.depth_outputs(latents)
+        depth = log_depth.clamp(math.log(MIN_DEPTH), math.log(MAX_DEPTH)).exp()
+        return torch.where(sky_logit > 0, torch.full_like(depth, SKY_DEPTH), depth)
 
     def decode_uint8(self, latents: torch.Tensor) -> torch.Tensor:
         """normalised latents [B, C, h, w] -> uint8 frames [B, H, W, 3] (what the game displays)."""
@@ -461,7 +510,9 @@ def describe(model: Autoencoder) -> str:
     cfg = model.config
     return (f"autoencoder {cfg.resolution}x{cfg.resolution} -> {cfg.latent_shape} "
             f"(encoder {count_parameters(model.encoder) / 1e6:.2f}M, decoder "
-            f"{count_parameters(model.decoder) / 1e6:.2f}M params, {math.prod(cfg.latent_shape)} "
+            f"{count_parameters(model.decoder) / 1e6:.2f}M params"
+            + (f", depth head {count_parameters(model.depth_decoder) / 1e6:.2f}M" if model.has_depth else "")
+            + f", {math.prod(cfg.latent_shape)} "
             f"numbers per frame)")
 
 

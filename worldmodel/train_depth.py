@@ -1,0 +1,158 @@
+"""Training the autoencoder's depth head (`worldmodel train --stage depth`).
+
+The depth head is a light second decoder from the same latent to per-pixel depth and a sky flag
+(worldmodel.depth). It is trained on the oracle's depth with everything else of the autoencoder
+frozen, so RGB fidelity and every latent are exactly what they were: a world model trained on the
+autoencoder's latents stays valid, and the geometric hint gets the depth of any latent (a generated
+frame's, or the encoded start picture's).
+
+Loss on a frame: L1 of log depth on the truth's non-sky pixels + the sky flag's binary cross-entropy +
+L1 of log-depth finite differences (sharp depth edges make sharp reprojected edges).
+
+What a run leaves in OUT_DIR: autoencoder.safetensors (the autoencoder with its depth head, written
+atomically at the end and at every validation), log.jsonl (loss terms, validation abs-rel,
+delta<1.25, sky accuracy). A depth stage is minutes long; a run interrupted before its end starts
+over (it writes no optimizer state).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from worldmodel.autoencoder import (DEFAULT_DEPTH_WIDTHS, Autoencoder, AutoencoderConfig, load_autoencoder,
+                                    save_autoencoder)
+from worldmodel.data import ClipDataset, FrameSampler
+from worldmodel.depth import depth_errors, sky_mask
+from worldmodel.errors import UserError
+from worldmodel.progress import ProgressBar
+
+CHECKPOINT_NAME = "autoencoder.safetensors"
+LOG_NAME = "log.jsonl"
+VAL_SEED = 1234
+VAL_FRAMES = 512
+EVAL_BATCH = 128
+
+
+@dataclass(frozen=True)
+class DepthTrainConfig:
+    steps: int = 2000
+    batch: int = 32
+    lr: float = 3e-3
+    warmup: int = 50
+    sky_weight: float = 0.5
+    edge_weight: float = 0.5
+    val_every: int = 500
+    seed: int = 0
+
+
+def load_base_autoencoder(path: str | Path) -> Autoencoder:
+    """An autoencoder checkpoint, or the autoencoder bundled in a world-model checkpoint."""
+    from worldmodel.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, read_checkpoint_metadata
+
+    path = Path(path)
+    try:
+        is_world = read_checkpoint_metadata(path).get("format") == CHECKPOINT_FORMAT
+    except UserError:
+        is_world = False
+    if is_world:
+        return load_checkpoint(path)[1]
+    return load_autoencoder(path)
+
+
+def with_depth_head(ae: Autoencoder, widths: tuple[int, ...] = DEFAULT_DEPTH_WIDTHS) -> Autoencoder:
+    """`ae` with a fresh depth head (or `ae` itself when it has one)."""
+    if ae.has_depth:
+        return ae
+    cfg = AutoencoderConfig(**{**ae.config.__dict__, "depth_widths": tuple(widths)})
+    out = Autoencoder(cfg)
+    missing, unexpected = out.load_state_dict(ae.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("depth_decoder.") for k in missing):
+        raise RuntimeError(f"with_depth_head: unexpected state {unexpected}, {missing}")
+    return out
+
+
+def depth_loss(ae: Autoencoder, latents: torch.Tensor, truth: torch.Tensor, cfg: DepthTrainConfig
+               ) -> tuple[torch.Tensor, dict[str, float]]:
+    """latents [B, C, h, w] (normalised), truth depth [B, H, W] -> (loss, terms)."""
+    log_d, sky_logit = ae.depth_outputs(latents)
+    sky = sky_mask(truth)
+    geo = (~sky).float()
+    log_t = truth.clamp(min=1e-3).log()
+    err = (log_d - log_t) * geo
+    l1 = err.abs().sum() / geo.sum().clamp(min=1.0)
+    gx = ((err[:, :, 1:] - err[:, :, :-1]).abs() * geo[:, :, 1:] * geo[:, :, :-1]).mean()
+    gy = ((err[:, 1:] - err[:, :-1]).abs() * geo[:, 1:] * geo[:, :-1]).mean()
+    bce = F.binary_cross_entropy_with_logits(sky_logit, sky.float())
+    loss = l1 + cfg.sky_weight * bce + cfg.edge_weight * (gx + gy)
+    return loss, {"loss": loss.item(), "log_l1": l1.item(), "sky_bce": bce.item()}
+
+
+@torch.inference_mode()
+def evaluate_depth(ae: Autoencoder, frames: torch.Tensor, depth: torch.Tensor) -> dict[str, float]:
+    """Depth metrics (worldmodel.depth.depth_errors) of the head on frames uint8 [N, H, W, 3]."""
+    preds = [ae.decode_depth(ae.encode(frames[i:i + EVAL_BATCH])) for i in range(0, frames.shape[0], EVAL_BATCH)]
+    return depth_errors(torch.cat(preds), depth)
+
+
+def train_depth_head(data_dir: str | Path, out_dir: str | Path, base_autoencoder: str | Path,
+                     val_dir: str | Path | None = None, cfg: DepthTrainConfig = DepthTrainConfig()) -> Path:
+    """Train the depth head of `base_autoencoder` on a data set with depth; returns the checkpoint."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ds = ClipDataset(data_dir)
+    if not ds.has_depth:
+        raise UserError(f"{ds.path}: this data set stores no depth; make it again with `worldmodel dataset`")
+    val_ds = ClipDataset(val_dir) if val_dir is not None else ds
+    if not val_ds.has_depth:
+        raise UserError(f"{val_ds.path}: this data set stores no depth")
+    ae = with_depth_head(load_base_autoencoder(base_autoencoder))
+    if ae.config.resolution != ds.resolution:
+        raise UserError(f"{ds.path}: frames are {ds.resolution} px, the autoencoder's {ae.config.resolution}")
+    for name, p in ae.named_parameters():
+        p.requires_grad_(name.startswith("depth_decoder."))
+    params = [p for p in ae.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    sampler = FrameSampler(ds, seed=cfg.seed)
+    val_frames, val_depth = FrameSampler(val_ds, seed=VAL_SEED).sample_with_depth(VAL_FRAMES)
+    log_path = out / LOG_NAME
+    log_path.write_text("")
+    ckpt = out / CHECKPOINT_NAME
+    bar = ProgressBar(cfg.steps, "depth head")
+    t0 = time.perf_counter()
+
+    def log(record: dict[str, Any]) -> None:
+        with open(log_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    ae.eval()  # GroupNorm only: eval/train are the same; keeps the frozen parts frozen
+    for step in range(1, cfg.steps + 1):
+        lr = cfg.lr * min(1.0, step / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / cfg.steps)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        frames, depth = sampler.sample_with_depth(cfg.batch)
+        with torch.no_grad():
+            latents = ae.encode(frames)
+        loss, terms = depth_loss(ae, latents, depth, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.update(1)
+        if step % 50 == 0:
+            log({"step": step, "lr": lr, **terms, "it_s": step / (time.perf_counter() - t0)})
+        if step % cfg.val_every == 0 or step == cfg.steps:
+            metrics = evaluate_depth(ae, val_frames, val_depth)
+            log({"step": step, "val": metrics})
+            print(f"\nstep {step}: held-out abs-rel {metrics['abs_rel']:.4f}, delta<1.25 "
+                  f"{metrics['delta_1_25']:.4f}, sky accuracy {metrics['sky_accuracy']:.4f}", file=sys.stderr)
+            save_autoencoder(ae, ckpt, {"depth_val": json.dumps(metrics), "depth_steps": str(step)})
+    bar.close()
+    return ckpt
