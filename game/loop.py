@@ -92,6 +92,8 @@ class GameConfig:
     checkpoint: str | None = None
     precision: str | None = None
     """The model's precision ("fp32" / "bf16"; None: fp32)."""
+    hint: bool | None = None
+    """The model's geometric hint on/off (None: on when the checkpoint reads one)."""
     seed: int = 0
     tick_hz: float = DEFAULT_TICK_HZ
     resolution: int = DEFAULT_RESOLUTION
@@ -137,7 +139,7 @@ def build_session(config: GameConfig) -> PlaySession:
         scene = scene_with_image(scene, scene.image, config.prompt)
     source: FrameSource = make_frame_source(config.backend, resolution=config.resolution,
                                             start_image_path=config.image, checkpoint=config.checkpoint,
-                                            precision=config.precision)
+                                            precision=config.precision, hint=config.hint)
     return PlaySession(source, scene, scene_spec=spec, seed=config.seed, tick_hz=config.tick_hz,
                        image_path=config.image, recordings_dir=config.recordings_dir)
 

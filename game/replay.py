@@ -93,10 +93,10 @@ class Replay:
 
 
 def load_replay(log_path: str | os.PathLike, backend: str | None = None, checkpoint: str | None = None,
-                device: str = "cpu") -> Replay:
+                device: str = "cpu", hint: bool | None = None) -> Replay:
     """Read the log, load its scene (+ `--image` picture) and build the frame source.
 
-    `backend` defaults to the log's. Differences that change the frames but do not prevent a
+    `backend` defaults to the log's; `hint` (model backend) to the log's hint setting. Differences that change the frames but do not prevent a
     replay (another checkpoint, a changed start image, a recording started mid-session) are warnings.
     """
     from scenes.scene import load_image
@@ -120,14 +120,20 @@ def load_replay(log_path: str | os.PathLike, backend: str | None = None, checkpo
                         "the first frames may differ")
     height = int(header["resolution"][0])
     precision = None
+    hint_on = None
     if backend == MODEL_BACKEND:
+        # the hint setting the log was made with (logs from before the hint ran without one),
+        # unless the caller asks for another
+        hint_on = header.get("hint", False) if hint is None else hint
+        if not isinstance(hint_on, bool):
+            raise UserError(f"{log_path}: line 1: \"hint\" must be true or false, got {hint_on!r}")
         # the arithmetic the log was made with; logs from before precision was recorded ran fp32
         precision = header.get("precision", DEFAULT_PRECISION)
         if precision not in PRECISION_NAMES:
             raise UserError(f"{log_path}: line 1: \"precision\" must be one of {list(PRECISION_NAMES)}, "
                             f"got {precision!r}")
     source = make_frame_source(backend, resolution=height, start_image_path=image_path,
-                               checkpoint=checkpoint, device=device, precision=precision)
+                               checkpoint=checkpoint, device=device, precision=precision, hint=hint_on)
     if source.resolution != height:
         warnings.append(f"{log_path}: recorded at {height}x{height}, the {backend} backend makes "
                         f"{source.resolution}x{source.resolution} frames")
@@ -287,7 +293,7 @@ class ExportResult:
 
 def export_replay(log_path: str | os.PathLike, out: str, backend: str | None = None, fps: float | None = None,
                   size: int | None = None, checkpoint: str | None = None, device: str = "cpu",
-                  progress: bool = True, stream: TextIO | None = None) -> ExportResult:
+                  progress: bool = True, stream: TextIO | None = None, hint: bool | None = None) -> ExportResult:
     """Replay `log_path` headless into `out` (.mp4, .gif or a PNG folder).
 
     Frames are the source's native resolution unless `size` (nearest upscaling). `fps` defaults
@@ -301,7 +307,7 @@ def export_replay(log_path: str | os.PathLike, out: str, backend: str | None = N
         raise UserError(f"--fps: must be positive, got {fps}")
     if size is not None and size <= 0:
         raise UserError(f"--size: must be positive, got {size}")
-    replay = load_replay(log_path, backend=backend, checkpoint=checkpoint, device=device)
+    replay = load_replay(log_path, backend=backend, checkpoint=checkpoint, device=device, hint=hint)
     for warning in replay.warnings:
         print(f"warning: {warning}", file=stream)
     side = size if size is not None else replay.session.source.resolution
@@ -333,11 +339,12 @@ def export_replay(log_path: str | os.PathLike, out: str, backend: str | None = N
 
 def replay_in_window(log_path: str | os.PathLike, backend: str | None = None, checkpoint: str | None = None,
                      window: int | None = None, fps: float | None = None, smooth: bool = False,
-                     max_ticks: int | None = None, exit_when_done: bool = False, event_source=None) -> int:
+                     max_ticks: int | None = None, exit_when_done: bool = False, event_source=None,
+                     hint: bool | None = None) -> int:
     """Play the log back in the game window at its tick rate (or `fps`); returns ticks shown."""
     from game.loop import DEFAULT_WINDOW, GameConfig, ScriptedTick, run_game
 
-    replay = load_replay(log_path, backend=backend, checkpoint=checkpoint)
+    replay = load_replay(log_path, backend=backend, checkpoint=checkpoint, hint=hint)
     for warning in replay.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if fps is not None:

@@ -200,6 +200,8 @@ class PlaySession:
         extra.setdefault("created", datetime.now().astimezone().isoformat(timespec="seconds"))
         if getattr(self.source, "precision", None) is not None:
             extra.setdefault("precision", self.source.precision)  # a replay must run the same arithmetic
+        if getattr(self.source, "hint", None) is not None:
+            extra.setdefault("hint", bool(self.source.hint))  # ... and the same conditioning
         return make_header(
             scene=self.scene_spec, prompt=self.prompt, backend=self.source.name, seed=self.seed,
             tick_hz=self.tick_hz, resolution=self.source.resolution, start_pose=self.pose,

@@ -143,3 +143,30 @@ def test_game_loop_saves_on_f5_and_quit_and_resumes(checkpoint: Path, tmp_path: 
                                  window=64, load_world=str(world), screenshots_dir=tmp_path))
     assert second.ticks == 6  # continued from tick 4
     assert second.final_pose.z < 0  # walked forward before the save, standing since
+
+
+def test_hint_model_world_resumes_bit_identically_and_old_worlds_are_refused(checkpoint: Path, tmp_path: Path) -> None:
+    """A hint model's saved world keeps the views its next hints reproject; a world saved by a model
+    without the hint cannot be continued by one with it (its memory has no views) and says so."""
+    from test_hint import _ae_with_depth
+
+    hint_ckpt = save_checkpoint(tmp_path / "hint.safetensors", randomized_model(tiny_config(window_frames=2, hint=True)),
+                                _ae_with_depth())
+    straight = ModelFrameSource(hint_ckpt)
+    _start(straight)
+    reference = _steps(straight, 1, TICKS + 1)
+    first = ModelFrameSource(hint_ckpt)
+    _start(first)
+    _steps(first, 1, SPLIT + 1)
+    save_world(first, tmp_path / "w", {"scene": "test"})
+    second = ModelFrameSource(hint_ckpt)
+    _start(second)
+    load_world(second, tmp_path / "w")
+    for a, b in zip(_steps(second, SPLIT + 1, TICKS + 1), reference[SPLIT:]):
+        np.testing.assert_array_equal(a, b)
+    old = ModelFrameSource(checkpoint)
+    _start(old)
+    _steps(old, 1, 4)
+    save_world(old, tmp_path / "old", {})
+    with pytest.raises(UserError, match="saved by another|checkpoint"):
+        load_world(second, tmp_path / "old")

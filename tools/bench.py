@@ -1,6 +1,8 @@
 """`worldmodel bench`: speed of the parts a player waits for, measured in one run.
 
 - oracle: frames/s of the procedural renderer at 64x64, batched and one frame at a time.
+- reproject: ms per call of the one reprojection function (worldmodel.reproject) for K sources at the
+          model resolution, the geometric hint's splat (the hint target: <= 1.5 ms for K = 6 at 64x64).
 - play:   ms per frame (p50, p99) of the real play loop's per-tick work (input -> action -> pose ->
           frame source -> displayed-frame array; display excluded) and the ratio of frame time late
           in a long session to early in it (constant cost means about 1.0).
@@ -24,7 +26,7 @@ from worldmodel.config import PRECISION_NAMES
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("what", nargs="*", default=["oracle"], choices=["oracle", "play", "kernels"],
+    p.add_argument("what", nargs="*", default=["oracle"], choices=["oracle", "reproject", "play", "kernels"],
                    help="what to benchmark (default: oracle)")
     p.add_argument("--resolution", type=int, default=DEFAULT_RESOLUTION)
     p.add_argument("--batch", type=int, default=64, help="oracle batch size (default 64)")
@@ -33,6 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="model", help="play: frame source, model or oracle (default model)")
     p.add_argument("--checkpoint", type=Path, default=None, help="play: checkpoint (default: shipped)")
     p.add_argument("--memory", choices=("on", "off"), default="on", help="play: memory on/off (default on)")
+    p.add_argument("--hint", choices=("on", "off"), default=None,
+                   help="play: the geometric hint (default: on when the checkpoint reads one)")
     p.add_argument("--precision", choices=PRECISION_NAMES, default=None,
                    help="play: model arithmetic, fp32 (default) or bf16")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
@@ -66,6 +70,40 @@ def bench_oracle(resolution: int, batch: int, frames: int, seed: int = 102) -> d
     return {"resolution": resolution, "batch": batch, "batch_fps": batch_fps, "single_fps": single_fps}
 
 
+REPROJECT_SOURCES = (1, 3, 6, 7)
+"""K of the reprojection bench: one previous frame, a few, the hint's 6 and the shipped model's 7."""
+
+
+def bench_reproject(resolution: int, iterations: int = 100, seed: int = 102) -> dict:
+    """Median ms per `reproject` call of K true frames (with their true depth) of one world into the
+    next pose of a walk, for each K of REPROJECT_SOURCES."""
+    from scenes.render import render_views_with_depth
+    from scenes.world import generate_world
+    from worldmodel.reproject import reproject
+
+    world = generate_world(seed)
+    start = world.spawn_pose().as_tensor()
+    k_max = max(REPROJECT_SOURCES)
+    poses = start.repeat(k_max + 1, 1)
+    poses[:, 3] += torch.linspace(0, 0.4, k_max + 1)
+    poses[:, 2] -= torch.linspace(0, 1.0, k_max + 1)
+    rgb, depth = render_views_with_depth(world, poses, resolution)
+    rgb = rgb.permute(0, 3, 1, 2).float() / 255
+    out = {"resolution": resolution}
+    for k in REPROJECT_SOURCES:
+        args = (rgb[None, :k], depth[None, :k], poses[None, :k], poses[k_max:])
+        for _ in range(5):
+            reproject(*args)
+        times = []
+        for _ in range(iterations):
+            t0 = time.perf_counter()
+            reproject(*args)
+            times.append((time.perf_counter() - t0) * 1e3)
+        times.sort()
+        out[f"k{k}_ms"] = times[len(times) // 2]
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -76,6 +114,11 @@ def run(args: argparse.Namespace) -> int:
         results["oracle"] = r
         print(f"oracle {r['resolution']}x{r['resolution']}: batch of {r['batch']}: {r['batch_fps']:.0f} frames/s; "
               f"single frame: {r['single_fps']:.0f} frames/s")
+    if "reproject" in args.what:
+        r = bench_reproject(args.resolution)
+        results["reproject"] = r
+        print(f"reproject {r['resolution']}x{r['resolution']} (median ms per call): "
+              + ", ".join(f"K={k}: {r[f'k{k}_ms']:.2f}" for k in REPROJECT_SOURCES))
     if "play" in args.what:
         from tools.bench_play import bench_play
 

@@ -100,6 +100,8 @@ def bench_play(args: argparse.Namespace) -> dict:
     scene = load_scene(DEFAULT_SCENE)
     kwargs = {"checkpoint": None if args.checkpoint is None else str(args.checkpoint),
               "precision": getattr(args, "precision", None)}
+    if getattr(args, "hint", None) is not None:
+        kwargs["hint"] = args.hint == "on"
     source = make_frame_source(args.backend, resolution=args.resolution, **kwargs)
     if args.backend == "model" and args.memory == "off":
         source.session.use_memory = False
@@ -145,8 +147,10 @@ def bench_play(args: argparse.Namespace) -> dict:
         "interleaved_ms": interleaved,
         "threads": torch.get_num_threads(),
         "precision": getattr(source, "precision", None),
+        "hint": getattr(source, "hint", None),
     }
     precision = f", {result['precision']}" if result["precision"] else ""
+    precision += "" if result["hint"] is None else f", hint {'on' if result['hint'] else 'off'}"
     print(f"play loop ({args.backend}{precision}, memory {memory_label}, {args.ticks} ticks, {result['threads']} threads): "
           f"p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms per frame; "
           f"tick {args.ticks} / tick {EARLY_TICK} frame time {result['late_over_early']:.3f} "

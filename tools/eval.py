@@ -34,7 +34,7 @@ from scenes.world import HELDOUT_SEED_START, World, generate_world
 from worldmodel.camera import CameraPose, integrate_sequence
 from worldmodel.config import DEFAULT_PRECISION, PRECISION_NAMES
 from worldmodel.errors import UserError
-from worldmodel.metrics import DRIFT_EARLY_TICKS, DRIFT_LATE_TICKS, drift_scores, psnr, ssim
+from worldmodel.metrics import DRIFT_EARLY_TICKS, DRIFT_LATE_TICKS, detail_ratio, drift_scores, psnr, ssim
 
 ACTION_SUITE_SEEDS = tuple(HELDOUT_SEED_START + 100 + i for i in range(8))
 ACTION_SUITE_TICKS = 64
@@ -78,6 +78,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefill", type=int, default=None,
                    help="feed the first N ticks from the true renders (default 0; revisit suite: the outbound half)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the checkpoint's)")
+    p.add_argument("--hint", choices=("on", "off"), default=None,
+                   help="the model's geometric hint (default: on when the checkpoint reads one)")
     p.add_argument("--precision", choices=PRECISION_NAMES, default=None, help="model arithmetic: fp32 (default) or bf16")
     p.add_argument("--limit", type=int, default=None, help="use only the first N worlds of a suite")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -212,13 +214,16 @@ def evaluate_log(make_source, log: EvalLog, memory_modes: list[bool], prefill: i
         ms = (time.perf_counter() - t0) / T * 1000
         p, s = frame_scores(frames, truth)
         run = {"mean_psnr": _mean(p, prefill), "mean_ssim": _mean(s, prefill), "psnr": p, "ssim": s,
-               "ms_per_frame": ms, "revisit": revisit_scores(frames, log, prefill)}
+               "ms_per_frame": ms, "revisit": revisit_scores(frames, log, prefill),
+               "detail": detail_ratio(frames[prefill:], truth[prefill:])}
         for h in ACTION_SUITE_HORIZONS:
             if T >= h:
                 run[f"psnr_{h}"] = _mean(p, prefill, h)
                 run[f"ssim_{h}"] = _mean(s, prefill, h)
         drift = drift_scores(p, s, *DRIFT_WINDOWS) if prefill < DRIFT_WINDOWS[0][0] else None
         if drift is not None:
+            lo, hi = DRIFT_WINDOWS[1]
+            drift["late_detail"] = detail_ratio(frames[lo - 1: hi], truth[lo - 1: hi])
             run["drift"] = drift
         out["runs"]["memory_on" if mem else "memory_off"] = run
         out["_memory_source"] = source if mem else out.get("_memory_source")
@@ -271,7 +276,8 @@ def _means(results: list[dict]) -> dict:
 
 
 SUMMARY_PRINTED = ("psnr", "ssim", "psnr_16", "psnr_64", "ssim_16", "ssim_64", "ms_per_frame", "psnr_vs_truth",
-                   "psnr_vs_first_visit", "return_ticks", "early_psnr", "late_psnr", "drift_db")
+                   "psnr_vs_first_visit", "return_ticks", "early_psnr", "late_psnr", "drift_db", "detail",
+                   "late_detail")
 POLICY_SUMMARY_PRINTED = ("revisit.psnr_vs_truth", "revisit.psnr_vs_first_visit", "revisit.truth_psnr_vs_first_visit")
 """Per-policy (`<policy>/...`) keys printed: only the revisit scores; the JSON has them all."""
 
@@ -293,7 +299,8 @@ def run(args: argparse.Namespace) -> int:
     if (args.log is None) == (args.suite is None):
         raise UserError(f"eval: give exactly one of --log LOG or --suite {'|'.join(SUITES)}")
     ckpt = args.checkpoint or DEFAULT_CHECKPOINT
-    probe = ModelFrameSource(checkpoint=ckpt)
+    hint = None if args.hint is None else args.hint == "on"
+    probe = ModelFrameSource(checkpoint=ckpt, hint=hint)
     resolution, fov = probe.resolution, probe.config.fov_deg
     memory = args.memory or ("both" if args.suite in ("revisit", "drift") else "on")
     modes = {"on": [True], "off": [False], "both": [True, False]}[memory]
@@ -306,7 +313,8 @@ def run(args: argparse.Namespace) -> int:
     baselines = args.suite not in ("revisit", "drift")
 
     def make_source(mem: bool):
-        return ModelFrameSource(checkpoint=ckpt, use_memory=mem, sample_steps=args.steps, precision=args.precision)
+        return ModelFrameSource(checkpoint=ckpt, use_memory=mem, sample_steps=args.steps, precision=args.precision,
+                                hint=hint)
 
     results = []
     for i, log in enumerate(logs):
@@ -324,7 +332,7 @@ def run(args: argparse.Namespace) -> int:
         _write_plots(args.plot, results)
     if args.json:
         doc = {"checkpoint": str(ckpt), "checkpoint_sha256": checkpoint_sha256(ckpt), "suite": args.suite,
-               "memory": memory, "precision": args.precision or DEFAULT_PRECISION,
+               "memory": memory, "precision": args.precision or DEFAULT_PRECISION, "hint": probe.hint,
                "summary": summary,
                "logs": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]}
         tmp = args.json.with_name(args.json.name + ".tmp")

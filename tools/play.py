@@ -35,6 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help="model checkpoint (default: the shipped one)")
     p.add_argument("--precision", default=None, choices=PRECISION_NAMES,
                    help="model arithmetic: fp32 (default) or bf16 (about 10%% faster per frame on a CPU)")
+    p.add_argument("--hint", default=None, choices=("on", "off"),
+                   help="the model's geometric hint (default: on when the checkpoint reads one)")
     p.add_argument("--record", default=None, metavar="PATH",
                    help="record an action log from the first tick (R records to recordings/ any time)")
     p.add_argument("--tick-hz", type=float, default=DEFAULT_TICK_HZ,
@@ -96,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
     if args.save_world is not None and args.backend != "model":
         raise UserError(f"--save-world: saving a world needs --backend model (the {args.backend} has no memory)")
     config = GameConfig(scene=args.scene, image=args.image, prompt=args.prompt, backend=args.backend,
-                        checkpoint=args.checkpoint, precision=args.precision, seed=args.seed, tick_hz=args.tick_hz,
+                        checkpoint=args.checkpoint, precision=args.precision,
+                        hint=None if args.hint is None else args.hint == "on", seed=args.seed, tick_hz=args.tick_hz,
                         resolution=args.resolution, window=args.window, smooth=args.smooth, record=args.record,
                         max_ticks=args.max_ticks, fly=not args.walk, show_hud=not args.no_hud,
                         save_world=args.save_world, load_world=args.load_world)

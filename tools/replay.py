@@ -25,6 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=BACKEND_CHOICES, default=None,
                    help="frame source (default: the one the log was recorded with)")
     p.add_argument("--checkpoint", default=None, help="model checkpoint (default: the shipped one)")
+    p.add_argument("--hint", default=None, choices=("on", "off"),
+                   help="the model's geometric hint (default: as the log was recorded)")
     p.add_argument("--fps", type=float, default=None, help="playback frame rate (default: the log's tick rate)")
     p.add_argument("--size", type=int, default=None,
                    help="output side in pixels, nearest upscaling (default: native resolution)")
@@ -46,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         from game.replay import export_replay
 
         result = export_replay(args.log, args.out, backend=args.backend, fps=args.fps, size=args.size,
-                               checkpoint=args.checkpoint, progress=not args.quiet)
+                               checkpoint=args.checkpoint, progress=not args.quiet, hint=_hint(args))
         print(f"wrote {result.path} ({result.frames} frames, {result.ms_per_frame:.1f} ms/frame)", file=sys.stderr)
         return 0
     from game.loop import display_available
@@ -58,5 +60,10 @@ def run(args: argparse.Namespace) -> int:
         return NO_DISPLAY_EXIT
     if args.size is not None:
         raise UserError("--size applies to --out exports; use --window for the window size")
-    replay_in_window(args.log, backend=args.backend, checkpoint=args.checkpoint, window=args.window, fps=args.fps)
+    replay_in_window(args.log, backend=args.backend, checkpoint=args.checkpoint, window=args.window, fps=args.fps,
+                     hint=_hint(args))
     return 0
+
+
+def _hint(args: argparse.Namespace) -> bool | None:
+    return None if args.hint is None else args.hint == "on"

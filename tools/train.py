@@ -30,12 +30,14 @@ from typing import Any
 from worldmodel.errors import UserError
 
 PRESETS = ("default", "tiny")
-STAGES = ("ae", "latents", "world")
+STAGES = ("ae", "depth", "latents", "world", "rollouts")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stage", choices=STAGES, required=True,
-                   help="ae: the autoencoder; latents: encode a data set with it; world: the world model")
+                   help="ae: the autoencoder; depth: its depth head (everything else frozen); latents: "
+                        "encode a data set with it; world: the world model; rollouts: a closed-loop cache of "
+                        "a checkpoint's own rollouts (then --stage world on it)")
     p.add_argument("--data", type=Path, required=True, nargs="+",
                    help="ae, latents: a clip data set folder; world: one or more latent caches (.safetensors), "
                         "trained on together")
@@ -63,6 +65,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="world: stop this run after N steps (resume later with the same command)")
     p.add_argument("--export", type=Path, default=None,
                    help="world: also copy the final checkpoint here (e.g. the shipped default path)")
+    p.add_argument("--checkpoint", type=Path, default=None, help="rollouts: the world-model checkpoint to roll out")
+    p.add_argument("--clips", type=int, default=120, help="rollouts: clips to roll out (default 120)")
+    p.add_argument("--ticks", type=int, default=48, help="rollouts: ticks per rollout (default 48)")
+    p.add_argument("--seed", type=int, default=0, help="rollouts: sampler seed offset (default 0)")
     p.add_argument("--fsdp", action="store_true",
                    help="world, under torchrun: shard parameters, gradients and optimizer state across the "
                         "processes (FSDP) instead of replicating the model (DDP)")
@@ -156,6 +162,27 @@ def _run_latents(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_rollouts(args: argparse.Namespace) -> int:
+    from worldmodel.closed_loop import write_rollout_cache
+
+    if args.checkpoint is None:
+        raise UserError("train --stage rollouts: --checkpoint PATH (the model to roll out) is required")
+    write_rollout_cache(args.checkpoint, list(args.data), args.out, args.clips, args.ticks, args.seed)
+    return 0
+
+
+def _run_depth(args: argparse.Namespace) -> int:
+    from worldmodel.train_depth import DepthTrainConfig, train_depth_head
+
+    if args.autoencoder is None:
+        raise UserError("train --stage depth: --autoencoder PATH is required (an autoencoder, or a world-model "
+                        "checkpoint whose autoencoder gets the depth head)")
+    over = {k: v for k, v in (("steps", args.steps), ("batch", args.batch), ("lr", args.lr)) if v is not None}
+    path = train_depth_head(args.data, args.out, args.autoencoder, args.val, DepthTrainConfig(**over))
+    print(f"autoencoder with depth head: {path}")
+    return 0
+
+
 def _run_ae(args: argparse.Namespace) -> int:
     from worldmodel.train_autoencoder import train_autoencoder
 
@@ -178,6 +205,9 @@ def run(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise UserError("--threads must be >= 1")
         torch.set_num_threads(args.threads)
+    if args.stage == "rollouts":
+        _refuse_multi_process(args.stage)
+        return _run_rollouts(args)
     if args.stage != "world":
         _refuse_multi_process(args.stage)
         if len(args.data) != 1:
@@ -189,4 +219,6 @@ def run(args: argparse.Namespace) -> int:
         return _run_ae(args)
     if args.stage == "latents":
         return _run_latents(args)
+    if args.stage == "depth":
+        return _run_depth(args)
     return _run_world(args)

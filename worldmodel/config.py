@@ -89,6 +89,14 @@ class WorldModelConfig:
     memory_compression: str = "pool"
     """'pool': 2x2 average pooling of the latent; 'patch': a learned projection of each 2x2 patch."""
 
+    # --- geometric hint (worldmodel.hint) ---
+    hint: bool = False
+    """The model reads the geometric hint: the start frame, the retrieved memory entries and the last
+    `hint_recent` frames reprojected into the current camera (needs an autoencoder with a depth head).
+    False: the pure KV-cache model (RELIC-style) of checkpoints from before the hint."""
+    hint_recent: int = 2
+    """Previous frames reprojected into the hint (besides the start frame and the memory entries)."""
+
     # --- diffusion / sampling ---
     ctx_noise_max: float = 0.1
     """Clean context frames get noise level ~ U[0, ctx_noise_max] in training (against exposure bias)."""
@@ -175,6 +183,8 @@ class WorldModelConfig:
             problems.append(f"action_scale needs {ACTION_DIM} numbers")
         if min(self.sample_steps, self.warmup_steps) < 1:
             problems.append("sample_steps and warmup_steps must be >= 1")
+        if self.hint_recent < 0:
+            problems.append("hint_recent must be >= 0")
         if self.window_frames < 1 or self.target_frames < 1:
             problems.append("window_frames and target_frames must be >= 1")
         if not self.vocab or self.vocab[:2] != ["<pad>", "<unk>"]:

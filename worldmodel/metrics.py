@@ -113,3 +113,19 @@ def drift_scores(psnr_per_tick: list[float], ssim_per_tick: list[float] | None =
         out["early_ssim"] = mean(ssim_per_tick, early)
         out["late_ssim"] = mean(ssim_per_tick, late)
     return out
+
+
+def mean_gradient(frames: torch.Tensor) -> float:
+    """Mean absolute image gradient (horizontal and vertical finite differences, values in [0, 1]) of
+    frames [..., H, W, 3]: the detail a frame carries."""
+    x = to_unit(frames)
+    gx = (x[..., :, 1:, :] - x[..., :, :-1, :]).abs().mean()
+    gy = (x[..., 1:, :, :] - x[..., :-1, :, :]).abs().mean()
+    return float(gx + gy) / 2
+
+
+def detail_ratio(frames: torch.Tensor, truth: torch.Tensor) -> float:
+    """DESIGN §6 detail: mean image gradient of generated frames over the truth's on the same ticks
+    ([..., H, W, 3] each). 1.0 = as detailed as the truth; below ~0.7 blur or haze, above ~1.4 noise or
+    bands (PSNR alone rewards grey mush)."""
+    return mean_gradient(frames) / max(mean_gradient(truth), 1e-8)

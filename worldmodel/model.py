@@ -36,6 +36,7 @@ from torch import nn
 
 from worldmodel.camera import ACTION_DIM, camera_to_world, world_to_camera
 from worldmodel.config import CAMERA_BLOCK, WorldModelConfig
+from worldmodel.hint import hint_channels
 from worldmodel.kv_cache import KVCache
 from worldmodel.text import TextEncoder
 
@@ -222,6 +223,11 @@ class PositionEncoder(nn.Module):
             return (x.float().flatten(2, 3) @ frame_map).view(x.shape).to(x.dtype)
 
 
+def _hint_tokens(hint: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """hint [B, G, C + 1, h, w] -> per-token features [B, G, P, C + 1]."""
+    return hint.flatten(-2).transpose(-1, -2).to(dtype)
+
+
 def _full_precision(x: torch.Tensor) -> torch.autocast:
     """Positional maths runs in float32 even under bf16 autocast (poses and angles need the bits)."""
     return torch.autocast(device_type=x.device.type, enabled=False)
@@ -329,6 +335,8 @@ class JointBatch:
     text_ids  [B, L] int64, text_mask [B, L] bool
     mem_latents [B, E, C, h, w], mem_poses [B, E, 5], mem_owner [B, E] int64 (index in G of the noisy
     frame that retrieved it), mem_valid [B, E] bool; all None when there is no memory.
+    hint      [B, G, C + 1, h, w] the geometric hint of each frame (worldmodel.hint; zeros for clean
+              frames); None for a model without hint inputs.
     """
 
     latents: torch.Tensor
@@ -345,6 +353,7 @@ class JointBatch:
     mem_poses: torch.Tensor | None = None
     mem_owner: torch.Tensor | None = None
     mem_valid: torch.Tensor | None = None
+    hint: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> "JointBatch":
         return JointBatch(**{f.name: (None if getattr(self, f.name) is None else getattr(self, f.name).to(device))
@@ -415,6 +424,16 @@ class WorldModel(nn.Module):
             mem_in = c.latent_channels * (4 if c.memory_compression == "patch" else 1)
             self.mem_in = nn.Linear(mem_in, d)
             self.mem_pos = nn.Parameter(torch.randn(c.memory_tokens, d) * INIT_STD)
+        if c.hint:
+            # the geometric hint (worldmodel.hint) enters each token's embedding and, through a
+            # per-token skip, its output; both start at zero, so a fine-tune from a hint-free
+            # checkpoint starts as that checkpoint
+            hc = hint_channels(c.latent_channels)
+            self.hint_in = nn.Linear(hc, d)
+            self.hint_out = nn.Linear(hc, c.latent_channels)
+            for layer in (self.hint_in, self.hint_out):
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
         self.pos = PositionEncoder(c)
 
     # --- embeddings ---
@@ -428,10 +447,13 @@ class WorldModel(nn.Module):
         a = (actions.float() / self.action_scale).to(dtype)
         return self.noise_mlp(noise_features(noise).to(dtype)) + self.action_mlp(a) + text_cond[:, None, :].to(dtype)
 
-    def embed_frames(self, latents: torch.Tensor) -> torch.Tensor:
-        """[B, G, C, h, w] -> tokens [B, G, P, d]."""
+    def embed_frames(self, latents: torch.Tensor, hint: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, G, C, h, w] (+ hint [B, G, C + 1, h, w]) -> tokens [B, G, P, d]."""
         tokens = latents.flatten(-2).transpose(-1, -2)  # [B, G, P, C]
-        return self.patch_in(tokens.to(self.patch_in.weight.dtype)) + self.patch_pos
+        x = self.patch_in(tokens.to(self.patch_in.weight.dtype)) + self.patch_pos
+        if hint is not None and self.config.hint:
+            x = x + self.hint_in(_hint_tokens(hint, self.hint_in.weight.dtype))
+        return x
 
     def compress_memory(self, latents: torch.Tensor) -> torch.Tensor:
         """Memory payloads [B, E, C, h, w] -> memory tokens [B, E, Tm, d] (2x2 pool or 2x2 patches)."""
@@ -443,11 +465,13 @@ class WorldModel(nn.Module):
             x = F.pixel_unshuffle(x, 2).flatten(2).transpose(1, 2)  # [BE, Tm, 4C]
         return (self.mem_in(x) + self.mem_pos).view(b, e, self.config.memory_tokens, -1)
 
-    def output(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def output(self, x: torch.Tensor, cond: torch.Tensor, hint: torch.Tensor | None = None) -> torch.Tensor:
         """Final adaLN + projection: x [B, G, P, d] -> predicted clean latents [B, G, C, h, w]."""
         b, g, _ = cond.shape
         shift, multiplier = self.final_mod(cond).view(b, g, 1, 2, -1).unbind(3)
         out = self.patch_out(_modulate(self.final_norm(x), shift, multiplier))  # [B, G, P, C]
+        if hint is not None and self.config.hint:
+            out = out + self.hint_out(_hint_tokens(hint, self.hint_out.weight.dtype))
         s = self.config.latent_size
         return out.transpose(-1, -2).unflatten(-1, (s, s)).float()
 
@@ -464,7 +488,7 @@ class WorldModel(nn.Module):
         bsz, g = batch.ticks.shape
         text_cond = self.text_condition(batch.text_ids, batch.text_mask)
         cond = self.frame_condition(batch.noise, batch.actions, text_cond)  # [B, G, cond]
-        x = self.embed_frames(batch.latents)  # [B, G, P, d]
+        x = self.embed_frames(batch.latents, batch.hint)  # [B, G, P, d]
         newest = torch.where(batch.valid, batch.ticks, torch.zeros_like(batch.ticks)).amax(1, keepdim=True)
         time_ticks = torch.where(batch.sink, self.sink_time(newest).expand_as(batch.ticks), batch.ticks)
         pos = self.pos.positions(batch.poses, time_ticks)
@@ -489,19 +513,20 @@ class WorldModel(nn.Module):
             att = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask)
             att = self.pos.per_frame(from_heads(att, g), pos.out_map)
             x = block.finish(x, att, mods)
-        return self.output(x, cond)
+        return self.output(x, cond, batch.hint)
 
     # --- play: cached passes ---
     @torch.no_grad()
     def forward_cached(self, cache: KVCache, latents: torch.Tensor, noise: torch.Tensor, actions: torch.Tensor,
-                       poses: torch.Tensor, ticks: list[int], text_cond: torch.Tensor, roles: list[str]
-                       ) -> torch.Tensor:
+                       poses: torch.Tensor, ticks: list[int], text_cond: torch.Tensor, roles: list[str],
+                       hint: torch.Tensor | None = None) -> torch.Tensor:
         """Run G frames (G = 1 or 2) against the cache, writing their K/V in place.
 
         latents [B, G, C, h, w], noise [B, G], actions [B, G, 5], poses [B, G, 5], ticks: G ints,
         roles: per frame ROLE_SINK / ROLE_WINDOW (a clean frame being committed at the ring position)
         / ROLE_CURRENT (the frame being denoised). Committed frames see only sink + window (as in
-        training); the current frame sees everything valid. Returns predicted clean latents
+        training); the current frame sees everything valid. `hint` [B, G, C + 1, h, w]: the geometric
+        hint of each frame (zeros for committed frames, as in training). Returns predicted clean latents
         [B, G, C, h, w]. Call `cache.advance_window` after a pass that committed a ROLE_WINDOW frame.
         """
         c = self.config
@@ -520,7 +545,7 @@ class WorldModel(nn.Module):
         time_ticks = torch.tensor([[cache.sink_tick if r == ROLE_SINK else t for r, t in zip(roles, ticks)]],
                                   device=latents.device).expand(latents.shape[0], -1)
         cond = self.frame_condition(noise, actions, text_cond)
-        x = self.embed_frames(latents)
+        x = self.embed_frames(latents, hint)
         sink_at = roles.index(ROLE_SINK) if ROLE_SINK in roles else None
         pos = self.pos.positions(poses, time_ticks, split_time=sink_at is not None)
         for layer, block in enumerate(self.blocks):
@@ -539,7 +564,7 @@ class WorldModel(nn.Module):
             att = cache_attention(q, k_cache, v_cache, cache.valid, extra)  # [B, H, G*P, dh]
             att = self.pos.per_frame(from_heads(att.to(x.dtype), g), pos.out_map)
             x = block.finish(x, att, mods)
-        return self.output(x, cond)
+        return self.output(x, cond, hint)
 
     @torch.no_grad()
     def retime_sink(self, cache: KVCache, newest_tick: int) -> None:

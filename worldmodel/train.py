@@ -53,6 +53,7 @@ from worldmodel.distributed import (DistContext, ParallelModel, distributed_sess
                                     load_full_state_dict, load_optimizer_state, optimizer_state,
                                     reduce_weighted_means, shard_model)
 from worldmodel.errors import UserError
+from worldmodel.hint import HintAugment, build_hint, hint_source_ticks
 from worldmodel.model import JointBatch, WorldModel
 from worldmodel.sampler import add_noise, noise_levels
 from worldmodel.sampler import sample as sample_frames
@@ -81,6 +82,13 @@ class LatentData:
     captions: list[str]
     source: str
     autoencoder_sha256: str | None = None
+    view_rgb: torch.Tensor | None = None
+    """uint8 [N, T, H, W, 3]: every frame decoded, as play has it for the geometric hint (or None)."""
+    view_depth: torch.Tensor | None = None
+    """float16 [N, T, H, W]: the depth head's depth of every frame's latent (or None)."""
+    target_latents: torch.Tensor | None = None
+    """bf16 [N, T, C, h, w]: the truth of a closed-loop cache whose `latents` (context, memory, hint
+    sources) are the model's own rollouts (worldmodel.closed_loop); None: the latents are the truth."""
     _revisits: dict[int, list[torch.Tensor]] = field(default_factory=dict, repr=False)
     _kept: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
@@ -146,9 +154,15 @@ def load_latents(path: str | Path | list[str | Path], config: WorldModelConfig) 
             if p.autoencoder_sha256 != parts[0].autoencoder_sha256:
                 raise UserError(f"{p.source}: encoded by another autoencoder than {parts[0].source} "
                                 f"({(p.autoencoder_sha256 or '?')[:12]} vs {(parts[0].autoencoder_sha256 or '?')[:12]})")
+        views = all(p.view_rgb is not None for p in parts)
+        closed = any(p.target_latents is not None for p in parts)
         return LatentData(torch.cat([p.latents for p in parts]), torch.cat([p.actions for p in parts]),
                           torch.cat([p.poses for p in parts]), [c for p in parts for c in p.captions],
-                          ",".join(p.source for p in parts), parts[0].autoencoder_sha256)
+                          ",".join(p.source for p in parts), parts[0].autoencoder_sha256,
+                          torch.cat([p.view_rgb for p in parts]) if views else None,
+                          torch.cat([p.view_depth for p in parts]) if views else None,
+                          torch.cat([p.latents if p.target_latents is None else p.target_latents for p in parts])
+                          if closed else None)
     from worldmodel.data import LatentClips
 
     path = Path(path)
@@ -169,7 +183,12 @@ def load_latents(path: str | Path | list[str | Path], config: WorldModelConfig) 
     if len(captions) != n:
         raise UserError(f"{path}: {len(captions)} captions for {n} clips")
     sha = getattr(clips, "autoencoder_sha256", None)
-    return LatentData(latents, clips.actions.float(), clips.poses.float(), captions, str(path), sha)
+    if config.hint and clips.view_rgb is None:
+        raise UserError(f"{path}: this latent cache holds no decoded views, which a hint model (hint=true) "
+                        f"trains on; encode it again with an autoencoder that has a depth head "
+                        f"(worldmodel train --stage depth, then --stage latents)")
+    return LatentData(latents, clips.actions.float(), clips.poses.float(), captions, str(path), sha,
+                      clips.view_rgb, clips.view_depth, clips.target_latents)
 
 
 @dataclass
@@ -181,10 +200,13 @@ class TrainBatch:
     target_x0: torch.Tensor
     target_index: torch.Tensor
     target_noise: torch.Tensor
+    hint_sources: dict[str, torch.Tensor] | None = None
+    """What `attach_hints` builds the targets' hints from (hint models only; see `hint_sources`)."""
 
     def to(self, device: torch.device | str) -> "TrainBatch":
         return TrainBatch(self.joint.to(device), self.target_x0.to(device), self.target_index.to(device),
-                          self.target_noise.to(device))
+                          self.target_noise.to(device),
+                          None if self.hint_sources is None else {k: v.to(device) for k, v in self.hint_sources.items()})
 
 
 def sample_target_levels(config: WorldModelConfig, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
@@ -224,7 +246,8 @@ def select_training_memory(poses: torch.Tensor, tick: int, config: WorldModelCon
 
 def build_sample(data: LatentData, clip: int, start: int, config: WorldModelConfig, tokenizer_ids: torch.Tensor,
                  target_levels: torch.Tensor, ctx_levels: torch.Tensor, gen: torch.Generator, targets: int,
-                 use_memory: bool = True, drop_window: bool = False) -> dict[str, torch.Tensor]:
+                 use_memory: bool = True, drop_window: bool = False,
+                 hint_augment: HintAugment | None = None) -> dict[str, torch.Tensor]:
     """One sample: targets at ticks start .. start+targets-1 of clip `clip` (see module doc).
     `drop_window` hides the clean context frames, so the targets see only the sink and their memory."""
     c = config
@@ -241,6 +264,8 @@ def build_sample(data: LatentData, clip: int, start: int, config: WorldModelConf
     clean = [True] * (1 + n_ctx) + [False] * k
     idx = torch.tensor(real)
     x0 = lat[idx]  # [1 + len(ctx) + K, C, h, w]
+    if data.target_latents is not None:  # closed loop: own context, true targets
+        x0[-k:] = data.target_latents[clip, tgt_ticks].float()
     noise = torch.randn(x0.shape, generator=gen)
     levels = torch.cat([ctx_levels[: 1 + len(ctx_ticks)], target_levels])
     noisy = add_noise(x0, noise, levels)
@@ -263,8 +288,10 @@ def build_sample(data: LatentData, clip: int, start: int, config: WorldModelConf
         m_valid = torch.zeros(k * e, dtype=torch.bool)
         g_total = 1 + n_ctx + k
         kept = data.memory_candidates(clip, c) if use_memory else None
+        chosen_all = []
         for j, tick in enumerate(tgt_ticks):
             chosen = select_training_memory(poses_all, tick, c, kept) if use_memory else []
+            chosen_all.append(chosen)
             for i in range(e):
                 slot = j * e + i
                 m_owner[slot] = g_total - k + j
@@ -273,7 +300,59 @@ def build_sample(data: LatentData, clip: int, start: int, config: WorldModelConf
                     m_pose[slot] = poses_all[chosen[i]]
                     m_valid[slot] = True
         out.update(mem_latents=m_lat, mem_poses=m_pose, mem_owner=m_owner, mem_valid=m_valid)
+    else:
+        chosen_all = [[] for _ in tgt_ticks]
+    if c.hint:
+        out.update(hint_sources(data, clip, tgt_ticks, chosen_all, c, gen, hint_augment or HintAugment(),
+                                drop_recent=drop_window))
     return out
+
+
+def hint_sources(data: LatentData, clip: int, tgt_ticks: list[int], memory_ticks: list[list[int]],
+                 config: WorldModelConfig, gen: torch.Generator, augment: HintAugment,
+                 drop_recent: bool = False) -> dict[str, torch.Tensor]:
+    """What the hints of a sample's targets are built from (the play rule, worldmodel.hint):
+    hint_rgb uint8 [K, S, H, W, 3], hint_depth [K, S, H, W], hint_poses [K, S, 5], hint_valid [K, S],
+    hint_target [K, 5], hint_noise [K, 3, H, W], with S = 1 + memory_entries + hint_recent sources.
+    Augmentation (drawn from `gen`): dropped sources, empty hints, noise on the warped RGB."""
+    if data.view_rgb is None or data.view_depth is None:
+        raise UserError(f"{data.source}: no decoded views for the geometric hint")
+    c = config
+    s_max = 1 + c.memory_entries + c.hint_recent
+    k = len(tgt_ticks)
+    h, w = data.view_rgb.shape[2:4]
+    ticks = torch.zeros(k, s_max, dtype=torch.long)
+    valid = torch.zeros(k, s_max, dtype=torch.bool)
+    for j, tick in enumerate(tgt_ticks):
+        src = hint_source_ticks(tick, memory_ticks[j], 0 if drop_recent else c.hint_recent)
+        ticks[j, :len(src)] = torch.tensor(src)
+        valid[j, :len(src)] = True
+    drop = (torch.rand(k, s_max, generator=gen) < augment.drop_source) & (ticks != 0)  # the start frame stays
+    empty = torch.rand(k, generator=gen) < augment.empty
+    valid &= ~drop & ~empty[:, None]
+    noise = torch.randn(k, 3, h, w, generator=gen) * (torch.rand(k, 1, 1, 1, generator=gen) * augment.noise_max)
+    return dict(hint_rgb=data.view_rgb[clip][ticks], hint_depth=data.view_depth[clip][ticks].float(),
+                hint_poses=data.poses[clip][ticks], hint_valid=valid, hint_target=data.poses[clip][tgt_ticks],
+                hint_noise=noise)
+
+
+HINT_KEYS = ("hint_rgb", "hint_depth", "hint_poses", "hint_valid", "hint_target", "hint_noise")
+
+
+@torch.no_grad()
+def attach_hints(batch: "TrainBatch", sources: dict[str, torch.Tensor], autoencoder: torch.nn.Module,
+                 config: WorldModelConfig) -> "TrainBatch":
+    """Build every target's hint (worldmodel.hint.build_hint, batched over B * K targets) and put it
+    into the joint batch: hint [B, G, C + 1, h, w], zeros for the clean frames."""
+    b, k = sources["hint_valid"].shape[:2]
+    flat = {key: v.flatten(0, 1) for key, v in sources.items()}
+    hint = build_hint(autoencoder, flat["hint_rgb"], flat["hint_depth"], flat["hint_poses"], flat["hint_valid"],
+                      flat["hint_target"], config.fov_deg, noise=flat["hint_noise"]).view(b, k, -1, *batch.target_x0.shape[-2:])
+    g = batch.joint.ticks.shape[1]
+    full = torch.zeros(b, g, *hint.shape[2:], dtype=hint.dtype, device=hint.device)
+    full[:, batch.target_index.to(full.device)] = hint
+    batch.joint.hint = full.to(batch.joint.latents.device)
+    return batch
 
 
 def collate(samples: list[dict[str, torch.Tensor]], tokenizer_len: int, targets: int) -> TrainBatch:
@@ -294,7 +373,8 @@ def collate(samples: list[dict[str, torch.Tensor]], tokenizer_len: int, targets:
                        text_ids=ids, text_mask=mask, mem_latents=st("mem_latents"), mem_poses=st("mem_poses"),
                        mem_owner=st("mem_owner"), mem_valid=st("mem_valid"))
     g = joint.ticks.shape[1]
-    return TrainBatch(joint, st("target_x0"), torch.arange(g - targets, g), st("target_noise"))
+    hint_src = {k: st(k) for k in HINT_KEYS} if "hint_rgb" in samples[0] else None
+    return TrainBatch(joint, st("target_x0"), torch.arange(g - targets, g), st("target_noise"), hint_src)
 
 
 def sample_batch(data: LatentData, config: WorldModelConfig, tokenizer: Tokenizer, batch: int,
@@ -407,7 +487,8 @@ def segment_start(data: LatentData, clip: int, targets: int, gen: torch.Generato
 
 def step_batch(data: LatentData, config: WorldModelConfig, tokenizer: Tokenizer, sampler: StepSampler, step: int,
                rank: int = 0, world_size: int = 1, caption_dropout: float = 0.0, revisit_focus: float = 0.0,
-               revisit_min_gap: int = 0, window_dropout: float = 0.0) -> TrainBatch:
+               revisit_min_gap: int = 0, window_dropout: float = 0.0,
+               hint_augment: HintAugment | None = None) -> TrainBatch:
     """This rank's part of step `step`'s global batch (all of it when world_size = 1).
 
     Concatenating the ranks' batches along B gives exactly the one-process batch: the same clips,
@@ -430,7 +511,7 @@ def step_batch(data: LatentData, config: WorldModelConfig, tokenizer: Tokenizer,
         tl = sample_target_levels(c, (k,), gen)
         cl = torch.rand(c.window_frames + k, generator=gen) * c.ctx_noise_max
         samples.append(build_sample(data, clips[s], start, c, torch.tensor(ids_all[s]), tl, cl, gen, k,
-                                    drop_window=drop))
+                                    drop_window=drop, hint_augment=hint_augment))
     return collate(samples, max_len, k)
 
 
@@ -478,7 +559,8 @@ def make_validation_set(data: LatentData, config: WorldModelConfig, clips: int, 
 
 @torch.no_grad()
 def teacher_forced_predictions(model: WorldModel, vset: ValidationSet, config: WorldModelConfig,
-                               device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                               device: torch.device, autoencoder: torch.nn.Module | None = None
+                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Generate each probe frame from its true context with the play sampler.
 
     -> (predicted latents [P, C, h, w], true latents [P, C, h, w], previous true latents [P, C, h, w]).
@@ -491,12 +573,15 @@ def teacher_forced_predictions(model: WorldModel, vset: ValidationSet, config: W
         ids = torch.tensor(tok.encode(vset.data.captions[clip]))
         levels = noise_levels(c.steps_for_frame(tick), c.schedule_shift)
         ctx = torch.full((c.window_frames + 1,), c.ctx_noise_play)
-        sample = build_sample(vset.data, clip, tick, c, ids, torch.ones(1), ctx, gen, 1)
+        sample = build_sample(vset.data, clip, tick, c, ids, torch.ones(1), ctx, gen, 1,
+                              hint_augment=HintAugment(0.0, 0.0, 0.0))
 
         def denoise(x_t: torch.Tensor, level: float, _step: int) -> torch.Tensor:
             sample["latents"][-1] = x_t[0]
             sample["noise"][-1] = level
             batch = collate([sample], ids.shape[0], 1).to(device)
+            if batch.hint_sources is not None:
+                attach_hints(batch, batch.hint_sources, autoencoder, c)
             return model.forward_joint(batch.joint)[0, -1:].float().cpu()
 
         x = sample_frames(denoise, torch.randn(sample["target_x0"].shape, generator=gen), levels)  # [1, C, h, w]
@@ -507,12 +592,13 @@ def teacher_forced_predictions(model: WorldModel, vset: ValidationSet, config: W
 
 
 @torch.no_grad()
-def rollout_predictions(model: WorldModel, vset: ValidationSet, device: torch.device
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Free rollouts with the play-time session: -> predicted and true latents [R, T, C, h, w]."""
+def rollout_predictions(model: WorldModel, vset: ValidationSet, device: torch.device,
+                        autoencoder: torch.nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Free rollouts with the play-time session (hint on for hint models): -> predicted and true
+    latents [R, T, C, h, w]."""
     from worldmodel.runtime import WorldModelSession
 
-    session = WorldModelSession(model, device=device, dtype=torch.float32, use_memory=True)
+    session = WorldModelSession(model, device=device, dtype=torch.float32, use_memory=True, autoencoder=autoencoder)
     preds, trues = [], []
     n = vset.rollout_ticks
     for clip in vset.rollout_clips:
@@ -531,8 +617,8 @@ def validate(model: WorldModel, autoencoder: torch.nn.Module | None, vset: Valid
 
     was_training = model.training
     model.eval()
-    pred, true, prev = teacher_forced_predictions(model, vset, config, device)
-    r_pred, r_true = rollout_predictions(model, vset, device)
+    pred, true, prev = teacher_forced_predictions(model, vset, config, device, autoencoder)
+    r_pred, r_true = rollout_predictions(model, vset, device, autoencoder)
     model.train(was_training)
     out = {"val_tf_latent_mse": float(F.mse_loss(pred, true)),
            "val_copy_latent_mse": float(F.mse_loss(prev, true)),
@@ -585,6 +671,12 @@ class TrainOptions:
     time it comes back, and the memory is what should win."""
     init_from: str = ""
     """Start a new run from this checkpoint's weights (fine-tuning; same config), not from random."""
+    hint_drop_source: float = 0.15
+    """Hint models: each hint source but the start frame is left out with this probability."""
+    hint_empty: float = 0.1
+    """Hint models: share of targets whose hint is empty (the model must still work with --hint off)."""
+    hint_noise: float = 0.03
+    """Hint models: the warped RGB gets Gaussian noise of std U[0, hint_noise] before it is encoded."""
     fsdp: bool = False
     """Shard parameters, gradients and optimizer state across the torchrun processes (FSDP2) instead
     of replicating the model in each (DDP): for models that do not fit one GPU. Needs torchrun."""
@@ -653,8 +745,9 @@ def _load_state(path: Path, config: WorldModelConfig) -> dict[str, Any]:
 def initial_weights(path: str | Path, config: WorldModelConfig) -> dict[str, torch.Tensor]:
     """Weights of the checkpoint at `path` for a model of `config` (fine-tuning). The configs must be
     equal, except for the training-only fields (`WorldModelConfig.TRAINING_ONLY_FIELDS`, e.g. a
-    fine-tune with stronger context noise) and that a 'pool' memory checkpoint may start a 'patch'
-    memory model: its memory projection is spread over the 4 positions of each 2x2 patch (weights / 4),
+    fine-tune with stronger context noise), that a hint-free checkpoint may start a hint model (its hint
+    layers start at zero, so it starts as the checkpoint), and that a 'pool' memory checkpoint may start
+    a 'patch' memory model: its memory projection is spread over the 4 positions of each 2x2 patch (weights / 4),
     which is exactly 2x2 average pooling, so the new model starts as the old one and can learn to use
     the detail."""
     from worldmodel.checkpoint import load_checkpoint, read_checkpoint_metadata
@@ -663,9 +756,16 @@ def initial_weights(path: str | Path, config: WorldModelConfig) -> dict[str, tor
     theirs = WorldModelConfig.from_json(read_checkpoint_metadata(path)["config"], source=str(path))
     convert = (theirs.use_memory and theirs.memory_compression == "pool" and config.memory_compression == "patch")
     expected = config.replace(memory_compression=theirs.memory_compression) if convert else config
+    add_hint = config.hint and not theirs.hint
+    if add_hint:
+        expected = expected.replace(hint=False, hint_recent=theirs.hint_recent)
     expected = expected.with_training_fields_of(theirs)
     model = load_checkpoint(path, expected_config=expected)[0]
     state = model.state_dict()
+    if add_hint:  # the hint layers start at zero (WorldModel's init): the new model starts as the old one
+        with torch.random.fork_rng(devices=[]):
+            fresh = WorldModel(config).state_dict()
+        state.update({k: v for k, v in fresh.items() if k.startswith(("hint_in.", "hint_out."))})
     if convert:
         factor = 4  # positions of a 2x2 patch; pixel_unshuffle orders features as channel * 4 + position
         state["mem_in.weight"] = state["mem_in.weight"].repeat_interleave(factor, dim=1) / factor
@@ -777,6 +877,12 @@ def _train(ctx: DistContext, latents_path: str | Path | list[str | Path], out_di
                                {"params": no_decay, "weight_decay": 0.0}], lr=opts.lr, betas=(0.9, 0.99))
     sampler = StepSampler(data.clips, opts.batch, opts.seed)
     tokenizer = Tokenizer(config.vocab, config.max_text_tokens)
+    hint_augment = HintAugment(opts.hint_drop_source, opts.hint_empty, opts.hint_noise)
+    if config.hint and not autoencoder.has_depth:
+        raise UserError(f"{autoencoder_path}: a hint model (hint=true) needs an autoencoder with a depth head "
+                        f"(worldmodel train --stage depth)")
+    # every rank encodes its own targets' hints (the main rank's autoencoder may sit on the GPU)
+    hint_encoder = autoencoder if main else load_autoencoder(autoencoder_path).to(dev).eval()
     step = 0
     state_path = out / TRAIN_STATE
     log_path = out / LOG_FILE
@@ -852,7 +958,9 @@ def _train(ctx: DistContext, latents_path: str | Path | list[str | Path], out_di
     while step < end:
         batch = step_batch(data, config, tokenizer, sampler, step, ctx.rank, ctx.world_size,
                            opts.caption_dropout, opts.revisit_focus, opts.revisit_min_gap,
-                           opts.window_dropout).to(dev)
+                           opts.window_dropout, hint_augment).to(dev)
+        if batch.hint_sources is not None:
+            attach_hints(batch, batch.hint_sources, hint_encoder, config)
         lr = learning_rate(step, opts)
         for group in optim.param_groups:
             group["lr"] = lr

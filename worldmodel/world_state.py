@@ -25,6 +25,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
+from worldmodel.depth import check_depth
 from worldmodel.errors import UserError
 
 WORLD_FORMAT = "worldmodel.world"
@@ -51,6 +52,8 @@ def _session_tensors(session) -> dict[str, torch.Tensor]:
         p = session._pending
         t.update({"pending.latent": p.latent, "pending.action": p.action, "pending.pose": p.pose,
                   "pending.tick": torch.tensor([p.tick], dtype=torch.long)})
+    for tick, view in session.views.items():  # hint models: the views the next hints reproject
+        t.update({f"view.{tick}.rgb": view.rgb, f"view.{tick}.depth": view.depth, f"view.{tick}.pose": view.pose})
     return {k: v.detach().cpu().clone().contiguous() for k, v in t.items()}  # clone: no shared storage
 
 
@@ -116,7 +119,7 @@ def load_world(source, directory: str | Path) -> dict[str, Any]:
     the whole generator state).
     """
     from memory.store import MemoryStore
-    from worldmodel.runtime import _Pending, memory_payload_shape
+    from worldmodel.runtime import FrameView, _Pending, memory_payload_shape
 
     directory = Path(directory)
     session = source.session
@@ -155,6 +158,15 @@ def load_world(source, directory: str | Path) -> dict[str, Any]:
     if "pending.latent" in t:
         session._pending = _Pending(t["pending.latent"], t["pending.action"], t["pending.pose"],
                                     int(t["pending.tick"][0]))
+    session.views = {}
+    for name in t:
+        if name.startswith("view.") and name.endswith(".rgb"):
+            tick = int(name.split(".")[1])
+            depth = check_depth(t[f"view.{tick}.depth"].float(), f"{path} (view {tick})")
+            session.views[tick] = FrameView(t[name], depth, t[f"view.{tick}.pose"].float())
+    if session.config.hint and 0 not in session.views:
+        raise UserError(f"{path}: saved without the views the geometric hint reprojects (a world saved "
+                        f"before the hint, or by another model); resume it with the checkpoint that made it")
     session.set_memory(store)
     cache.memory_ids = None
     history = meta.get("pose_history")

@@ -1,0 +1,158 @@
+"""The geometric hint: one source rule and one builder for training and play (worldmodel.hint)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from wm_helpers import randomized_model
+from worldmodel.autoencoder import Autoencoder, AutoencoderConfig
+from worldmodel.config import tiny_config
+from worldmodel.errors import UserError
+from worldmodel.hint import HintAugment, build_hint, hint_source_ticks
+from worldmodel.runtime import WorldModelSession, pack_memory_payload, unpack_memory_payload
+
+
+def _ae_with_depth() -> Autoencoder:
+    torch.manual_seed(0)
+    cfg = AutoencoderConfig(resolution=64, latent_channels=16, stem_factor=2, encoder_widths=(8, 8, 8),
+                            encoder_blocks=1, decoder_widths=(8, 8, 8), decoder_blocks=1, norm_groups=4,
+                            depth_widths=(8, 8, 8))
+    ae = Autoencoder(cfg).eval()
+    with torch.no_grad():  # depth around a few metres, a little sky
+        ae.depth_decoder.head.conv.bias.add_(1.2)
+    return ae
+
+
+def test_source_order():
+    assert hint_source_ticks(1, [], 2) == [0]
+    assert hint_source_ticks(10, [3, 1], 2) == [9, 8, 3, 1, 0]
+    assert hint_source_ticks(2, [], 3) == [1, 0]
+
+
+@pytest.fixture(scope="module")
+def latent_cache(tmp_path_factory):
+    from tools.dataset import write_dataset
+    from worldmodel.data import encode_dataset
+
+    root = tmp_path_factory.mktemp("hint")
+    write_dataset(root / "ds", worlds=1, clips_per_world=1, ticks=40, policy="retrace", progress=False)
+    ae = _ae_with_depth()
+    path = encode_dataset(ae, root / "ds", root / "views.safetensors", batch=16, progress=False)
+    return path, ae
+
+
+def test_training_hint_equals_play_hint(latent_cache):
+    """The hint a training batch builds for a clip's frame is the one a play session builds when it is
+    fed the same frames (teacher forcing) and poses: same sources, same views, same function."""
+    from worldmodel.train import hint_sources, load_latents, select_training_memory
+
+    path, ae = latent_cache
+    config = tiny_config(hint=True, window_frames=3, memory_entries=2, hint_recent=2)
+    data = load_latents(path, config)
+    assert data.view_rgb is not None
+    model = randomized_model(config)
+    session = WorldModelSession(model, autoencoder=ae)
+    session.reset(data.latents[0, 0].float(), data.poses[0, 0], data.captions[0], seed=0)
+    kept = data.memory_candidates(0, config)
+    compared_with_memory = 0
+    for t in range(1, data.ticks):
+        pose = data.poses[0, t]
+        session._prepare_memory(pose, t)
+        play = session.build_hint(pose, t)
+        memory = select_training_memory(data.poses[0], t, config, kept)
+        src = hint_sources(data, 0, [t], [memory], config, torch.Generator().manual_seed(0), HintAugment(0, 0, 0))
+        train = build_hint(ae, src["hint_rgb"], src["hint_depth"], src["hint_poses"], src["hint_valid"],
+                           src["hint_target"], config.fov_deg)[0]
+        assert len(session._memory_views) == len(memory), f"tick {t}: play retrieved other memory"
+        compared_with_memory += bool(memory)
+        assert torch.allclose(play, train, atol=1e-3), f"tick {t}: max diff {float((play - train).abs().max())}"
+        session.step(data.actions[0, t], pose, observed=data.latents[0, t].float())
+    assert compared_with_memory > 5
+
+
+def test_hint_model_needs_a_depth_head_and_payloads_round_trip():
+    config = tiny_config(hint=True)
+    model = randomized_model(config)
+    from wm_helpers import tiny_autoencoder
+
+    with pytest.raises(UserError, match="depth head"):
+        WorldModelSession(model, autoencoder=tiny_autoencoder())
+    ae = _ae_with_depth()
+    session = WorldModelSession(model, autoencoder=ae)
+    latent = torch.randn(16, 8, 8).to(torch.bfloat16).float()
+    view = session.frame_view(latent, torch.tensor([1.0, 1.6, 2.0, 0.3, 0.0]))
+    payload = pack_memory_payload(latent, view, config)
+    back, back_view = unpack_memory_payload(payload, config, view.pose)
+    assert torch.equal(back, latent)
+    assert torch.equal(back_view.rgb, view.rgb)
+    assert torch.equal(back_view.depth, view.depth.half().float())
+
+
+def test_hint_changes_generation_and_off_is_the_empty_hint():
+    config = tiny_config(hint=True)
+    model = randomized_model(config)
+    ae = _ae_with_depth()
+    start = torch.randn(16, 8, 8)
+    pose0 = torch.tensor([0.0, 1.6, 0.0, 0.0, 0.0])
+    frames = {}
+    for use_hint in (True, False):
+        s = WorldModelSession(model, autoencoder=ae, use_hint=use_hint)
+        s.reset(start, pose0, "a walled courtyard", seed=3)
+        frames[use_hint] = torch.stack([s.step([0.1, 0, 0, 0.05, 0]) for _ in range(3)])
+    assert not torch.allclose(frames[True], frames[False])
+
+
+def test_hint_on_for_a_checkpoint_without_it_is_refused_clearly(tmp_path):
+    from worldmodel.checkpoint import save_checkpoint
+    from worldmodel.runtime import ModelFrameSource
+    from wm_helpers import tiny_autoencoder
+
+    path = save_checkpoint(tmp_path / "plain.safetensors", randomized_model(tiny_config()), tiny_autoencoder())
+    with pytest.raises(UserError, match="--hint on needs a checkpoint trained with the geometric hint"):
+        ModelFrameSource(path, hint=True)
+    assert ModelFrameSource(path).hint is False
+
+
+def test_a_data_set_with_bad_depth_names_the_file(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from tools.dataset import write_dataset
+    from worldmodel.data import ClipDataset
+
+    write_dataset(tmp_path / "ds", worlds=1, clips_per_world=1, ticks=4, progress=False)
+    shard = tmp_path / "ds" / "shard-00000.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(str(shard), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(shard))
+    tensors["depth"][0, 2, 5, 5] = float("nan")
+    save_file(tensors, str(shard), metadata=meta)
+    ds = ClipDataset(tmp_path / "ds")
+    with pytest.raises(UserError, match=r"shard-00000.safetensors clip 0: depth has 1 NaN"):
+        ds[0]
+    with pytest.raises(UserError, match=r"shard-00000.safetensors clip 0 tick 2: depth has 1 NaN"):
+        ds.frame_depth(0, 2)
+
+
+def test_closed_loop_cache_holds_own_rollouts_and_the_truth(latent_cache, tmp_path):
+    """The rollouts stage writes the play session's own frames as context and the truth as targets,
+    and a training sample built from it takes its targets from the truth."""
+    from worldmodel.checkpoint import save_checkpoint
+    from worldmodel.closed_loop import write_rollout_cache
+    from worldmodel.train import build_sample, load_latents
+
+    path, ae = latent_cache
+    config = tiny_config(hint=True, window_frames=3, memory_entries=2)
+    ckpt = save_checkpoint(tmp_path / "hint.safetensors", randomized_model(config), ae)
+    out = write_rollout_cache(ckpt, [path], tmp_path / "roll.safetensors", clips=1, ticks=12)
+    truth = load_latents(path, config)
+    roll = load_latents(out, config)
+    assert roll.ticks == 13 and roll.target_latents is not None
+    assert torch.equal(roll.target_latents[0], truth.latents[0, :13])
+    assert torch.equal(roll.latents[0, 0], truth.latents[0, 0])  # play starts from the true frame
+    assert not torch.equal(roll.latents[0, 1:], truth.latents[0, 1:13])  # then feeds on its own frames
+    sample = build_sample(roll, 0, 6, config, torch.tensor([2, 3]), torch.full((2,), 0.5),
+                          torch.zeros(config.window_frames + 2), torch.Generator().manual_seed(0), 2)
+    assert torch.equal(sample["target_x0"], truth.latents[0, 6:8].float())
