@@ -156,3 +156,24 @@ def test_closed_loop_cache_holds_own_rollouts_and_the_truth(latent_cache, tmp_pa
     sample = build_sample(roll, 0, 6, config, torch.tensor([2, 3]), torch.full((2,), 0.5),
                           torch.zeros(config.window_frames + 2), torch.Generator().manual_seed(0), 2)
     assert torch.equal(sample["target_x0"], truth.latents[0, 6:8].float())
+
+
+def test_strip_tool_writes_truth_hint_on_and_off_rows_and_an_image_depth_strip(tmp_path):
+    import argparse
+
+    from PIL import Image
+
+    from tools.strip import CELL_SCALE, GAP, run
+    from worldmodel.checkpoint import save_checkpoint
+
+    ckpt = save_checkpoint(tmp_path / "hint.safetensors", randomized_model(tiny_config(hint=True)), _ae_with_depth())
+    args = argparse.Namespace(out=tmp_path / "s.png", checkpoint=ckpt, ticks="0,3", image=None, prompt="a yard",
+                              threads=None)
+    assert run(args) == 0
+    side = 64 * CELL_SCALE
+    assert Image.open(args.out).size == (2 * side + GAP, 3 * side + 2 * GAP)
+    picture = tmp_path / "photo.png"
+    Image.fromarray((torch.rand(80, 100, 3) * 255).to(torch.uint8).numpy()).save(picture)
+    args.image, args.out = picture, tmp_path / "img.png"
+    assert run(args) == 0
+    assert Image.open(args.out).size == (2 * side + GAP, 2 * side + GAP)

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "average": ("tools.average", "average fine-tuned checkpoints' weights into a new checkpoint"),
     "eval": ("tools.eval", "score the model against the procedural ground truth"),
     "bench": ("tools.bench", "benchmark the oracle renderer and the play loop"),
+    "strip": ("tools.strip", "a picture strip of a rollout (truth / hint on / hint off, or a picture's depth)"),
 }
 
 

@@ -22,6 +22,7 @@ Forward splatting with a z-buffer, vectorised over batch and sources:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -46,6 +47,21 @@ SKY_BIN = (1 << DEPTH_BITS) - 1
 """Depth bin of sky points: behind every surface."""
 MAX_SOURCES = 1 << SOURCE_BITS
 NO_KEY = torch.iinfo(torch.int64).max
+_OFFSETS = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 1.0, 0.0, 1.0]])[..., None]
+"""(row, col) offsets [2, 4, 1] of the 2x2 pixel centres around floor(projected position)."""
+
+
+@functools.lru_cache(maxsize=16)
+def _grids(b: int, k: int, h: int, w: int, fov_deg: float, device: str
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The shape-only tensors of a call, made once per shape (play calls with one shape every tick):
+    unit pixel directions and depth-1 rays [1, 1, HW, 3], point ids [1, K, HW], each point's image
+    offset in the flat z-buffer [B*K*HW]."""
+    dirs = pixel_directions(h, w, fov_deg).to(device).reshape(1, 1, h * w, 3)
+    rays = dirs / (-dirs[..., 2:3])  # camera-space point at depth 1 (z = -1)
+    point = (torch.arange(k, device=device).view(1, k, 1) << POINT_BITS) + torch.arange(h * w, device=device)
+    image_base = (torch.arange(b, device=device) * (h * w)).view(b, 1, 1).expand(b, k, h * w).reshape(-1)
+    return dirs, rays, point, image_base
 
 
 @dataclass
@@ -82,52 +98,48 @@ def reproject(rgb: torch.Tensor, depth: torch.Tensor, poses: torch.Tensor, targe
     if valid is None:
         valid = torch.ones(b, k, dtype=torch.bool, device=dev)
     focal = 0.5 * w / math.tan(math.radians(fov_deg) / 2)
-    dirs = pixel_directions(h, w, fov_deg).to(dev)  # [H, W, 3], unit
-    rays = dirs / (-dirs[..., 2:3])  # [H, W, 3]: camera-space point at depth 1 (z = -1)
+    dirs, rays, point, image_base = _grids(b, k, h, w, fov_deg, str(dev))
     sky = (depth <= SKY_DEPTH).reshape(b, k, h * w)  # [B, K, HW]
     # camera-space points (w = 1) of geometry, directions (w = 0) of the sky
-    pts = torch.where(sky[..., None], dirs.reshape(1, 1, h * w, 3),
-                      rays.reshape(1, 1, h * w, 3) * depth.reshape(b, k, h * w, 1))  # [B, K, HW, 3]
+    pts = torch.where(sky[..., None], dirs, rays * depth.reshape(b, k, h * w, 1))  # [B, K, HW, 3]
     rel = world_to_camera(target.float())[:, None] @ camera_to_world(poses.float())  # [B, K, 4, 4]
     p = pts @ rel[..., :3, :3].transpose(-1, -2)  # [B, K, HW, 3]
-    p += torch.where(sky[..., None], 0.0, rel[..., None, :3, 3])
+    p += rel[..., None, :3, 3].expand_as(p).masked_fill(sky[..., None], 0.0)
     x, y, z = p.unbind(-1)
     z = -z  # [B, K, HW]: depth in the target camera (or the direction's forward part)
     ok = valid[:, :, None] & torch.where(sky, z > 1e-6, z > NEAR_PLANE)
-    zs = torch.where(ok, z, 1.0)
+    zs = z.masked_fill(~ok, 1.0)
     col = (focal / zs) * x + (w / 2 - 0.5)
     row = (-focal / zs) * y + (h / 2 - 0.5)
-    depth_bin = torch.where(
-        sky, float(SKY_BIN),
-        (torch.log(zs.clamp(min=DEPTH_BIN_ORIGIN) / DEPTH_BIN_ORIGIN) * (1.0 / math.log1p(DEPTH_TOLERANCE)))
-        .floor_().clamp_(0, SKY_BIN - 1)).long()
-    point = (torch.arange(k, device=dev).view(1, k, 1) << POINT_BITS) + torch.arange(h * w, device=dev)
+    depth_bin = ((zs.clamp(min=DEPTH_BIN_ORIGIN) * (1.0 / DEPTH_BIN_ORIGIN)).log_()
+                 .mul_(1.0 / math.log1p(DEPTH_TOLERANCE)).floor_().clamp_(0, SKY_BIN - 1)
+                 .masked_fill_(sky, float(SKY_BIN)).long())
     per_point = (depth_bin << (DIST_BITS + SOURCE_BITS + POINT_BITS)) | point  # [B, K, HW]
-    per_point = torch.where(ok, per_point, NO_KEY).reshape(-1)
+    per_point = per_point.masked_fill_(~ok, NO_KEY).reshape(-1)
     row0, col0 = row.floor().reshape(-1), col.floor().reshape(-1)
     frow, fcol = row.reshape(-1) - row0, col.reshape(-1) - col0
-    image_base = (torch.arange(b, device=dev) * (h * w)).view(b, 1, 1).expand(b, k, h * w).reshape(-1)
     best = torch.full((b * h * w,), NO_KEY, dtype=torch.int64, device=dev)
     dist_scale = ((1 << DIST_BITS) - 1) / SPLAT_RADIUS ** 2
-    # each point covers the pixel centres within SPLAT_RADIUS among the 4 around it; candidates that
-    # cover nothing carry the neutral key (no boolean indexing: it costs more than the whole splat)
-    for dr, dc in ((0, 0), (0, 1), (1, 0), (1, 1)):
-        r, c = row0 + dr, col0 + dc
-        d2 = (frow - dr) ** 2 + (fcol - dc) ** 2
-        inside = (d2 < SPLAT_RADIUS ** 2) & (r >= 0) & (r < h) & (c >= 0) & (c < w)
-        key = per_point | ((d2 * dist_scale).long() << (SOURCE_BITS + POINT_BITS))
-        key = torch.where(inside, key, NO_KEY)
-        flat = (r * w + c).clamp_(0, h * w - 1).long() + image_base
-        best.scatter_reduce_(0, flat, key, reduce="amin", include_self=True)
+    # each point covers the pixel centres within SPLAT_RADIUS among the 4 around it (one [4, N] pass);
+    # candidates that cover nothing carry the neutral key (no boolean indexing: it costs more than the
+    # whole splat)
+    dr, dc = _OFFSETS[0].to(dev), _OFFSETS[1].to(dev)  # [4, 1]
+    r, c = row0 + dr, col0 + dc  # [4, N]
+    d2 = (frow - dr).square_() + (fcol - dc).square_()
+    inside = (d2 < SPLAT_RADIUS ** 2) & (r >= 0) & (r < h) & (c >= 0) & (c < w)
+    key = (d2 * dist_scale).long().bitwise_left_shift_(SOURCE_BITS + POINT_BITS).bitwise_or_(per_point)
+    key.masked_fill_(~inside, NO_KEY)
+    flat = (r * w + c).clamp_(0, h * w - 1).long() + image_base
+    best.scatter_reduce_(0, flat.reshape(-1), key.reshape(-1), reduce="amin", include_self=True)
     best = best.view(b, h * w)
     covered = best != NO_KEY
-    winner = torch.where(covered, best & ((1 << (SOURCE_BITS + POINT_BITS)) - 1), 0)
+    winner = (best & ((1 << (SOURCE_BITS + POINT_BITS)) - 1)).masked_fill_(~covered, 0)
     # gather the winners' colour and target depth: index into [B, K*H*W]
     colours = rgb.permute(0, 2, 1, 3, 4).reshape(b, 3, k * h * w)
     pix_src = (winner >> POINT_BITS) * (h * w) + (winner & ((1 << POINT_BITS) - 1))  # [B, HW]
     out_rgb = colours.gather(2, pix_src[:, None, :].expand(b, 3, -1)) * covered[:, None, :]
-    z_flat = torch.where(sky, SKY_DEPTH, z).reshape(b, k * h * w)
-    out_depth = torch.where(covered, z_flat.gather(1, pix_src), SKY_DEPTH)
-    source = torch.where(covered, winner >> POINT_BITS, -1)
+    z_flat = z.masked_fill(sky, SKY_DEPTH).reshape(b, k * h * w)
+    out_depth = z_flat.gather(1, pix_src).masked_fill_(~covered, SKY_DEPTH)
+    source = (winner >> POINT_BITS).masked_fill_(~covered, -1)
     return Reprojection(out_rgb.view(b, 3, h, w), covered.view(b, 1, h, w).float(), out_depth.view(b, h, w),
                         source.view(b, h, w))
