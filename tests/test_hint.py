@@ -177,3 +177,22 @@ def test_strip_tool_writes_truth_hint_on_and_off_rows_and_an_image_depth_strip(t
     args.image, args.out = picture, tmp_path / "img.png"
     assert run(args) == 0
     assert Image.open(args.out).size == (2 * side + GAP, 2 * side + GAP)
+
+
+def test_composite_shows_the_reprojected_pixels_where_the_hint_covers():
+    config = tiny_config(hint=True, hint_composite=1.0)
+    model = randomized_model(config)
+    ae = _ae_with_depth()
+    s = WorldModelSession(model, autoencoder=ae)
+    assert s.composite == 1.0
+    s.reset(torch.randn(16, 8, 8), torch.tensor([0.0, 1.6, 0.0, 0.0, 0.0]), "a walled courtyard", seed=3)
+    s.step([0.05, 0, 0, 0.02, 0])
+    warp = s._last_warp
+    covered = warp.coverage[0, 0] > 0
+    assert float(covered.float().mean()) > 0.3
+    shown = s.views[1].rgb.float()
+    expected = (warp.rgb[0].permute(1, 2, 0) * 255).round()
+    assert torch.equal(shown[covered], expected[covered])
+    decoded = ae.decode_uint8(s.last_latent.to(torch.bfloat16).float()[None])[0].float()
+    assert torch.equal(shown[~covered], decoded[~covered])
+    assert WorldModelSession(model, autoencoder=ae, use_hint=False).composite == 0.0

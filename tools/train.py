@@ -164,10 +164,12 @@ def _run_latents(args: argparse.Namespace) -> int:
 
 def _run_rollouts(args: argparse.Namespace) -> int:
     from worldmodel.closed_loop import write_rollout_cache
+    from worldmodel.config import WorldModelConfig
 
     if args.checkpoint is None:
         raise UserError("train --stage rollouts: --checkpoint PATH (the model to roll out) is required")
-    write_rollout_cache(args.checkpoint, list(args.data), args.out, args.clips, args.ticks, args.seed)
+    composite = _parse_overrides(args.set, WorldModelConfig, "--set").get("hint_composite") if args.set else None
+    write_rollout_cache(args.checkpoint, list(args.data), args.out, args.clips, args.ticks, args.seed, composite)
     return 0
 
 

@@ -32,7 +32,7 @@ from worldmodel.train import LatentData, load_latents
 
 @torch.no_grad()
 def generate_rollouts(checkpoint: str | Path, data: LatentData, clips: list[int], ticks: int,
-                      seed: int = 0) -> dict[str, torch.Tensor]:
+                      seed: int = 0, composite: float | None = None) -> dict[str, torch.Tensor]:
     """Roll the checkpoint's play session along `clips` of `data` for `ticks` ticks each.
 
     -> tensors of a latent cache: latents [N, ticks + 1, C, h, w] (generated; tick 0 the true start),
@@ -41,6 +41,8 @@ def generate_rollouts(checkpoint: str | Path, data: LatentData, clips: list[int]
 
     source = ModelFrameSource(checkpoint)
     session = source.session
+    if composite is not None:  # play with another compositing weight than the checkpoint's
+        session.composite = float(composite)
     if not session.config.hint:
         raise UserError(f"{checkpoint}: closed-loop rollouts are for hint models (hint=true)")
     if ticks < 2 or ticks + 1 > data.ticks:
@@ -57,12 +59,12 @@ def generate_rollouts(checkpoint: str | Path, data: LatentData, clips: list[int]
     bar = ProgressBar(n * ticks, "rollouts")
     for i, clip in enumerate(clips):
         session.reset(data.latents[clip, 0].float(), data.poses[clip, 0], data.captions[clip], seed=seed + clip)
-        frames = [session.last_latent]
+        frames, views = [session.last_latent], [session.views[0]]
         for k in range(1, t):
             frames.append(session.step(data.actions[clip, k], data.poses[clip, k]))
+            views.append(session.views[k])  # the frame's view as play keeps it (composited, if so)
             bar.update(1)
-        for k, latent in enumerate(frames):
-            view = session.frame_view(latent, data.poses[clip, k])
+        for k, (latent, view) in enumerate(zip(frames, views)):
             out["latents"][i, k] = latent.to(LATENT_DTYPE)
             out["view_rgb"][i, k] = view.rgb
             out["view_depth"][i, k] = view.depth.to(VIEW_DEPTH_DTYPE)
@@ -71,7 +73,7 @@ def generate_rollouts(checkpoint: str | Path, data: LatentData, clips: list[int]
 
 
 def write_rollout_cache(checkpoint: str | Path, latents_path: list[str | Path], out: str | Path, clips: int,
-                        ticks: int, seed: int = 0) -> Path:
+                        ticks: int, seed: int = 0, composite: float | None = None) -> Path:
     """Generate rollouts of `clips` clips (spread evenly over the caches' clips) and write the cache."""
     from worldmodel.checkpoint import load_checkpoint, read_checkpoint_metadata
 
@@ -80,7 +82,7 @@ def write_rollout_cache(checkpoint: str | Path, latents_path: list[str | Path], 
     if clips < 1:
         raise UserError("rollouts: --clips must be >= 1")
     chosen = torch.linspace(0, data.clips - 1, min(clips, data.clips)).round().long().unique().tolist()
-    tensors = generate_rollouts(checkpoint, data, chosen, ticks, seed)
+    tensors = generate_rollouts(checkpoint, data, chosen, ticks, seed, composite)
     captions = [data.captions[c] for c in chosen]
     meta_ckpt = read_checkpoint_metadata(checkpoint)
     ae_sha = json.loads(meta_ckpt.get("train", "{}")).get("autoencoder_sha256", data.autoencoder_sha256 or "")

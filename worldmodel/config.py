@@ -96,6 +96,11 @@ class WorldModelConfig:
     False: the pure KV-cache model (RELIC-style) of checkpoints from before the hint."""
     hint_recent: int = 2
     """Previous frames reprojected into the hint (besides the start frame and the memory entries)."""
+    hint_composite: float = 0.0
+    """Play: weight of the reprojected pixels in each generated frame where the hint covers them (the
+    model's decoded frame takes the rest); 0 shows the decoded frame only. Reprojected pixels keep
+    the sources' detail, which a trip through the 8x8 latent loses; at 1 the repeated nearest-pixel
+    resampling turns into noise (docs/model_card.md measures the choice)."""
 
     # --- diffusion / sampling ---
     ctx_noise_max: float = 0.1
@@ -120,9 +125,9 @@ class WorldModelConfig:
     """Probability that a target's noise level is one the sampler actually visits (e.g. t = 1)."""
 
     TRAINING_ONLY_FIELDS = ("ctx_noise_max", "target_frames", "time_sampling", "logit_normal_mean",
-                            "logit_normal_std", "schedule_time_prob")
-    """Fields that shape only the training objective (no weight, no play-time behaviour depends on
-    them), so a fine-tune may change them from the checkpoint it starts from."""
+                            "logit_normal_std", "schedule_time_prob", "hint_composite")
+    """Fields no weight depends on (the training objective, and the play-time compositing), so a
+    fine-tune may change them from the checkpoint it starts from."""
 
     def __post_init__(self) -> None:
         if isinstance(self.action_scale, list):
@@ -185,6 +190,8 @@ class WorldModelConfig:
             problems.append("sample_steps and warmup_steps must be >= 1")
         if self.hint_recent < 0:
             problems.append("hint_recent must be >= 0")
+        if not 0.0 <= self.hint_composite <= 1.0:
+            problems.append("hint_composite must be in [0, 1]")
         if self.window_frames < 1 or self.target_frames < 1:
             problems.append("window_frames and target_frames must be >= 1")
         if not self.vocab or self.vocab[:2] != ["<pad>", "<unk>"]:

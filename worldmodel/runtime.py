@@ -31,7 +31,8 @@ from worldmodel.camera import ACTION_DIM, CameraPose
 from worldmodel.config import DEFAULT_PRECISION, PRECISION_NAMES, WorldModelConfig
 from worldmodel.data import LATENT_DTYPE, RGB_CHANNELS, VIEW_DEPTH_DTYPE
 from worldmodel.errors import UserError
-from worldmodel.hint import build_hint, empty_hint, hint_recent_ticks
+from worldmodel.hint import encode_hint, hint_recent_ticks
+from worldmodel.reproject import Reprojection, reproject
 from worldmodel.kv_cache import KVCache
 from worldmodel.model import ROLE_CURRENT, ROLE_SINK, ROLE_WINDOW, WorldModel
 from worldmodel.sampler import add_noise, ddim_step, noise_levels
@@ -162,7 +163,8 @@ class WorldModelSession:
 
     def __init__(self, model: WorldModel, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                  use_memory: bool = True, defer_commit: bool = True, sample_steps: int | None = None,
-                 autoencoder: torch.nn.Module | None = None, use_hint: bool = True) -> None:
+                 autoencoder: torch.nn.Module | None = None, use_hint: bool = True,
+                 composite: float | None = None) -> None:
         self.model = model.eval().to(device=device, dtype=dtype)
         self.config = model.config
         self.device = torch.device(device)
@@ -176,6 +178,10 @@ class WorldModelSession:
         self.autoencoder = autoencoder
         self.use_hint = bool(use_hint and self.config.hint)
         """Build the geometric hint each tick (False: empty hints, the --hint off baseline)."""
+        self.composite = (self.config.hint_composite if composite is None else float(composite)) if self.use_hint else 0.0
+        """Weight of the reprojected pixels in the frame shown (and kept as its view) where the hint
+        covers; the model's decoded frame elsewhere and for the rest (0 = the decoded frame only)."""
+        self._last_warp: Reprojection | None = None
         self.cache = KVCache(self.config, batch=1, device=self.device, dtype=dtype)
         self.tokenizer = Tokenizer(self.config.vocab, self.config.max_text_tokens)
         self.memory = make_memory_store(self.config) if self.config.use_memory else None
@@ -221,14 +227,20 @@ class WorldModelSession:
         return out[0].float().cpu()
 
     @torch.no_grad()
-    def frame_view(self, latent: torch.Tensor, pose: torch.Tensor) -> FrameView | None:
+    def frame_view(self, latent: torch.Tensor, pose: torch.Tensor, warp: Reprojection | None = None
+                   ) -> FrameView | None:
         """The view of a frame (hint models; None otherwise): decoded from its bf16-rounded latent, as
-        the training views are (worldmodel.data.encode_dataset)."""
+        the training views are (worldmodel.data.encode_dataset); with `warp` (compositing), the
+        reprojected pixels wherever it covers."""
         if not self.config.hint:
             return None
         ae = self.autoencoder
         z = latent.to(LATENT_DTYPE).float()[None].to(ae.latent_mean.device)
         rgb = ae.decode_uint8(z)[0].cpu()
+        if warp is not None:
+            weight = warp.coverage[0, 0, :, :, None] * self.composite  # [H, W, 1]
+            mixed = warp.rgb[0].permute(1, 2, 0) * 255 * weight + rgb.float() * (1 - weight)
+            rgb = mixed.round().clamp(0, 255).to(torch.uint8)
         depth = ae.decode_depth(z)[0].to(VIEW_DEPTH_DTYPE).float().cpu()
         return FrameView(rgb, depth, pose.clone())
 
@@ -258,7 +270,9 @@ class WorldModelSession:
         valid = torch.zeros(1, s_max, dtype=torch.bool)
         for i, v in enumerate(sources):
             rgb[0, i], depth[0, i], poses[0, i], valid[0, i] = v.rgb, v.depth, v.pose, True
-        return build_hint(self.autoencoder, rgb, depth, poses, valid, pose[None].float(), c.fov_deg)[0].cpu()
+        warp = reproject(rgb, depth, poses, pose[None].float(), valid, c.fov_deg)
+        self._last_warp = warp
+        return encode_hint(self.autoencoder, warp)[0].cpu()
 
     def _commit_noised(self, latent: torch.Tensor) -> torch.Tensor:
         """A clean latent as it enters the cache: noised to ctx_noise_play (as training did)."""
@@ -361,15 +375,15 @@ class WorldModelSession:
             self._pending = new
         else:
             self._commit_now(new)
-        self._keep_frame(x, pose, tick)
+        self._keep_frame(x, pose, tick, generated=False)
         self.tick, self.pose, self.last_latent = tick, pose, x
         return x
 
-    def _keep_frame(self, x: torch.Tensor, pose: torch.Tensor, tick: int) -> None:
+    def _keep_frame(self, x: torch.Tensor, pose: torch.Tensor, tick: int, generated: bool = True) -> None:
         """A new frame's latent x [C, h, w] enters the memory store (and, for hint models, its view the
         recent views)."""
         t0 = time.perf_counter()
-        view = self.frame_view(x, pose)
+        view = self.frame_view(x, pose, self._last_warp if (self.composite > 0 and generated) else None)
         if view is not None:
             self.timing.decode_ms = (time.perf_counter() - t0) * 1e3
         self._remember_view(tick, view)
