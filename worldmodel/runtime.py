@@ -282,9 +282,12 @@ class WorldModelSession:
     # --- API ---
     @torch.no_grad()
     def reset(self, start_latent: torch.Tensor, start_pose: CameraPose | Sequence[float] | torch.Tensor,
-              prompt: str, seed: int) -> torch.Tensor:
+              prompt: str, seed: int, start_image: torch.Tensor | None = None) -> torch.Tensor:
         """Start a session: start_latent [C, h, w] (normalised AE latent) becomes the sink frame (tick 0).
 
+        `start_image` (uint8 [H, W, 3] at the model resolution, the picture the latent encodes) is the
+        start frame's view for the hint when compositing: its pixels are sharper than any decoded
+        latent (without it, or without compositing, the view is the decoded latent, as in training).
         Returns the start latent. Clears cache, memory and the pending frame; reseeds the generators.
         """
         c = self.config
@@ -304,7 +307,11 @@ class WorldModelSession:
         self._run(self._commit_noised(start)[None], [c.ctx_noise_play], torch.zeros(1, ACTION_DIM),
                   self.pose[None], [0], [ROLE_SINK])
         self.last_latent = start
-        self._remember_view(0, self.frame_view(start, self.pose))
+        view = self.frame_view(start, self.pose)
+        if view is not None and start_image is not None and self.composite > 0:
+            view = FrameView(torch.as_tensor(start_image, dtype=torch.uint8).reshape(view.rgb.shape), view.depth,
+                             view.pose)
+        self._remember_view(0, view)
         return start
 
     @torch.no_grad()
@@ -522,7 +529,7 @@ class ModelFrameSource:
     def reset(self, scene, start_pose: CameraPose, prompt: str, seed: int) -> np.ndarray:
         """Encode the scene's start image (resized to the model resolution) as the sink frame."""
         image = self._prepare_image(scene.image)
-        self.session.reset(self._encode(image), start_pose, prompt, seed)
+        self.session.reset(self._encode(image), start_pose, prompt, seed, start_image=torch.from_numpy(image))
         self.pose_history = [_pose_tensor(start_pose).tolist()]
         return image
 
