@@ -196,3 +196,19 @@ def test_composite_shows_the_reprojected_pixels_where_the_hint_covers():
     decoded = ae.decode_uint8(s.last_latent.to(torch.bfloat16).float()[None])[0].float()
     assert torch.equal(shown[~covered], decoded[~covered])
     assert WorldModelSession(model, autoencoder=ae, use_hint=False).composite == 0.0
+
+
+def test_world_stage_trains_and_validates_a_hint_model(latent_cache, tmp_path):
+    """The training loop builds the targets' hints every step and validates with the hint on."""
+    import json
+
+    from worldmodel.autoencoder import save_autoencoder
+    from worldmodel.train import TrainOptions, train_world_model
+
+    path, ae = latent_cache
+    ae_path = save_autoencoder(ae, tmp_path / "ae.safetensors")
+    opts = TrainOptions(steps=2, batch=2, val_every=2, val_clips=1, val_rollout_ticks=3, log_every=1, amp=False)
+    ckpt = train_world_model(path, tmp_path / "run", ae_path, opts, tiny_config(hint=True), val_latents_path=path,
+                             device="cpu", progress=False)
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert any("val_rollout_psnr" in r for r in records) and ckpt.is_file()

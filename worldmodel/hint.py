@@ -56,11 +56,6 @@ class HintAugment:
     noise_max: float = 0.03
 
 
-def empty_hint(batch: int, latent_channels: int, size: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """An empty hint [B, C + 1, h, w] (what a hint-off frame, or a frame with no source, gets)."""
-    return torch.zeros(batch, hint_channels(latent_channels), size, size, device=device)
-
-
 @torch.no_grad()
 def encode_hint(autoencoder: torch.nn.Module, warped: Reprojection, noise: torch.Tensor | None = None
                 ) -> torch.Tensor:

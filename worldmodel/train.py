@@ -340,12 +340,14 @@ HINT_KEYS = ("hint_rgb", "hint_depth", "hint_poses", "hint_valid", "hint_target"
 
 
 @torch.no_grad()
-def attach_hints(batch: "TrainBatch", sources: dict[str, torch.Tensor], autoencoder: torch.nn.Module,
-                 config: WorldModelConfig) -> "TrainBatch":
-    """Build every target's hint (worldmodel.hint.build_hint, batched over B * K targets) and put it
-    into the joint batch: hint [B, G, C + 1, h, w], zeros for the clean frames."""
-    b, k = sources["hint_valid"].shape[:2]
-    flat = {key: v.flatten(0, 1) for key, v in sources.items()}
+def attach_hints(batch: "TrainBatch", autoencoder: torch.nn.Module, config: WorldModelConfig) -> "TrainBatch":
+    """Build every target's hint from `batch.hint_sources` (worldmodel.hint.build_hint, batched over
+    B * K targets) and put it into the joint batch: hint [B, G, C + 1, h, w], zeros for the clean
+    frames. A batch without hint sources (a hint-free model) is returned as it is."""
+    if batch.hint_sources is None:
+        return batch
+    b, k = batch.hint_sources["hint_valid"].shape[:2]
+    flat = {key: v.flatten(0, 1) for key, v in batch.hint_sources.items()}
     hint = build_hint(autoencoder, flat["hint_rgb"], flat["hint_depth"], flat["hint_poses"], flat["hint_valid"],
                       flat["hint_target"], config.fov_deg, noise=flat["hint_noise"]).view(b, k, -1, *batch.target_x0.shape[-2:])
     g = batch.joint.ticks.shape[1]
@@ -579,9 +581,7 @@ def teacher_forced_predictions(model: WorldModel, vset: ValidationSet, config: W
         def denoise(x_t: torch.Tensor, level: float, _step: int) -> torch.Tensor:
             sample["latents"][-1] = x_t[0]
             sample["noise"][-1] = level
-            batch = collate([sample], ids.shape[0], 1).to(device)
-            if batch.hint_sources is not None:
-                attach_hints(batch, batch.hint_sources, autoencoder, c)
+            batch = attach_hints(collate([sample], ids.shape[0], 1).to(device), autoencoder, c)
             return model.forward_joint(batch.joint)[0, -1:].float().cpu()
 
         x = sample_frames(denoise, torch.randn(sample["target_x0"].shape, generator=gen), levels)  # [1, C, h, w]
@@ -843,12 +843,17 @@ def _train(ctx: DistContext, latents_path: str | Path | list[str | Path], out_di
     out.mkdir(parents=True, exist_ok=True)
     # every rank reads and checks the inputs, so a bad file fails all ranks alike (no rank is left
     # waiting in a collective for one that raised)
-    autoencoder = load_autoencoder(autoencoder_path).to(dev if main else "cpu").eval()
+    # rank 0 validates with the autoencoder, and every rank of a hint model encodes its own targets'
+    # hints with it; other ranks of a hint-free model keep it off the GPU
+    autoencoder = load_autoencoder(autoencoder_path).to(dev if main or config.hint else "cpu").eval()
     ae_cfg = autoencoder.config
     if getattr(ae_cfg, "latent_channels", config.latent_channels) != config.latent_channels or \
             getattr(ae_cfg, "resolution", config.resolution) != config.resolution:
         raise UserError(f"{autoencoder_path}: autoencoder (resolution {getattr(ae_cfg, 'resolution', '?')}, "
                         f"{getattr(ae_cfg, 'latent_channels', '?')} channels) does not fit the model config")
+    if config.hint and not autoencoder.has_depth:
+        raise UserError(f"{autoencoder_path}: a hint model (hint=true) needs an autoencoder with a depth head "
+                        f"(worldmodel train --stage depth)")
     data = load_latents(latents_path, config)
     ae_sha = checkpoint_sha256(autoencoder_path)
     if data.autoencoder_sha256 and data.autoencoder_sha256 != ae_sha:
@@ -878,11 +883,6 @@ def _train(ctx: DistContext, latents_path: str | Path | list[str | Path], out_di
     sampler = StepSampler(data.clips, opts.batch, opts.seed)
     tokenizer = Tokenizer(config.vocab, config.max_text_tokens)
     hint_augment = HintAugment(opts.hint_drop_source, opts.hint_empty, opts.hint_noise)
-    if config.hint and not autoencoder.has_depth:
-        raise UserError(f"{autoencoder_path}: a hint model (hint=true) needs an autoencoder with a depth head "
-                        f"(worldmodel train --stage depth)")
-    # every rank encodes its own targets' hints (the main rank's autoencoder may sit on the GPU)
-    hint_encoder = autoencoder if main else load_autoencoder(autoencoder_path).to(dev).eval()
     step = 0
     state_path = out / TRAIN_STATE
     log_path = out / LOG_FILE
@@ -959,8 +959,7 @@ def _train(ctx: DistContext, latents_path: str | Path | list[str | Path], out_di
         batch = step_batch(data, config, tokenizer, sampler, step, ctx.rank, ctx.world_size,
                            opts.caption_dropout, opts.revisit_focus, opts.revisit_min_gap,
                            opts.window_dropout, hint_augment).to(dev)
-        if batch.hint_sources is not None:
-            attach_hints(batch, batch.hint_sources, hint_encoder, config)
+        attach_hints(batch, autoencoder, config)
         lr = learning_rate(step, opts)
         for group in optim.param_groups:
             group["lr"] = lr

@@ -17,6 +17,7 @@ over (it writes no optimizer state).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -28,8 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from worldmodel.autoencoder import (DEFAULT_DEPTH_WIDTHS, Autoencoder, AutoencoderConfig, load_autoencoder,
-                                    save_autoencoder)
+from worldmodel.autoencoder import DEFAULT_DEPTH_WIDTHS, Autoencoder, load_autoencoder, save_autoencoder
 from worldmodel.data import ClipDataset, FrameSampler
 from worldmodel.depth import depth_errors, sky_mask
 from worldmodel.errors import UserError
@@ -72,7 +72,7 @@ def with_depth_head(ae: Autoencoder, widths: tuple[int, ...] = DEFAULT_DEPTH_WID
     """`ae` with a fresh depth head (or `ae` itself when it has one)."""
     if ae.has_depth:
         return ae
-    cfg = AutoencoderConfig(**{**ae.config.__dict__, "depth_widths": tuple(widths)})
+    cfg = dataclasses.replace(ae.config, depth_widths=tuple(widths))
     out = Autoencoder(cfg)
     missing, unexpected = out.load_state_dict(ae.state_dict(), strict=False)
     if unexpected or any(not k.startswith("depth_decoder.") for k in missing):
