@@ -21,7 +21,8 @@ from typing import Iterable, Mapping
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 import pygame  # noqa: E402  (after the banner switch)
 
-from worldmodel.camera import ACTION_DIM, ACTION_FIELDS, TURN_SPEED_DPS, WALK_SPEED_MPS  # noqa: E402
+from worldmodel.camera import (ACTION_DIM, ACTION_FIELDS, TURN_SPEED_DPS, WALK_SPEED_MPS,  # noqa: E402
+                               held_key_action)
 from worldmodel.errors import UserError  # noqa: E402
 
 MOVE_SPEED_MPS: float = WALK_SPEED_MPS
@@ -243,18 +244,12 @@ def action_from_input(state: InputState, tick_hz: float) -> list[float]:
     motion times the sensitivity (mouse right turns right = negative yaw; mouse down looks down).
     Pure: does not consume the mouse motion (see `InputState.end_tick`).
     """
-    if not (tick_hz > 0 and math.isfinite(tick_hz)):
-        raise ValueError(f"tick rate must be a positive number, got {tick_hz}")
-    move = MOVE_SPEED_MPS / tick_hz
-    turn = TURN_SPEED_RAD_PER_S / tick_hz
-    forward, right = state.axis("forward"), state.axis("right")
-    norm = math.hypot(forward, right)
-    if norm > 1.0:
-        forward, right = forward / norm, right / norm
-    up = state.axis("up") if state.fly else 0.0
+    axes = {name: state.axis(name) for name in ACTION_FIELDS}
+    if not state.fly:
+        axes["up"] = 0.0
+    action = held_key_action(axes, tick_hz)  # the speeds and the diagonal rule of worldmodel.camera
     sens = state.bindings.mouse_sensitivity
-    yaw = state.axis("yaw_delta") * turn - state.mouse_dx * sens
-    pitch = state.axis("pitch_delta") * turn - state.mouse_dy * sens
-    action = [forward * move, right * move, up * move, yaw, pitch]
+    action[3] -= state.mouse_dx * sens
+    action[4] -= state.mouse_dy * sens
     assert len(action) == ACTION_DIM
     return [float(v) + 0.0 for v in action]  # + 0.0 turns -0.0 into 0.0 so logs read cleanly

@@ -103,18 +103,20 @@ class OracleFrameSource:
 def make_frame_source(backend: str, *, resolution: int = DEFAULT_RESOLUTION, fov_deg: float | None = None,
                       start_image_path: str | None = None, checkpoint: str | None = None,
                       device: str = "cpu", precision: str | None = None, hint: bool | None = None,
-                      memory: bool = True) -> FrameSource:
+                      memory: bool | None = None) -> FrameSource:
     """The frame source for a backend name; the model is imported lazily (it is heavy and optional).
 
     `start_image_path` (the `--image` picture) makes the oracle show it as the first frame; the
     model always starts from `scene.image`, which the caller replaces with that picture. `precision`
     ("fp32" / "bf16", default fp32) is the model's; the oracle has none. `hint` (None = the
-    checkpoint's choice) turns the model's geometric hint on or off; `memory` its memory.
+    checkpoint's choice) turns the model's geometric hint on or off; `memory` (None: on) its memory.
     """
     if precision is not None and backend == ORACLE_BACKEND:
         raise UserError(f"--precision {precision}: only the model backend has a precision (the oracle renders)")
     if hint is not None and backend == ORACLE_BACKEND:
         raise UserError("--hint: only the model backend has a geometric hint (the oracle renders)")
+    if memory is not None and backend == ORACLE_BACKEND:
+        raise UserError("--memory: only the model backend has a memory (the oracle renders)")
     if backend == ORACLE_BACKEND:
         start_image = None
         if start_image_path is not None:
@@ -132,5 +134,5 @@ def make_frame_source(backend: str, *, resolution: int = DEFAULT_RESOLUTION, fov
                     f"({exc.name} is missing); use --backend oracle") from exc
             raise
         return ModelFrameSource(checkpoint=checkpoint, device=device, precision=precision, hint=hint,
-                                use_memory=memory)
+                                use_memory=True if memory is None else memory)
     raise UserError(f"--backend: unknown backend {backend!r} (choose from {', '.join(BACKEND_CHOICES)})")

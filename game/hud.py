@@ -51,6 +51,8 @@ class HudStatus:
     mouse_captured: bool = False
     fly: bool = True
     replay: bool = False
+    memory: bool | None = None
+    """The model's memory on/off (None: the source has none, e.g. the oracle)."""
 
 
 def format_status_lines(status: HudStatus) -> list[str]:
@@ -63,6 +65,8 @@ def format_status_lines(status: HudStatus) -> list[str]:
         f"  pitch {math.degrees(p.pitch):+5.1f}\u00b0",
         f"tick {status.tick}  source {status.source}  {mode}" + ("  mouse look" if status.mouse_captured else ""),
     ]
+    if status.memory is not None:
+        lines[-1] += f"  memory {'on' if status.memory else 'off'}"
     return lines
 
 

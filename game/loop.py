@@ -14,13 +14,13 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable
 
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 import numpy as np  # noqa: E402
 import pygame  # noqa: E402
 
-from game.atomic import temp_file_beside  # noqa: E402
+from worldmodel.atomic import atomic_write  # noqa: E402
 from game.bindings import Bindings, Command, InputState, action_from_input  # noqa: E402
 from game.frame_source import DEFAULT_BACKEND, FrameSource, make_frame_source  # noqa: E402
 from game.hud import Hud, HudStatus  # noqa: E402
@@ -94,6 +94,8 @@ class GameConfig:
     """The model's precision ("fp32" / "bf16"; None: fp32)."""
     hint: bool | None = None
     """The model's geometric hint on/off (None: on when the checkpoint reads one)."""
+    memory: bool | None = None
+    """The model's memory on/off (None: on)."""
     seed: int = 0
     tick_hz: float = DEFAULT_TICK_HZ
     resolution: int = DEFAULT_RESOLUTION
@@ -110,7 +112,7 @@ class GameConfig:
     event_source: EventSource | None = None
     map_provider: MapProvider | None = memory_map_provider
     session: PlaySession | None = None
-    script: Sequence[ScriptedTick] | None = None
+    script: Iterable[ScriptedTick] | None = None
     exit_when_done: bool = False
     title: str = WINDOW_TITLE
     save_world: str | None = None
@@ -125,6 +127,8 @@ class GameResult:
     recordings: list[Path]
     screenshots: list[Path]
     final_pose: CameraPose
+    warnings: list[str] = field(default_factory=list)
+    """Problems that did not end the session (a recording stopped by a full disk, a failed screenshot)."""
 
 
 def build_session(config: GameConfig) -> PlaySession:
@@ -133,13 +137,15 @@ def build_session(config: GameConfig) -> PlaySession:
 
     spec = config.scene or DEFAULT_SCENE
     scene = load_scene(spec)
+    for warning in scene.warnings:  # before the window opens, where the player sees it
+        print(f"warning: {warning}", file=sys.stderr)
     if config.image is not None:
         scene = scene_with_image(scene, load_image(config.image, resolution=None), config.prompt)
     elif config.prompt is not None:
         scene = scene_with_image(scene, scene.image, config.prompt)
     source: FrameSource = make_frame_source(config.backend, resolution=config.resolution,
                                             start_image_path=config.image, checkpoint=config.checkpoint,
-                                            precision=config.precision, hint=config.hint)
+                                            precision=config.precision, hint=config.hint, memory=config.memory)
     return PlaySession(source, scene, scene_spec=spec, seed=config.seed, tick_hz=config.tick_hz,
                        image_path=config.image, recordings_dir=config.recordings_dir)
 
@@ -150,14 +156,10 @@ def _frame_surface(frame: np.ndarray) -> pygame.Surface:
 
 
 def _save_surface_atomic(surface: pygame.Surface, path: Path) -> None:
-    tmp = temp_file_beside(path, ".png")
     try:
-        pygame.image.save(surface, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        atomic_write(path, lambda tmp: pygame.image.save(surface, tmp), suffix=".png")
+    except pygame.error as exc:  # pygame reports its own I/O failures this way
+        raise UserError(f"{path}: cannot write the screenshot ({exc})") from None
 
 
 class _Game:
@@ -176,9 +178,14 @@ class _Game:
         self.paused = False
         self.running = True
         self.script_index = 0
+        self._script = iter(config.script) if config.script is not None else None
         self.recordings: list[Path] = []
         self.screenshots: list[Path] = []
-        self.screen = pygame.display.set_mode((config.window, config.window))
+        self.warnings: list[str] = []
+        try:
+            self.screen = pygame.display.set_mode((config.window, config.window))
+        except pygame.error as exc:  # e.g. larger than the display allows
+            raise UserError(f"--window: the display cannot open a {config.window} px window ({exc})") from None
         pygame.display.set_caption(f"{config.title} - {session.scene_spec} ({session.source.name})")
 
     # --- commands ---
@@ -214,12 +221,19 @@ class _Game:
                 path = self.session.stop_recording()
                 self.hud.show_message(f"saved {path}", now)
             else:
-                path = self.session.start_recording()
+                try:
+                    path = self.session.start_recording()
+                except UserError as exc:
+                    self.warn(str(exc), now)
+                    return
                 self.recordings.append(path)
                 self.hud.show_message(f"recording to {path}", now)
         elif cmd is Command.SCREENSHOT:
-            path = self.screenshot()
-            self.hud.show_message(f"screenshot {path}", now)
+            try:
+                path = self.screenshot()
+                self.hud.show_message(f"screenshot {path}", now)
+            except UserError as exc:  # a full or read-only disk must not end the session
+                self.warn(str(exc), now)
         elif cmd is Command.SAVE_WORLD:
             if self.config.save_world is None:
                 self.hud.show_message("start with --save-world DIR to save the world", now)
@@ -229,6 +243,11 @@ class _Game:
                     self.hud.show_message(f"world saved to {path}", now)
                 except UserError as exc:
                     self.hud.show_message(str(exc), now)
+
+    def warn(self, message: str, now: float) -> None:
+        """A problem that does not end the session: on the HUD now, on stderr at quit."""
+        self.hud.show_message(message, now)
+        self.warnings.append(message)
 
     def screenshot(self) -> Path:
         """Save the window as shown (frame + overlays) to screenshots/<scene>-<time>-t<tick>.png."""
@@ -243,14 +262,15 @@ class _Game:
     def advance(self) -> None:
         script = self.config.script
         if script is not None:
-            if self.script_index >= len(script):
+            tick = next(self._script, None) if self._script is not None else None
+            if tick is None:
+                self._script = None  # exhausted: an iterator cannot say so without being advanced
                 if self.config.exit_when_done:
                     self.running = False
                 elif not self.paused:
                     self.paused = True
                     self.hud.show_message("end of replay (Esc quits)", time.monotonic())
                 return
-            tick = script[self.script_index]
             self.script_index += 1
             self.session.step(tick.action, tick.pose)
         else:
@@ -263,7 +283,8 @@ class _Game:
                          tick=self.session.tick, source=self.session.source.name,
                          recording=self.session.recording, record_path=self.session.record_path,
                          paused=self.paused, mouse_captured=self.state.mouse_captured, fly=self.state.fly,
-                         replay=self.config.script is not None)
+                         replay=self.config.script is not None,
+                         memory=getattr(self.session.source, "use_memory", None))
 
     def draw(self) -> None:
         assert self.session.frame is not None
@@ -318,13 +339,16 @@ def run_game(config: GameConfig) -> GameResult:
             if config.max_ticks is not None and session.tick >= config.max_ticks:
                 break
             game.advance()
+            if session.recording_error is not None:  # the disk filled up: play on, the log so far is kept
+                game.warn(session.recording_error, time.monotonic())
+                session.recording_error = None
             game.draw()
             if config.realtime:
                 session.wait_for_next_tick()
         if config.save_world is not None:
             session.save_world(config.save_world)
         return GameResult(ticks=session.tick, recordings=game.recordings, screenshots=game.screenshots,
-                          final_pose=session.pose)
+                          final_pose=session.pose, warnings=game.warnings)
     finally:
         if session is not None:
             session.close()

@@ -143,6 +143,8 @@ class PlaySession:
         self.pacer = Pacer(self.tick_hz, clock, sleep)
         self.writer: ActionLogWriter | None = None
         self.last_record_path: Path | None = None
+        self.recording_error: str | None = None
+        """Why the recording stopped on its own (set by `step`, cleared by whoever reported it)."""
 
     # --- frames ---
     def reset(self) -> np.ndarray:
@@ -173,7 +175,11 @@ class PlaySession:
         self.frame = frame
         self.path.append(new_pose)
         if self.writer is not None:
-            self.writer.write(action, new_pose)
+            try:
+                self.writer.write(action, new_pose)
+            except UserError as exc:  # disk full: stop recording, keep playing; every tick so far is in the log
+                self.writer = None
+                self.recording_error = str(exc)
         return frame
 
     def wait_for_next_tick(self) -> None:
@@ -202,6 +208,8 @@ class PlaySession:
             extra.setdefault("precision", self.source.precision)  # a replay must run the same arithmetic
         if getattr(self.source, "hint", None) is not None:
             extra.setdefault("hint", bool(self.source.hint))  # ... and the same conditioning
+        if getattr(self.source, "use_memory", None) is not None:
+            extra.setdefault("memory", bool(self.source.use_memory))  # ... with or without its memory
         return make_header(
             scene=self.scene_spec, prompt=self.prompt, backend=self.source.name, seed=self.seed,
             tick_hz=self.tick_hz, resolution=self.source.resolution, start_pose=self.pose,

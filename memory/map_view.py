@@ -8,8 +8,6 @@ looks up the map). It is scaled to fit all content with a margin, with a metre s
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from worldmodel.camera import DEFAULT_FOV_DEG, POSE_DIM
-from worldmodel.errors import UserError
+from worldmodel.atomic import atomic_write
 
 BACKGROUND = (22, 24, 30)
 PATH_COLOUR = (70, 130, 220)
@@ -43,7 +41,6 @@ WEDGE_FRACTION = 0.18
 SCALE_BAR_FRACTION = 0.3
 """The scale bar is the largest 1/2/5 x 10^k metres not longer than this fraction of the content width."""
 _NICE_STEPS = (1.0, 2.0, 5.0)
-_FILE_MODE = 0o666
 
 
 def _as_poses(name: str, value: Any) -> np.ndarray:
@@ -200,24 +197,8 @@ def save_png(array: np.ndarray, path: str | Path) -> Path:
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
         raise ValueError(f"expected a uint8 [H, W, 3] image, got {arr.dtype} {list(arr.shape)}")
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                Image.fromarray(arr, "RGB").save(fh, format="PNG")
-                fh.flush()
-                os.fsync(fh.fileno())
-            mask = os.umask(0)
-            os.umask(mask)
-            os.chmod(tmp, _FILE_MODE & ~mask)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-    except OSError as exc:
-        raise UserError(f"{path}: cannot write the image ({exc.strerror or exc})") from exc
+    image = Image.fromarray(arr, "RGB")
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"), what="cannot write the image")
     return path
 
 

@@ -458,6 +458,8 @@ class MemoryStore:
         directory = Path(directory)
         state_path = directory / STATE_FILE
         if not directory.is_dir():
+            if directory.exists():
+                raise UserError(f"{directory}: is a file; a saved world is a folder (the one given to --save-world)")
             raise UserError(f"{directory}: no saved world here (folder does not exist)")
         if not state_path.is_file():
             raise UserError(f"{state_path}: missing; {directory} is not a saved world")

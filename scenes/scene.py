@@ -8,9 +8,9 @@ generator, whose start image is its true render). Every way of failing to load o
 
 from __future__ import annotations
 
-import math
 import tomllib
-from dataclasses import dataclass
+import difflib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 from worldmodel.camera import DEFAULT_FOV_DEG, DEFAULT_RESOLUTION, CameraPose
 from worldmodel.errors import UserError
+from worldmodel.limits import MAX_SEED, check_number, pose_problem
 
 SCENES_DIR = Path(__file__).resolve().parent
 DEFAULT_SCENE = "courtyard"
@@ -39,6 +40,8 @@ class Scene:
     world_seed: int | None
     image: np.ndarray  # uint8 [H, W, 3], native size
     path: Path | None  # folder of a bundled/path scene; None for procedural
+    warnings: list[str] = field(default_factory=list)
+    """Problems that do not stop the scene from loading (an unknown key in scene.toml, a typo)."""
 
 
 def load_image(path: str | Path, resolution: int | None = DEFAULT_RESOLUTION) -> np.ndarray:
@@ -110,24 +113,36 @@ def parse_procedural(spec: str) -> int | None:
         return None
     text = spec[len(PROCEDURAL_PREFIX):]
     try:
-        seed = int(text)
+        seed = int(text) if len(text) <= len(str(MAX_SEED)) else -1  # no 10,000-digit parse
     except ValueError:
         raise UserError(f"{spec}: the seed after '{PROCEDURAL_PREFIX}' must be a non-negative integer") from None
-    if seed < 0:
-        raise UserError(f"{spec}: the seed after '{PROCEDURAL_PREFIX}' must be a non-negative integer")
+    if seed < 0 or seed > MAX_SEED:
+        raise UserError(f"{spec}: the seed after '{PROCEDURAL_PREFIX}' must be an integer in [0, {MAX_SEED}]")
     return seed
 
 
 def procedural_scene(seed: int, fov_deg: float = DEFAULT_FOV_DEG) -> Scene:
     """The default generator's world `seed`, starting at its spawn pose with its true render."""
-    from scenes.render import render_views
     from scenes.world import generate_world
 
     world = generate_world(seed)
     pose = world.spawn_pose()
-    image = render_views(world, pose.as_tensor()[None], START_IMAGE_RESOLUTION, fov_deg)[0].numpy()
-    return Scene(name=f"{PROCEDURAL_PREFIX}{seed}", prompt=world.caption, start_pose=pose,
-                 fov_deg=fov_deg, world_seed=seed, image=image, path=None)
+    scene = Scene(name=f"{PROCEDURAL_PREFIX}{seed}", prompt=world.caption, start_pose=pose,
+                  fov_deg=fov_deg, world_seed=seed, image=np.zeros((1, 1, 3), np.uint8), path=None)
+    scene.image = render_start_image(scene, pose)
+    return scene
+
+
+def render_start_image(scene: Scene, pose: CameraPose, resolution: int = START_IMAGE_RESOLUTION) -> np.ndarray:
+    """The oracle's view of a procedural scene's world at `pose`: what a session starting there (a
+    recording begun mid-session) starts from. uint8 [resolution, resolution, 3]."""
+    from scenes.render import render_views
+    from scenes.world import generate_world
+
+    if scene.world_seed is None:
+        raise ValueError(f"{scene.name}: not a procedural world; its picture cannot be rendered at another pose")
+    world = generate_world(scene.world_seed)
+    return render_views(world, pose.as_tensor()[None], resolution, scene.fov_deg)[0].numpy()
 
 
 def _field(data: dict, key: str, kind, path: Path, required: bool = True, default=None):
@@ -151,23 +166,36 @@ def load_scene_folder(folder: Path) -> Scene:
         data = tomllib.loads(toml_path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{toml_path}: not valid TOML ({exc})") from None
+    warnings = [_unknown_key_warning(toml_path, key) for key in data if key not in SCENE_KEYS]
     prompt = _field(data, "prompt", str, toml_path)
     pose_list = _field(data, "start_pose", list, toml_path)
-    try:
-        pose = CameraPose.from_sequence(pose_list)
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"{toml_path}: field 'start_pose' must be 5 finite numbers [x, y, z, yaw, pitch] ({exc})") from None
+    problem = pose_problem([float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in pose_list],
+                           "field 'start_pose'")
+    if problem:
+        raise UserError(f"{toml_path}: {problem}")
+    pose = CameraPose.from_sequence(pose_list)
     fov = _field(data, "fov_deg", float, toml_path, required=False, default=DEFAULT_FOV_DEG)
-    if not (math.isfinite(fov) and 10.0 <= fov <= 170.0):
-        raise UserError(f"{toml_path}: field 'fov_deg' must be between 10 and 170 degrees, got {fov}")
+    check_number("fov_deg", fov, f"{toml_path}: field 'fov_deg'")
     seed = _field(data, "world_seed", int, toml_path, required=False, default=None)
-    if seed is not None and seed < 0:
-        raise UserError(f"{toml_path}: field 'world_seed' must be a non-negative integer")
+    if seed is not None:
+        check_number("seed", seed, f"{toml_path}: field 'world_seed'")
     name = _field(data, "name", str, toml_path, required=False, default=folder.name)
     image_name = _field(data, "image", str, toml_path, required=False, default=START_IMAGE)
     image = load_image(folder / image_name, resolution=None)
     return Scene(name=name, prompt=prompt, start_pose=pose, fov_deg=fov, world_seed=seed,
-                 image=image, path=folder)
+                 image=image, path=folder, warnings=warnings)
+
+
+SCENE_KEYS: tuple[str, ...] = ("name", "prompt", "start_pose", "fov_deg", "world_seed", "image")
+"""Every key scene.toml may hold (DESIGN §3); another is a warning naming the closest of these."""
+SIMILAR_KEY_CUTOFF = 0.5
+"""difflib similarity above which an unknown key is offered as a typo of a known one ('fov' -> 'fov_deg')."""
+
+
+def _unknown_key_warning(toml_path: Path, key: str) -> str:
+    close = difflib.get_close_matches(key, SCENE_KEYS, n=1, cutoff=SIMILAR_KEY_CUTOFF)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"{toml_path}: unknown key '{key}' ignored{hint}; known keys: {', '.join(SCENE_KEYS)}"
 
 
 def load_scene(spec: str) -> Scene:

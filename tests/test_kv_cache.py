@@ -27,6 +27,21 @@ def test_layout_and_sizes() -> None:
     assert cache.valid[0, cache.memory_index()[:16]].all()
 
 
+def test_a_row_is_a_one_row_cache_on_the_same_storage() -> None:
+    c = tiny_config(window_frames=3, memory_entries=2)
+    cache = KVCache(c, batch=3)
+    row = cache.row(1)
+    assert row.batch == 1 and row.k.shape == (c.layers, 1, c.heads, cache.slots, c.head_dim)
+    row.k[:, 0].fill_(2.0)
+    row.valid[0, row.current_index()] = True
+    assert (cache.k[:, 1] == 2.0).all() and not cache.k[:, 0].any() and not cache.k[:, 2].any()
+    assert cache.valid[1].sum() == c.tokens_per_frame and not cache.valid[0].any()
+    row.advance_window(4)  # the row's ring moves, the others' do not
+    assert int(row.window_pos) == 1 and int(cache.window_pos) == 0 and int(cache.row(2).window_pos) == 0
+    row.reset()
+    assert not cache.valid.any() and (cache.k[:, 1] == 2.0).all()  # forgotten, not reallocated
+
+
 def test_window_index_cycles() -> None:
     c = tiny_config(window_frames=3)
     cache = KVCache(c)

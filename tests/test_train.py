@@ -207,6 +207,29 @@ def test_train_command_world_stage(run_files: dict[str, Path]) -> None:
                  str(run_files["ae"]), "--out", str(out), "--set", "nonsense=1"]) == 2
 
 
+def test_training_writes_its_curves_and_plot_train_draws_them(run_files: dict[str, Path]) -> None:
+    """log.jsonl beside the checkpoint holds the loss terms, lr, steps/s and validation PSNR (and, with
+    tensorboard installed, the same as TensorBoard events); `worldmodel plot-train RUN` draws them."""
+    from test_plot import assert_png
+
+    from worldmodel.cli import main
+    from worldmodel.scalars import TENSORBOARD_DIR, ScalarLog
+
+    c = tiny_config()
+    out = run_files["dir"] / "curves"
+    train_world_model(run_files["train"], out, run_files["ae"], _opts(steps=3, val_every=3), c,
+                      val_latents_path=run_files["val"], progress=False)
+    log = _log(out)
+    steps = [r for r in log if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3]
+    assert all(k in steps[0] for k in ("lr", "it_s", "mse_high_noise", "mse_low_noise", "grad_norm"))
+    assert "val_tf_psnr" in log[-1] and (out / "world_model.safetensors").exists()
+    with ScalarLog(run_files["dir"] / "probe") as probe:  # tensorboard installed or not
+        assert (out / TENSORBOARD_DIR).is_dir() == probe.tensorboard
+    assert main(["plot-train", str(out)]) == 0
+    assert_png(out / "curves.png")
+
+
 # --- memory curriculum: several caches, revisit-focused segments, fine-tuning ----------------------
 def test_returning_ticks_finds_places_seen_long_before() -> None:
     from worldmodel.train import returning_ticks

@@ -6,6 +6,8 @@
 - play:   ms per frame (p50, p99) of the real play loop's per-tick work (input -> action -> pose ->
           frame source -> displayed-frame array; display excluded) and the ratio of frame time late
           in a long session to early in it (constant cost means about 1.0).
+- vecenv: steps/s of the batched Gymnasium environment (one generator pass for N sessions) against
+          N single sessions stepped one after the other, for N = 1, 8, 32 (tools/bench_vecenv.py).
 Numbers depend on the machine: the command prints what it ran on.
 """
 
@@ -23,15 +25,17 @@ import torch
 
 from worldmodel.camera import DEFAULT_RESOLUTION
 from worldmodel.config import PRECISION_NAMES
+from tools.common import add_threads_flag, apply_threads
+from worldmodel.limits import flag_type
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("what", nargs="*", default=["oracle"], choices=["oracle", "reproject", "play", "kernels"],
+    p.add_argument("what", nargs="*", default=["oracle"], choices=["oracle", "reproject", "play", "kernels", "vecenv"],
                    help="what to benchmark (default: oracle)")
-    p.add_argument("--resolution", type=int, default=DEFAULT_RESOLUTION)
-    p.add_argument("--batch", type=int, default=64, help="oracle batch size (default 64)")
-    p.add_argument("--frames", type=int, default=256, help="oracle frames per measurement (default 256)")
-    p.add_argument("--ticks", type=int, default=10_000, help="play: ticks in the long session (default 10000)")
+    p.add_argument("--resolution", type=flag_type("resolution"), default=DEFAULT_RESOLUTION)
+    p.add_argument("--batch", type=flag_type("count"), default=64, help="oracle batch size (default 64)")
+    p.add_argument("--frames", type=flag_type("count"), default=256, help="oracle frames per measurement (default 256)")
+    p.add_argument("--ticks", type=flag_type("ticks"), default=10_000, help="play: ticks in the long session (default 10000)")
     p.add_argument("--backend", default="model", help="play: frame source, model or oracle (default model)")
     p.add_argument("--checkpoint", type=Path, default=None, help="play: checkpoint (default: shipped)")
     p.add_argument("--memory", choices=("on", "off"), default="on", help="play: memory on/off (default on)")
@@ -39,7 +43,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="play: the geometric hint (default: on when the checkpoint reads one)")
     p.add_argument("--precision", choices=PRECISION_NAMES, default=None,
                    help="play: model arithmetic, fp32 (default) or bf16")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--envs", type=flag_type("count"), nargs="+", default=None,
+                   help="vecenv: the numbers of environments N (default 1 8 32)")
+    p.add_argument("--vec-steps", type=flag_type("count"), default=4,
+                   help="vecenv: timed vector steps per round and N (default 4)")
+    add_threads_flag(p)
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
 
 
@@ -105,8 +113,7 @@ def bench_reproject(resolution: int, iterations: int = 100, seed: int = 102) -> 
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     results: dict[str, object] = {"machine": machine_description()}
     print(f"machine: {results['machine']}")
     if "oracle" in args.what:
@@ -124,6 +131,10 @@ def run(args: argparse.Namespace) -> int:
 
         r = bench_play(args)
         results["play"] = r
+    if "vecenv" in args.what:
+        from tools.bench_vecenv import bench_vecenv
+
+        results["vecenv"] = bench_vecenv(args)
     if "kernels" in args.what:
         from tools.bench_kernels import bench_attention
 

@@ -24,6 +24,8 @@ from scenes.world import HELDOUT_SEED_START, generate_world, is_heldout_seed
 from worldmodel.camera import DEFAULT_FOV_DEG, DEFAULT_RESOLUTION, DEFAULT_TICK_HZ
 from worldmodel.errors import UserError
 from worldmodel.progress import ProgressBar
+from worldmodel.atomic import atomic_write, atomic_write_text, check_output_path, output_error
+from worldmodel.limits import flag_type
 
 DATASET_FORMAT = "worldmodel.dataset"
 DATASET_VERSION = 1
@@ -35,31 +37,55 @@ CLIP_SEED_STRIDE = 1000
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--worlds", type=int, required=True, help="number of procedural worlds")
-    p.add_argument("--clips-per-world", type=int, default=4, help="clips per world (default 4)")
-    p.add_argument("--ticks", type=int, default=160, help="frames per clip (default 160)")
+    p.add_argument("--worlds", type=flag_type("count"), required=True, help="number of procedural worlds")
+    p.add_argument("--clips-per-world", type=flag_type("count"), default=4, help="clips per world (default 4)")
+    p.add_argument("--ticks", type=flag_type("count"), default=160, help="frames per clip (default 160)")
     p.add_argument("--out", type=Path, required=True, help="output folder (created)")
     p.add_argument("--split", choices=("train", "heldout"), default="train",
                    help=f"train: seeds from --seed-start; heldout: seeds from {HELDOUT_SEED_START} + --seed-start")
-    p.add_argument("--seed-start", type=int, default=0, help="first world seed offset (default 0)")
+    p.add_argument("--seed-start", type=flag_type("seed"), default=0, help="first world seed offset (default 0)")
     p.add_argument("--policy", choices=("mix",) + POLICIES, default="mix",
                    help="trajectory policy; mix draws walk/look/revisit per clip (default)")
-    p.add_argument("--resolution", type=int, default=DEFAULT_RESOLUTION)
-    p.add_argument("--fov", type=float, default=DEFAULT_FOV_DEG)
-    p.add_argument("--tick-hz", type=float, default=DEFAULT_TICK_HZ)
-    p.add_argument("--shard-clips", type=int, default=64, help="clips per shard file (default 64)")
+    p.add_argument("--resolution", type=flag_type("resolution"), default=DEFAULT_RESOLUTION)
+    p.add_argument("--fov", type=flag_type("fov_deg"), default=DEFAULT_FOV_DEG)
+    p.add_argument("--tick-hz", type=flag_type("tick_hz"), default=DEFAULT_TICK_HZ)
+    p.add_argument("--shard-clips", type=flag_type("count"), default=64, help="clips per shard file (default 64)")
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def _atomic_json(obj: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2))
+
+
+SHARD_GLOB = "shard-*.safetensors"
+BYTES_PER_PIXEL = 3 + 2
+"""A stored frame pixel: RGB uint8 + float16 depth."""
+MEMORY_FRACTION = 0.5
+"""A data set's shard buffer may use at most this part of the memory available when it starts."""
+
+
+def _available_memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None  # not a POSIX system that says: no estimate
+
+
+def _check_target(out: Path) -> None:
+    """A new or empty folder, or one holding only shards of an interrupted run of ours."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder; choose a new or empty --out")
+    if (out / INDEX_FILE).exists():
+        raise UserError(f"{out / INDEX_FILE}: a data set already exists there; choose an empty --out")
+    if out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if not (p.match(SHARD_GLOB) or p.name.startswith(".shard-")))
+        if foreign:
+            raise UserError(f"{out}: the folder holds files this program did not write ({', '.join(foreign[:3])}); "
+                            "choose a new or empty --out")
+    check_output_path(out / INDEX_FILE, label=out)
 
 
 def write_dataset(out: Path, worlds: int, clips_per_world: int, ticks: int, split: str = "train",
@@ -76,10 +102,18 @@ def write_dataset(out: Path, worlds: int, clips_per_world: int, ticks: int, spli
     seeds = list(range(first, first + worlds))
     if split == "train" and is_heldout_seed(seeds[-1]):
         raise UserError(f"dataset: train seeds must stay below {HELDOUT_SEED_START} (held-out worlds)")
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / INDEX_FILE).exists():
-        raise UserError(f"{out / INDEX_FILE}: a data set already exists there; choose an empty --out")
+    _check_target(out)
     jobs = [(s, c) for s in seeds for c in range(clips_per_world)]
+    needed = min(shard_clips, len(jobs)) * ticks * resolution * resolution * BYTES_PER_PIXEL
+    available = _available_memory_bytes()
+    if available is not None and needed > MEMORY_FRACTION * available:
+        raise UserError(f"{out}: a shard of {min(shard_clips, len(jobs))} clips x {ticks} ticks at {resolution} px "
+                        f"needs {needed / 2**30:.1f} GiB of memory, {available / 2**30:.1f} GiB are free; "
+                        "pass a smaller --shard-clips, --ticks or --resolution")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(out, exc) from None
     shards: list[str] = []
     buf: dict[str, list] = {"frames": [], "depth": [], "actions": [], "poses": [], "seeds": [], "captions": [],
                             "policies": []}

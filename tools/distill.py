@@ -5,7 +5,8 @@
     worldmodel distill ... --no-self-rollout      # ablation: teacher-forced student (no self rollout)
 
 Resumes from OUT when it holds a distillation state of the same teacher, student config and recipe
-(--no-resume starts over); prints a progress bar on stderr and writes OUT/log.jsonl. The result,
+(--no-resume starts over); prints a progress bar on stderr and writes its curves to OUT/log.jsonl (and
+OUT/tensorboard/ with the `tensorboard` extra; `worldmodel plot-train OUT` draws them). The result,
 OUT/world_model.safetensors, is an ordinary checkpoint: `worldmodel play --checkpoint` plays it.
 See docs/distillation.md for the recipe and the metrics to report.
 """
@@ -16,6 +17,8 @@ import argparse
 from pathlib import Path
 
 from worldmodel.errors import UserError
+from tools.common import add_threads_flag, apply_threads
+from worldmodel.limits import flag_type
 
 STUDENT_STEP_CHOICES = (1, 2)
 
@@ -26,26 +29,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, required=True, help="latent cache the teacher was trained on (.safetensors)")
     p.add_argument("--val", type=Path, default=None, help="held-out latent cache for validation PSNRs")
     p.add_argument("--out", type=Path, required=True, help="run folder (state, checkpoint, log.jsonl)")
-    p.add_argument("--steps", type=int, default=None, help="generator updates (default 1000)")
+    p.add_argument("--steps", type=flag_type("count"), default=None, help="generator updates (default 1000)")
     p.add_argument("--student-steps", type=int, choices=STUDENT_STEP_CHOICES, default=None,
                    help="sampler steps per frame of the student after the warmup frames (default 2)")
-    p.add_argument("--warmup-steps", type=int, default=None,
+    p.add_argument("--warmup-steps", type=flag_type("ticks"), default=None,
                    help="sampler steps of the student's first frames (default 4)")
-    p.add_argument("--warmup-frames", type=int, default=None,
+    p.add_argument("--warmup-frames", type=flag_type("count"), default=None,
                    help="how many first frames get --warmup-steps (default 2)")
     p.add_argument("--no-self-rollout", action="store_true",
                    help="ablation: the student generates each frame from the true previous frames")
-    p.add_argument("--batch", type=int, default=None, help="clips per rollout (default 4)")
-    p.add_argument("--rollout-frames", type=int, default=None, help="frames generated per clip (default 12)")
-    p.add_argument("--fake-steps", type=int, default=None, help="fake-score updates per generator update (default 5)")
+    p.add_argument("--batch", type=flag_type("count"), default=None, help="clips per rollout (default 4)")
+    p.add_argument("--rollout-frames", type=flag_type("count"), default=None, help="frames generated per clip (default 12)")
+    p.add_argument("--fake-steps", type=flag_type("count"), default=None, help="fake-score updates per generator update (default 5)")
     p.add_argument("--lr", type=float, default=None, help="student learning rate")
     p.add_argument("--fake-lr", type=float, default=None, help="fake-score learning rate")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="override any DistillOptions field, e.g. --opt grad_step=last --opt real_guidance=2")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default auto)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_threads_flag(p)
     p.add_argument("--no-resume", action="store_true", help="start over even if OUT holds a run")
-    p.add_argument("--stop-after", type=int, default=None,
+    p.add_argument("--stop-after", type=flag_type("ticks"), default=None,
                    help="stop this invocation after N steps (resume later with the same command)")
     p.add_argument("--export", type=Path, default=None, help="also copy the final checkpoint here")
 
@@ -70,14 +73,9 @@ def options_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from worldmodel.distill import distill
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError("--threads must be >= 1")
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     options = options_from_args(args)
     path = distill(args.teacher, args.data, args.out, options, val_latents_path=args.val,
                    resume=not args.no_resume, device=args.device, stop_after=args.stop_after)

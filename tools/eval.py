@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -35,6 +34,9 @@ from worldmodel.camera import CameraPose, integrate_sequence
 from worldmodel.config import DEFAULT_PRECISION, PRECISION_NAMES
 from worldmodel.errors import UserError
 from worldmodel.metrics import DRIFT_EARLY_TICKS, DRIFT_LATE_TICKS, detail_ratio, drift_scores, psnr, ssim
+from tools.common import add_threads_flag, apply_threads
+from worldmodel.atomic import atomic_write_text, check_output_path
+from worldmodel.limits import flag_type
 
 ACTION_SUITE_SEEDS = tuple(HELDOUT_SEED_START + 100 + i for i in range(8))
 ACTION_SUITE_TICKS = 64
@@ -75,14 +77,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", type=Path, default=None, help="checkpoint (default: the shipped one)")
     p.add_argument("--memory", choices=("on", "off", "both"), default=None,
                    help="memory on/off (default: on for --log and action, both for revisit and drift)")
-    p.add_argument("--prefill", type=int, default=None,
+    p.add_argument("--prefill", type=flag_type("ticks"), default=None,
                    help="feed the first N ticks from the true renders (default 0; revisit suite: the outbound half)")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the checkpoint's)")
+    p.add_argument("--steps", type=flag_type("count"), default=None, help="sampling steps (default: the checkpoint's)")
     p.add_argument("--hint", choices=("on", "off"), default=None,
                    help="the model's geometric hint (default: on when the checkpoint reads one)")
     p.add_argument("--precision", choices=PRECISION_NAMES, default=None, help="model arithmetic: fp32 (default) or bf16")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N worlds of a suite")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--limit", type=flag_type("count"), default=None, help="use only the first N worlds of a suite")
+    add_threads_flag(p)
     p.add_argument("--json", type=Path, default=None, help="write the summary JSON here")
     p.add_argument("--plot", type=Path, default=None,
                    help="write PSNR-over-ticks PNG here (and the memory map next to it, *_memory.png)")
@@ -292,13 +294,13 @@ def run(args: argparse.Namespace) -> int:
     from worldmodel.checkpoint import DEFAULT_CHECKPOINT, checkpoint_sha256
     from worldmodel.runtime import ModelFrameSource
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads: must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     if (args.log is None) == (args.suite is None):
         raise UserError(f"eval: give exactly one of --log LOG or --suite {'|'.join(SUITES)}")
     ckpt = args.checkpoint or DEFAULT_CHECKPOINT
+    for flag, out in (("--json", args.json), ("--plot", args.plot)):  # refused now, not after the eval
+        if out is not None:
+            check_output_path(out, inputs=(args.log, ckpt), flag=flag)
     hint = None if args.hint is None else args.hint == "on"
     probe = ModelFrameSource(checkpoint=ckpt, hint=hint)
     resolution, fov = probe.resolution, probe.config.fov_deg
@@ -335,9 +337,7 @@ def run(args: argparse.Namespace) -> int:
                "memory": memory, "precision": args.precision or DEFAULT_PRECISION, "hint": probe.hint,
                "summary": summary,
                "logs": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]}
-        tmp = args.json.with_name(args.json.name + ".tmp")
-        tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")
-        os.replace(tmp, args.json)
+        atomic_write_text(args.json, json.dumps(doc, indent=1))
     return 0
 
 

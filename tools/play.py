@@ -2,7 +2,8 @@
 
     worldmodel play [SCENE] [--image PATH --prompt TEXT] [--backend oracle|model] [--record PATH]
                     [--tick-hz F] [--window 512] [--seed N] [--max-ticks N] [--checkpoint PATH]
-                    [--precision fp32|bf16] [--save-world DIR] [--load-world DIR]
+                    [--precision fp32|bf16] [--hint on|off] [--memory on|off] [--save-world DIR]
+                    [--load-world DIR]
 
 SCENE is a bundled scene name, a scene folder or `procedural:<seed>`. Without a display (Linux,
 no DISPLAY/WAYLAND_DISPLAY, no SDL_VIDEODRIVER) it says so in one line and exits with 2: record
@@ -12,13 +13,16 @@ elsewhere or write a log, then export it with `worldmodel replay LOG --out run.m
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 
 from game.frame_source import BACKEND_CHOICES, DEFAULT_BACKEND
 from worldmodel.camera import DEFAULT_RESOLUTION, DEFAULT_TICK_HZ
 from worldmodel.config import PRECISION_NAMES
 from worldmodel.errors import UserError
+from tools.common import add_threads_flag, apply_threads
+from worldmodel.atomic import check_output_path
+from worldmodel.limits import flag_type
+from worldmodel.world_state import check_world_target
 
 NO_DISPLAY_EXIT = 2
 
@@ -37,21 +41,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="model arithmetic: fp32 (default) or bf16 (about 10%% faster per frame on a CPU)")
     p.add_argument("--hint", default=None, choices=("on", "off"),
                    help="the model's geometric hint (default: on when the checkpoint reads one)")
+    p.add_argument("--memory", default=None, choices=("on", "off"),
+                   help="the model's memory of places seen before (default on; off shows what it does)")
     p.add_argument("--record", default=None, metavar="PATH",
                    help="record an action log from the first tick (R records to recordings/ any time)")
-    p.add_argument("--tick-hz", type=float, default=DEFAULT_TICK_HZ,
+    p.add_argument("--tick-hz", type=flag_type("tick_hz"), default=DEFAULT_TICK_HZ,
                    help=f"ticks (= generated frames) per second (default {DEFAULT_TICK_HZ:g})")
-    p.add_argument("--window", type=int, default=DEFAULT_WINDOW, help=f"window side in pixels (default {DEFAULT_WINDOW})")
+    p.add_argument("--window", type=flag_type("window"), default=DEFAULT_WINDOW, help=f"window side in pixels (default {DEFAULT_WINDOW})")
     p.add_argument("--smooth", action="store_true", help="smooth upscaling (default: nearest, crisp pixels)")
-    p.add_argument("--resolution", type=int, default=DEFAULT_RESOLUTION,
+    p.add_argument("--resolution", type=flag_type("resolution"), default=DEFAULT_RESOLUTION,
                    help=f"oracle frame size (default {DEFAULT_RESOLUTION}; the model uses its checkpoint's)")
-    p.add_argument("--seed", type=int, default=None,
+    p.add_argument("--seed", type=flag_type("seed"), default=None,
                    help="sampling seed of the session (default 0, or the saved world's)")
-    p.add_argument("--max-ticks", type=int, default=None, help="quit after N ticks (automation)")
+    p.add_argument("--max-ticks", type=flag_type("ticks"), default=None, help="quit after N ticks (automation)")
     p.add_argument("--walk", action="store_true", help="start in walking mode (height kept; F toggles)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (default: torch's choice; 1 is often fastest for 64 px frames "
-                        "on a busy machine)")
+    add_threads_flag(p)
     p.add_argument("--no-hud", action="store_true", help="start with the HUD hidden (H toggles)")
     p.add_argument("--save-world", default=None, metavar="DIR",
                    help="save the world (memory + generator state) to DIR on quit and on F5 (model backend)")
@@ -60,23 +64,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads: must be >= 1, got {args.threads}")
-        import torch
-
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     from game.loop import NO_DISPLAY_MESSAGE, GameConfig, display_available, run_game
 
     if not display_available():
         print(NO_DISPLAY_MESSAGE, file=sys.stderr)
         return NO_DISPLAY_EXIT
-    if not (math.isfinite(args.tick_hz) and args.tick_hz > 0):
-        raise UserError(f"--tick-hz: must be a positive number, got {args.tick_hz}")
-    if args.max_ticks is not None and args.max_ticks < 0:
-        raise UserError(f"--max-ticks: must be >= 0, got {args.max_ticks}")
-    if args.resolution <= 0:
-        raise UserError(f"--resolution: must be positive, got {args.resolution}")
+    # every output is checked now, before the session starts: a session is never lost at quit
+    if args.record is not None:
+        check_output_path(args.record, inputs=(args.image, args.checkpoint, args.load_world), flag="--record")
+    if args.save_world is not None:
+        check_world_target(args.save_world)
     if args.prompt is not None and args.image is None and args.backend == "oracle":
         print("note: the oracle ignores --prompt (it renders the scene's world)", file=sys.stderr)
     if args.load_world is not None:
@@ -99,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--save-world: saving a world needs --backend model (the {args.backend} has no memory)")
     config = GameConfig(scene=args.scene, image=args.image, prompt=args.prompt, backend=args.backend,
                         checkpoint=args.checkpoint, precision=args.precision,
-                        hint=None if args.hint is None else args.hint == "on", seed=args.seed, tick_hz=args.tick_hz,
+                        hint=None if args.hint is None else args.hint == "on",
+                        memory=None if args.memory is None else args.memory == "on", seed=args.seed, tick_hz=args.tick_hz,
                         resolution=args.resolution, window=args.window, smooth=args.smooth, record=args.record,
                         max_ticks=args.max_ticks, fly=not args.walk, show_hud=not args.no_hud,
                         save_world=args.save_world, load_world=args.load_world)
@@ -108,4 +107,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"recorded {path}", file=sys.stderr)
     for path in result.screenshots:
         print(f"screenshot {path}", file=sys.stderr)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0

@@ -1,6 +1,7 @@
 """`worldmodel replay`: replay an action log to a video file, PNG frames or the game window.
 
     worldmodel replay LOG [--out run.mp4|run.gif|DIR/] [--backend oracle|model] [--fps F] [--size 256]
+                          [--hint on|off] [--memory on|off]
 
 Replay follows the logged poses. With --out it runs headless (progress bar on stderr) and writes
 the file atomically; frames stay at their native resolution unless --size (nearest upscaling).
@@ -14,6 +15,8 @@ import sys
 
 from game.frame_source import BACKEND_CHOICES
 from worldmodel.errors import UserError
+from tools.common import add_threads_flag, apply_threads
+from worldmodel.limits import flag_type
 
 NO_DISPLAY_EXIT = 2
 
@@ -27,28 +30,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help="model checkpoint (default: the shipped one)")
     p.add_argument("--hint", default=None, choices=("on", "off"),
                    help="the model's geometric hint (default: as the log was recorded)")
-    p.add_argument("--fps", type=float, default=None, help="playback frame rate (default: the log's tick rate)")
-    p.add_argument("--size", type=int, default=None,
+    p.add_argument("--memory", default=None, choices=("on", "off"),
+                   help="the model's memory (default: as the log was recorded)")
+    p.add_argument("--fps", type=flag_type("fps"), default=None, help="playback frame rate (default: the log's tick rate)")
+    p.add_argument("--size", type=flag_type("size"), default=None,
                    help="output side in pixels, nearest upscaling (default: native resolution)")
-    p.add_argument("--window", type=int, default=None, help="window side when replaying in a window")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (default: torch's choice; 1 is often fastest for 64 px frames "
-                        "on a busy machine)")
+    p.add_argument("--window", type=flag_type("window"), default=None, help="window side when replaying in a window")
+    add_threads_flag(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads: must be >= 1, got {args.threads}")
-        import torch
-
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     if args.out is not None:
         from game.replay import export_replay
 
         result = export_replay(args.log, args.out, backend=args.backend, fps=args.fps, size=args.size,
-                               checkpoint=args.checkpoint, progress=not args.quiet, hint=_hint(args))
+                               checkpoint=args.checkpoint, progress=not args.quiet, hint=_hint(args),
+                               memory=_memory(args))
         print(f"wrote {result.path} ({result.frames} frames, {result.ms_per_frame:.1f} ms/frame)", file=sys.stderr)
         return 0
     from game.loop import display_available
@@ -61,9 +60,13 @@ def run(args: argparse.Namespace) -> int:
     if args.size is not None:
         raise UserError("--size applies to --out exports; use --window for the window size")
     replay_in_window(args.log, backend=args.backend, checkpoint=args.checkpoint, window=args.window, fps=args.fps,
-                     hint=_hint(args))
+                     hint=_hint(args), memory=_memory(args))
     return 0
 
 
 def _hint(args: argparse.Namespace) -> bool | None:
     return None if args.hint is None else args.hint == "on"
+
+
+def _memory(args: argparse.Namespace) -> bool | None:
+    return None if args.memory is None else args.memory == "on"

@@ -13,15 +13,14 @@ same actions: there is no truth for a picture.
 from __future__ import annotations
 
 import argparse
-import os
-import random
 import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from worldmodel.atomic import atomic_write
 from worldmodel.errors import UserError
+from tools.common import add_threads_flag, apply_threads
 
 DEFAULT_TICKS = (0, 10, 50, 100, 500, 1000)
 CELL_SCALE = 2
@@ -38,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"comma-separated ticks to show (default {','.join(map(str, DEFAULT_TICKS))})")
     p.add_argument("--image", type=Path, default=None, help="start from this picture instead of a held-out world")
     p.add_argument("--prompt", default="a walled courtyard", help="prompt for --image")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_threads_flag(p)
 
 
 def _ticks(text: str) -> list[int]:
@@ -92,10 +91,7 @@ def run(args: argparse.Namespace) -> int:
     from worldmodel.checkpoint import DEFAULT_CHECKPOINT
     from worldmodel.runtime import ModelFrameSource
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads: must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     ticks = _ticks(args.ticks)
     ckpt = args.checkpoint or DEFAULT_CHECKPOINT
     probe = ModelFrameSource(ckpt)
@@ -121,9 +117,7 @@ def run(args: argparse.Namespace) -> int:
             frames, _ = _rollout(ModelFrameSource(ckpt, hint=hint), scene, log, last, ticks)
             rows.append([frames[t] for t in ticks])
         labels = "truth / hint on / hint off" if probe.config.hint else "truth / model"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    Image.fromarray(_tile(rows)).save(tmp, format="PNG")
-    os.replace(tmp, args.out)
+    image = Image.fromarray(_tile(rows))
+    atomic_write(args.out, lambda tmp: image.save(tmp, format="PNG"))
     print(f"wrote {args.out}: rows {labels}, ticks {ticks}", file=sys.stderr)
     return 0

@@ -12,7 +12,8 @@ model (stage world).
     torchrun --nproc_per_node 8 -m worldmodel.cli train --stage world ... [--fsdp]
 
 The ae and world stages resume from OUT when it holds a training state of the same config (--no-resume
-starts over), print a progress bar on stderr and write OUT/log.jsonl. The world stage writes
+starts over), print a progress bar on stderr and write their curves to OUT/log.jsonl (and OUT/tensorboard/
+with the `tensorboard` extra; `worldmodel plot-train OUT` draws them). The world stage writes
 OUT/world_model.safetensors: the one checkpoint `worldmodel play --checkpoint` loads. Only the world
 stage runs under torchrun (DDP, or FSDP with --fsdp; --batch is then the global batch); the other two
 refuse to start in more than one process rather than do the same work N times. See docs/training.md.
@@ -28,6 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from worldmodel.errors import UserError
+from tools.common import add_threads_flag, apply_threads
+from worldmodel.atomic import atomic_write, check_output_path
+from worldmodel.limits import flag_type
 
 PRESETS = ("default", "tiny")
 STAGES = ("ae", "depth", "latents", "world", "rollouts")
@@ -45,14 +49,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="held-out data of the same kind (ae: folder, world: latent cache)")
     p.add_argument("--out", type=Path, required=True,
                    help="ae, world: run folder (checkpoints, log.jsonl); latents: the cache file to write")
-    p.add_argument("--steps", type=int, default=None, help="total optimisation steps")
-    p.add_argument("--batch", type=int, default=None,
+    p.add_argument("--steps", type=flag_type("count"), default=None, help="total optimisation steps")
+    p.add_argument("--batch", type=flag_type("count"), default=None,
                    help="batch size (world: the global batch, split over the torchrun processes)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate")
     p.add_argument("--device", default="auto",
                    help="auto, cpu, cuda, cuda:1 ... (default auto; under torchrun auto/cuda = cuda:LOCAL_RANK)")
     p.add_argument("--no-resume", action="store_true", help="start over even if OUT holds a run")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_threads_flag(p)
     p.add_argument("--autoencoder", type=Path, default=None,
                    help="latents: the autoencoder to encode with; world: the one the latents were encoded "
                         "with (bundled into the checkpoint)")
@@ -61,14 +65,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="world: override a WorldModelConfig field (JSON value), e.g. --set layers=6")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="world: override a TrainOptions field, e.g. --opt val_every=200")
-    p.add_argument("--stop-after", type=int, default=None,
+    p.add_argument("--stop-after", type=flag_type("ticks"), default=None,
                    help="world: stop this run after N steps (resume later with the same command)")
     p.add_argument("--export", type=Path, default=None,
                    help="world: also copy the final checkpoint here (e.g. the shipped default path)")
     p.add_argument("--checkpoint", type=Path, default=None, help="rollouts: the world-model checkpoint to roll out")
-    p.add_argument("--clips", type=int, default=120, help="rollouts: clips to roll out (default 120)")
-    p.add_argument("--ticks", type=int, default=48, help="rollouts: ticks per rollout (default 48)")
-    p.add_argument("--seed", type=int, default=0, help="rollouts: sampler seed offset (default 0)")
+    p.add_argument("--clips", type=flag_type("count"), default=120, help="rollouts: clips to roll out (default 120)")
+    p.add_argument("--ticks", type=flag_type("count"), default=48, help="rollouts: ticks per rollout (default 48)")
+    p.add_argument("--seed", type=flag_type("seed"), default=0, help="rollouts: sampler seed offset (default 0)")
     p.add_argument("--fsdp", action="store_true",
                    help="world, under torchrun: shard parameters, gradients and optimizer state across the "
                         "processes (FSDP) instead of replicating the model (DDP)")
@@ -121,10 +125,8 @@ def _run_world(args: argparse.Namespace) -> int:
 
 def export_checkpoint(path: Path, export: Path) -> None:
     """Copy a finished checkpoint to `export` (e.g. the shipped default path) atomically."""
-    export.parent.mkdir(parents=True, exist_ok=True)
-    tmp = export.with_name(export.name + ".tmp")
-    shutil.copyfile(path, tmp)
-    tmp.replace(export)
+    check_output_path(export, inputs=(path,), flag="--export")
+    atomic_write(export, lambda tmp: shutil.copyfile(path, tmp))
     print(f"exported to {export}")
 
 
@@ -201,12 +203,7 @@ def _run_ae(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError("--threads must be >= 1")
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     if args.stage == "rollouts":
         _refuse_multi_process(args.stage)
         return _run_rollouts(args)

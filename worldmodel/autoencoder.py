@@ -32,7 +32,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from worldmodel.atomic import atomic_write
 from worldmodel.camera import DEFAULT_RESOLUTION
 from worldmodel.depth import MAX_DEPTH, MIN_DEPTH, SKY_DEPTH
 from worldmodel.errors import UserError
@@ -390,33 +390,14 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def _default_file_mode() -> int:
-    """0o666 minus the process umask: what a plain open() would create (mkstemp makes 0o600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
                             metadata: dict[str, str]) -> Path:
-    """Write a safetensors file through a temporary file in the same folder + fsync + rename (atomic):
-    never half a file under `path`. The one safetensors writer of the model code."""
+    """Write a safetensors file atomically (`worldmodel.atomic.atomic_write`): never half a file under
+    `path`, one UserError naming it on a failed write. The one safetensors writer of the model code."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, _default_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    return atomic_write(path, lambda tmp: save_file(cpu, str(tmp), metadata=metadata))
 
 
 def save_autoencoder(model: Autoencoder, path: str | os.PathLike,

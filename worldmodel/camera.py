@@ -42,6 +42,30 @@ DEFAULT_RESOLUTION = 64
 """Frames are square RESOLUTION x RESOLUTION RGB; larger sizes are configs, not forks."""
 
 
+def action_limits(tick_hz: float = DEFAULT_TICK_HZ) -> list[float]:
+    """The largest |component| of an action a held key makes in one tick at `tick_hz`: WALK_SPEED_MPS
+    / tick_hz metres for the moves, TURN_SPEED_DPS / tick_hz (in radians) for the turns. The game's
+    keys (game.bindings) and the agents' action space (worldmodel.env) both move at these speeds."""
+    if not (tick_hz > 0 and math.isfinite(tick_hz)):
+        raise ValueError(f"tick rate must be a positive number, got {tick_hz}")
+    move, turn = WALK_SPEED_MPS / tick_hz, math.radians(TURN_SPEED_DPS) / tick_hz
+    return [move, move, move, turn, turn]
+
+
+def held_key_action(axes: dict[str, float], tick_hz: float = DEFAULT_TICK_HZ) -> list[float]:
+    """The action of held keys: `axes` maps action components (ACTION_FIELDS) to -1..1 (absent = 0),
+    scaled by `action_limits`; a diagonal (forward + strafe) is normalised so it is not faster than a
+    straight move."""
+    unknown = set(axes) - set(ACTION_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown action components {sorted(unknown)}; known: {ACTION_FIELDS}")
+    push = [float(axes.get(name, 0.0)) for name in ACTION_FIELDS]
+    norm = math.hypot(push[0], push[1])
+    if norm > 1.0:
+        push[0], push[1] = push[0] / norm, push[1] / norm
+    return [p * limit for p, limit in zip(push, action_limits(tick_hz))]
+
+
 @dataclass(frozen=True)
 class CameraPose:
     """An absolute pose as logged and displayed."""

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from worldmodel.atomic import check_output_path
 from worldmodel.autoencoder import atomic_save_safetensors
 from worldmodel.config import WorldModelConfig
 from worldmodel.errors import UserError
@@ -186,11 +187,23 @@ def load_checkpoint(path: str | Path, expected_config: WorldModelConfig | None =
         tensors = load_file(str(path))
     except Exception as exc:  # truncated data section
         raise UserError(f"{path}: tensor data unreadable ({type(exc).__name__}: {exc})") from None
+    check_finite_tensors(tensors, str(path))
     for prefix, module in ((MODEL_PREFIX, model), (AE_PREFIX, autoencoder)):
         state = {k[len(prefix):]: v.float() if v.is_floating_point() else v
                  for k, v in tensors.items() if k.startswith(prefix)}
         module.load_state_dict(state, strict=True)
     return model.to(device).eval(), autoencoder.to(device).eval(), config
+
+
+def check_finite_tensors(tensors: dict[str, torch.Tensor], source: str) -> None:
+    """UserError naming the first tensor with a NaN or an infinity: one damaged weight would make
+    every generated frame after the first black, so such a file is refused rather than played."""
+    for name in sorted(tensors):
+        t = tensors[name]
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise UserError(f"{source}: tensor {name} has {bad} non-finite value{'s' if bad != 1 else ''} "
+                            "(NaN or inf); the checkpoint is damaged")
 
 
 def average_checkpoints(paths: list[str | Path], out: str | Path, weights: list[float] | None = None) -> Path:
@@ -206,6 +219,7 @@ def average_checkpoints(paths: list[str | Path], out: str | Path, weights: list[
     """
     if len(paths) < 2:
         raise UserError("average needs at least two checkpoints")
+    check_output_path(out, inputs=paths, flag="--out")
     weights = [1.0 / len(paths)] * len(paths) if weights is None else [float(w) for w in weights]
     if len(weights) != len(paths) or not all(math.isfinite(w) and w >= 0 for w in weights) \
             or abs(sum(weights) - 1.0) > 1e-6:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 
 from worldmodel.errors import UserError
@@ -24,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("tools.eval", "score the model against the procedural ground truth"),
     "bench": ("tools.bench", "benchmark the oracle renderer and the play loop"),
     "strip": ("tools.strip", "a picture strip of a rollout (truth / hint on / hint off, or a picture's depth)"),
+    "plot-train": ("tools.plot_train", "draw a training run's curves (losses, lr, validation PSNR, steps/s)"),
 }
 
 
@@ -43,6 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SIGTERM_EXIT = 128 + signal.SIGTERM
+SIGINT_EXIT = 128 + signal.SIGINT
+
+
+class Terminated(BaseException):
+    """Raised in the main thread by SIGTERM, so every `finally` and abort path runs (temp files of an
+    export or a save are removed) as for Ctrl-C. A BaseException: `except Exception` must not catch it."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -50,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"worldmodel {args.command}: unavailable ({args._import_error})", file=sys.stderr)
         return 2
     module = importlib.import_module(args._module)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(module.run(args) or 0)
     except UserError as exc:
@@ -57,7 +74,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return SIGINT_EXIT
+    except Terminated:
+        print("terminated (SIGTERM); nothing half-written was left behind", file=sys.stderr)
+        return SIGTERM_EXIT
+    except BrokenPipeError:  # `worldmodel ... | head`: the reader left; not an error of ours
+        # Python would flush stdout again at exit and print a second BrokenPipeError: point it at devnull
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

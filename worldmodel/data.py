@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -29,6 +28,7 @@ import torch
 from worldmodel.camera import ACTION_DIM, DEFAULT_FOV_DEG, DEFAULT_TICK_HZ, POSE_DIM
 from worldmodel.depth import check_depth
 from worldmodel.errors import UserError
+from worldmodel.progress import ProgressBar
 
 DATASET_FORMAT = "worldmodel.dataset"
 DATASET_VERSION = 1
@@ -348,7 +348,8 @@ def encode_dataset(autoencoder: Any, dataset_dir: str | os.PathLike, out_path: s
     actions = torch.empty(n, t, ACTION_DIM)
     poses = torch.empty(n, t, POSE_DIM)
     seeds = torch.empty(n, dtype=torch.int64)
-    report = progress if callable(progress) else (_print_progress if progress else None)
+    bar = ProgressBar(n, "encode clips") if progress and not callable(progress) else None
+    report = progress if callable(progress) else (None if bar is None else lambda done, _: bar.update(done - bar.count))
     was_training = autoencoder.training
     autoencoder.eval()
     clips_per_batch = max(1, batch // t)
@@ -373,8 +374,8 @@ def encode_dataset(autoencoder: Any, dataset_dir: str | os.PathLike, out_path: s
             if report:
                 report(start + len(clips), n)
     autoencoder.train(was_training)
-    if report is _print_progress:
-        print(file=sys.stderr)
+    if bar is not None:
+        bar.close()
     meta = {"format": LATENTS_FORMAT, "version": LATENTS_VERSION,
             "captions": json.dumps(ds.captions), "policies": json.dumps(ds.policies),
             "autoencoder_sha256": autoencoder_sha256 or "", "autoencoder_config": cfg.to_json(),
@@ -385,10 +386,6 @@ def encode_dataset(autoencoder: Any, dataset_dir: str | os.PathLike, out_path: s
     if views:
         tensors.update(view_rgb=view_rgb, view_depth=view_depth)
     return atomic_save_safetensors(tensors, out_path, meta)
-
-
-def _print_progress(done: int, total: int) -> None:
-    print(f"\r encode {done}/{total} clips", end="", file=sys.stderr, flush=True)
 
 
 class LatentClips:

@@ -49,8 +49,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -67,7 +65,8 @@ from worldmodel.model import ROLE_CURRENT, ROLE_SINK, ROLE_WINDOW, WorldModel, f
 from worldmodel.runtime import CTX_SEED_OFFSET, MEMORY_PAYLOAD_DTYPE, make_memory_store
 from worldmodel.sampler import add_noise, ddim_step, noise_levels
 from worldmodel.text import Tokenizer
-from worldmodel.train import (LOG_FILE, PRODUCT_CHECKPOINT, LatentData, TrainBatch, atomic_torch_save, build_sample, collate,
+from worldmodel.scalars import ScalarLog
+from worldmodel.train import (PRODUCT_CHECKPOINT, LatentData, TrainBatch, atomic_torch_save, build_sample, collate,
                               update_ema, world_model_loss)
 
 DISTILL_STATE = "distill_state.pt"
@@ -547,12 +546,6 @@ def fake_score_step(models: DistillModels, batch: RolloutBatch, opts: DistillOpt
 # --------------------------------------------------------------------------------------------------
 # the loop
 # --------------------------------------------------------------------------------------------------
-def _log(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-
-
 def _optimizer(model: WorldModel, lr: float, opts: DistillOptions) -> torch.optim.Optimizer:
     return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, betas=opts.betas,
                              weight_decay=opts.weight_decay)
@@ -644,7 +637,7 @@ def distill(teacher_path: str | Path, latents_path: str | Path, out_dir: str | P
     tokenizer = Tokenizer(s_config.vocab, s_config.max_text_tokens)
     models = DistillModels(student, fake, teacher, s_config, t_config, tokenizer)
     step = 0
-    state_path, log_path = out / DISTILL_STATE, out / LOG_FILE
+    state_path = out / DISTILL_STATE
     if resume and state_path.exists():
         state = _load_state(state_path, s_config, teacher_sha, opts)
         student.load_state_dict(state["student"])
@@ -657,8 +650,7 @@ def distill(teacher_path: str | Path, latents_path: str | Path, out_dir: str | P
         step = int(state["step"])
     elif not resume and state_path.exists():
         state_path.unlink()
-    if step == 0 and log_path.exists():
-        log_path.unlink()
+    scalars = ScalarLog(out, resume_step=step)  # log.jsonl (+ TensorBoard events when installed)
     amp = opts.amp and dev.type in ("cpu", "cuda")
 
     def save(step_now: int, metrics: dict[str, Any]) -> Path:
@@ -702,16 +694,18 @@ def distill(teacher_path: str | Path, latents_path: str | Path, out_dir: str | P
                        **{k: v for k, v in last_val.items() if k.endswith("psnr")})
         if step % opts.log_every == 0 or step == opts.steps:
             now = time.perf_counter()
-            _log(log_path, {"step": step, "grad_norm": grad_norm, "fake_grad_norm": fake_norm,
-                            "it_s": n_window / (now - t_window), "elapsed_s": now - t_start, **metrics})
+            scalars.write({"step": step, "lr": opts.lr, "fake_lr": opts.fake_lr, "grad_norm": grad_norm,
+                           "fake_grad_norm": fake_norm, "it_s": n_window / (now - t_window),
+                           "elapsed_s": now - t_start, **metrics})
             t_window, n_window = now, 0
         if vset is not None and (step % opts.val_every == 0 or step == opts.steps):
             last_val = validate(ema, autoencoder, vset, s_config, dev)
-            _log(log_path, {"step": step, **last_val})
+            scalars.write({"step": step, **last_val})
         if step % opts.ckpt_every == 0 or step == end:
             save(step, last_val)
     if bar is not None:
         bar.close()
+    scalars.close()
     product = out / PRODUCT_CHECKPOINT
     if not product.exists():  # resumed a finished run, or stopped before the first step
         save(step, last_val)

@@ -18,13 +18,20 @@ temporal rotation so the sink can be re-timed (`max_time_offset`) without recomp
 Default size: 2 (K, V) * 4 layers * 4 heads * 576 slots * 48 dims = 885k numbers per batch element,
 3.5 MB in fp32 (1.8 MB in bf16), plus the sink's raw keys (0.2 MB): `nbytes()`.
 
-Nothing is ever reallocated or concatenated: frames are written with `index_copy_` at slot indices
-that are tensors (the ring position `window_pos` is a 0-dim tensor), so a compiled step function
+Rows at different ticks (a batch of play sessions, `worldmodel.runtime.SessionBatch`): `row(b)` is row
+b as a one-row cache that shares this cache's storage and keeps its own ring position, sink tick and
+memory names, so each session resets, re-times its sink and writes its memory alone, while the
+denoising passes of all rows run as one batched `WorldModel.forward_cached` over the whole cache.
+
+Nothing is ever reallocated or concatenated: frames are written in place (`scatter_`, `index_copy_`) at
+slot indices that are tensors (the ring position `window_pos` is a 0-dim tensor), so a compiled step function
 sees the same shapes and no Python-int changes from tick to tick. Positional and camera information is
 baked into keys before they are written, so attention is order-free and the ring order never matters.
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 
@@ -71,6 +78,22 @@ class KVCache:
         """Tick the sink's keys are currently rotated to (see WorldModel.retime_sink)."""
         self.memory_ids: tuple | None = None
         """Names of the entries whose K/V fill the memory slots (None = unknown, recompute)."""
+
+    def row(self, index: int) -> "KVCache":
+        """Row `index` as a one-row cache: its k, v, sink_raw_k and valid are views of this cache's
+        (writes land here), its ring position, sink tick and memory names are its own (fresh)."""
+        if not 0 <= index < self.batch:
+            raise IndexError(f"cache row {index} of {self.batch}")
+        view = copy.copy(self)  # the slot layout (region, starts, arange) is shared and read-only
+        view.batch = 1
+        view.k, view.v = self.k[:, index: index + 1], self.v[:, index: index + 1]
+        view.sink_raw_k = self.sink_raw_k[:, index: index + 1]
+        view.valid = self.valid[index: index + 1]
+        view.window_pos = torch.zeros((), dtype=torch.long, device=self.device)
+        view.window_ticks = torch.full((self.window_frames,), -1, dtype=torch.long, device=self.device)
+        view.sink_tick = 0
+        view.memory_ids = None
+        return view
 
     @property
     def device(self) -> torch.device:

@@ -228,6 +228,24 @@ def _hint_tokens(hint: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return hint.flatten(-2).transpose(-1, -2).to(dtype)
 
 
+def _per_frame(fn, *args: torch.Tensor | None):
+    """`fn(*args)` computed for each frame alone (args [B, G, ...]), results put back together [B, G, ...]
+    (tuples part by part).
+
+    Why: a cached pass conditions each frame through small linear layers with one row per frame,
+    and for 1-3 rows BLAS takes a GEMV path whose sums round differently from its GEMM path. Frame
+    by frame, a play session's numbers are bit for bit the same alone, in a pass that also commits a
+    frame, or as a row of a batch of sessions (`worldmodel.runtime.SessionBatch`; tests/test_env.py)."""
+    lead = next(a for a in args if a is not None).shape[:2]
+    if lead == (1, 1):
+        return fn(*args)
+    outs = [[fn(*(None if a is None else a[b: b + 1, f: f + 1] for a in args)) for f in range(lead[1])]
+            for b in range(lead[0])]
+    if isinstance(outs[0][0], tuple):
+        return tuple(torch.cat([torch.cat([o[i] for o in row], 1) for row in outs]) for i in range(len(outs[0][0])))
+    return torch.cat([torch.cat(row, 1) for row in outs])
+
+
 def _full_precision(x: torch.Tensor) -> torch.autocast:
     """Positional maths runs in float32 even under bf16 autocast (poses and angles need the bits)."""
     return torch.autocast(device_type=x.device.type, enabled=False)
@@ -518,8 +536,9 @@ class WorldModel(nn.Module):
     # --- play: cached passes ---
     @torch.no_grad()
     def forward_cached(self, cache: KVCache, latents: torch.Tensor, noise: torch.Tensor, actions: torch.Tensor,
-                       poses: torch.Tensor, ticks: list[int], text_cond: torch.Tensor, roles: list[str],
-                       hint: torch.Tensor | None = None) -> torch.Tensor:
+                       poses: torch.Tensor, ticks: list[int] | torch.Tensor, text_cond: torch.Tensor, roles: list[str],
+                       hint: torch.Tensor | None = None, slots: torch.Tensor | None = None,
+                       keep: torch.Tensor | None = None) -> torch.Tensor:
         """Run G frames (G = 1 or 2) against the cache, writing their K/V in place.
 
         latents [B, G, C, h, w], noise [B, G], actions [B, G, 5], poses [B, G, 5], ticks: G ints,
@@ -528,13 +547,25 @@ class WorldModel(nn.Module):
         training); the current frame sees everything valid. `hint` [B, G, C + 1, h, w]: the geometric
         hint of each frame (zeros for committed frames, as in training). Returns predicted clean latents
         [B, G, C, h, w]. Call `cache.advance_window` after a pass that committed a ROLE_WINDOW frame.
+
+        Rows at different ticks (`worldmodel.runtime.SessionBatch`: each row a session with its own ring
+        position, `KVCache.row`): `ticks` is a tensor [B, G], `slots` [B, G*P] the slots of each row's
+        frames, and `keep` [B, G] bool the frames whose slots become valid; a frame with keep False is
+        a placeholder (a row with nothing to commit, or not stepping): computed and written to a slot
+        nobody sees, its output ignored. Rows never write the sink this way (a reset is one row's pass).
         """
         c = self.config
         p = c.tokens_per_frame
-        g = latents.shape[1]
-        index_of = {ROLE_SINK: cache.sink_index, ROLE_WINDOW: cache.window_index, ROLE_CURRENT: cache.current_index}
-        idx = torch.cat([index_of[r]() for r in roles])  # [G*P]
-        cache.valid[:, idx] = True
+        b, g = latents.shape[:2]
+        if slots is None:
+            index_of = {ROLE_SINK: cache.sink_index, ROLE_WINDOW: cache.window_index,
+                        ROLE_CURRENT: cache.current_index}
+            slots = torch.cat([index_of[r]() for r in roles])[None].expand(b, -1)  # [B, G*P]
+        elif ROLE_SINK in roles:
+            raise ValueError("forward_cached: per-row slots cannot write the sink (reset a row through its own cache)")
+        kept = torch.ones_like(slots, dtype=torch.bool) if keep is None else keep.repeat_interleave(p, 1)
+        cache.valid.scatter_(1, slots, cache.valid.gather(1, slots) | kept)
+        write_at = slots[:, None, :, None].expand(b, c.heads, -1, c.head_dim)  # [B, H, G*P, dh]
         extra = None  # frames being denoised see every valid slot
         if any(r != ROLE_CURRENT for r in roles):  # committed frames see only sink + window
             commit_rows = cache.commit_mask()[None].expand(p, -1)
@@ -542,14 +573,18 @@ class WorldModel(nn.Module):
             extra = torch.cat([all_rows if r == ROLE_CURRENT else commit_rows for r in roles])  # [G*P, S]
         if ROLE_SINK in roles:
             cache.sink_tick = 0
-        time_ticks = torch.tensor([[cache.sink_tick if r == ROLE_SINK else t for r, t in zip(roles, ticks)]],
-                                  device=latents.device).expand(latents.shape[0], -1)
-        cond = self.frame_condition(noise, actions, text_cond)
+        if isinstance(ticks, torch.Tensor):
+            time_ticks = ticks.to(latents.device)
+        else:
+            time_ticks = torch.tensor([[cache.sink_tick if r == ROLE_SINK else t for r, t in zip(roles, ticks)]],
+                                      device=latents.device).expand(b, -1)
+        cond = _per_frame(lambda n, a, t: self.frame_condition(n, a, t[:, 0]), noise, actions,
+                          text_cond[:, None].expand(-1, g, -1))
         x = self.embed_frames(latents, hint)
         sink_at = roles.index(ROLE_SINK) if ROLE_SINK in roles else None
         pos = self.pos.positions(poses, time_ticks, split_time=sink_at is not None)
         for layer, block in enumerate(self.blocks):
-            mods = block.mods(cond)
+            mods = _per_frame(block.mods, cond)
             q, k, v = block.qkv_tokens(x, mods[0], mods[1])  # [B, G, P, H, dh]
             k_cache, v_cache = cache.layer(layer)
             q = to_heads(self.pos.per_token(q, pos.q_map)).to(k_cache.dtype)
@@ -559,12 +594,12 @@ class WorldModel(nn.Module):
                 k = self.pos.per_frame(k_raw, pos.time_map)
             else:
                 k = self.pos.per_token(k, pos.k_map)
-            k_cache.index_copy_(2, idx, to_heads(k).to(k_cache.dtype))
-            v_cache.index_copy_(2, idx, to_heads(self.pos.per_frame(v, pos.v_map)).to(v_cache.dtype))
+            k_cache.scatter_(2, write_at, to_heads(k).to(k_cache.dtype))
+            v_cache.scatter_(2, write_at, to_heads(self.pos.per_frame(v, pos.v_map)).to(v_cache.dtype))
             att = cache_attention(q, k_cache, v_cache, cache.valid, extra)  # [B, H, G*P, dh]
             att = self.pos.per_frame(from_heads(att.to(x.dtype), g), pos.out_map)
             x = block.finish(x, att, mods)
-        return self.output(x, cond, hint)
+        return _per_frame(self.output, x, cond, hint)
 
     @torch.no_grad()
     def retime_sink(self, cache: KVCache, newest_tick: int) -> None:

@@ -1,5 +1,6 @@
 """Play-time generation: `WorldModelSession` (latents in, latents out) and `ModelFrameSource` (the
-game's FrameSource backed by the learned model).
+game's FrameSource backed by the learned model); `SessionBatch` / `ModelFrameBatch` step N sessions
+with one batched transformer pass per denoising step (the vector environment, worldmodel.env).
 
 One tick (frame t, DESIGN §1 data flow):
   1. memory: retrieve the stored entries whose views overlap the camera at pose_t most (entries older
@@ -154,6 +155,89 @@ class _Pending:
     tick: int
 
 
+@dataclass
+class _TickPlan:
+    """One session's generated tick between `_begin_tick` and `_end_tick`: what its denoising passes
+    read, and `x`, the frame they denoise (updated pass by pass)."""
+
+    action: torch.Tensor  # [5]
+    pose: torch.Tensor  # [5]
+    tick: int
+    levels: list[float]  # noise levels, passes + 1 numbers (noise_levels)
+    x: torch.Tensor  # [C, h, w]
+    hint: torch.Tensor | None  # [C + 1, h, w]
+    pending: _Pending | None  # the previous frame, committed inside the first pass
+    committed: torch.Tensor | None  # its latent noised to ctx_noise_play, as it enters the ring
+    started: float  # perf_counter() when the passes began
+
+    @property
+    def passes(self) -> int:
+        return len(self.levels) - 1
+
+
+def _denoise_rows(rows: Sequence["WorldModelSession"], cache: KVCache, plans: Sequence[_TickPlan | None]) -> None:
+    """The denoising passes of a tick for every row with a plan: ONE cached pass per step for all rows.
+
+    `rows` are sessions whose caches are the rows of `cache` (`KVCache.row`), or one session whose
+    cache is `cache` itself. The first pass also commits each row's pending frame into its own ring
+    slot (a row with none gets a placeholder there, see `WorldModel.forward_cached`); a row whose
+    schedule is shorter (or that has no plan: it is not stepping) rides along as a placeholder, so
+    its outputs are ignored and nothing it writes becomes visible. Every row's numbers are those
+    of the same session stepped alone: each row's arithmetic in the batched pass does not depend on
+    the other rows (tests/test_env.py compares the frames exactly).
+    """
+    live = [plan for plan in plans if plan is not None]
+    if not live:
+        return
+    head = rows[0]
+    model, c, dev, dt = head.model, head.config, head.device, head.dtype
+    alone = len(rows) == 1 and rows[0].cache is cache  # a lone session: the cache's ring position names the slots
+    commit = any(plan.pending is not None for plan in live)
+    text = head._text_cond if alone else torch.cat([row._text_cond for row in rows])
+    latent_shape = (c.latent_channels, c.latent_size, c.latent_size)
+    for i in range(max(plan.passes for plan in live)):
+        roles = [ROLE_WINDOW, ROLE_CURRENT] if i == 0 and commit else [ROLE_CURRENT]
+        g, b = len(roles), len(rows)
+        latents = torch.zeros(b, g, *latent_shape)
+        noise = [[0.0] * g for _ in range(b)]
+        actions, poses = torch.zeros(b, g, ACTION_DIM), torch.zeros(b, g, 5)
+        ticks = torch.zeros(b, g, dtype=torch.long)
+        keep = torch.zeros(b, g, dtype=torch.bool)
+        hints = torch.zeros(b, g, c.latent_channels + 1, c.latent_size, c.latent_size) if c.hint else None
+        slots = []
+        for r, (row, plan) in enumerate(zip(rows, plans)):
+            frames = []
+            poses[r] = row.pose  # placeholders look from where the row is
+            if g == 2:
+                pending = None if plan is None else plan.pending
+                if pending is not None:
+                    latents[r, 0], noise[r][0], keep[r, 0] = plan.committed, c.ctx_noise_play, True
+                    actions[r, 0], poses[r, 0], ticks[r, 0] = pending.action, pending.pose, pending.tick
+                frames.append(row.cache.window_index())
+            if plan is not None:
+                step = min(i, plan.passes - 1)
+                latents[r, -1], noise[r][-1], keep[r, -1] = plan.x, plan.levels[step], i < plan.passes
+                actions[r, -1], poses[r, -1], ticks[r, -1] = plan.action, plan.pose, plan.tick
+                if plan.hint is not None:
+                    hints[r, -1] = plan.hint
+            frames.append(row.cache.current_index())
+            slots.append(torch.cat(frames))
+        extra = {} if hints is None else {"hint": hints.to(dev, dt)}
+        if not alone:
+            extra.update(slots=torch.stack(slots).to(dev), keep=keep.to(dev))
+        out = model.forward_cached(cache, latents.to(dev, dt), torch.tensor(noise, device=dev, dtype=dt),
+                                   actions.to(dev, dt), poses.to(dev), ticks[0].tolist() if alone else ticks.to(dev),
+                                   text, roles, **extra).float().cpu()
+        for r, (row, plan) in enumerate(zip(rows, plans)):
+            if plan is None:
+                continue
+            if g == 2 and plan.pending is not None:
+                row.cache.advance_window(plan.pending.tick)
+            if i < plan.passes:
+                row.timing.passes += 1
+                plan.x = ddim_step(plan.x, out[r, -1], plan.levels[i], plan.levels[i + 1])
+
+
 class WorldModelSession:
     """Batch-free generation API: reset with a start latent, then one latent per action.
 
@@ -164,7 +248,9 @@ class WorldModelSession:
     def __init__(self, model: WorldModel, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                  use_memory: bool = True, defer_commit: bool = True, sample_steps: int | None = None,
                  autoencoder: torch.nn.Module | None = None, use_hint: bool = True,
-                 composite: float | None = None) -> None:
+                 composite: float | None = None, cache: KVCache | None = None) -> None:
+        """`cache`: a one-row cache to run in (a row of a `SessionBatch`'s cache); by default the
+        session allocates its own."""
         self.model = model.eval().to(device=device, dtype=dtype)
         self.config = model.config
         self.device = torch.device(device)
@@ -182,7 +268,9 @@ class WorldModelSession:
         """Weight of the reprojected pixels in the frame shown (and kept as its view) where the hint
         covers; the model's decoded frame elsewhere and for the rest (0 = the decoded frame only)."""
         self._last_warp: Reprojection | None = None
-        self.cache = KVCache(self.config, batch=1, device=self.device, dtype=dtype)
+        self.cache = KVCache(self.config, batch=1, device=self.device, dtype=dtype) if cache is None else cache
+        if self.cache.batch != 1:
+            raise ValueError(f"a session runs in a one-row cache, got {self.cache.batch} rows (see KVCache.row)")
         self.tokenizer = Tokenizer(self.config.vocab, self.config.max_text_tokens)
         self.memory = make_memory_store(self.config) if self.config.use_memory else None
         self.tick = 0
@@ -325,49 +413,55 @@ class WorldModelSession:
         tick's frame (teacher forcing / prefill, e.g. replaying the outbound half of a revisit path),
         entering the window and the memory exactly as a generated frame would.
         """
+        action_t, pose_t = self._action_pose(action, pose)
+        if observed is not None:
+            self.timing = TickTiming()
+            return self._observe(observed, action_t, pose_t, self.tick + 1)
+        plan = self._begin_tick(action_t, pose_t)
+        _denoise_rows([self], self.cache, [plan])
+        return self._end_tick(plan)
+
+    def _action_pose(self, action: Sequence[float] | torch.Tensor,
+                     pose: CameraPose | Sequence[float] | torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tick's action [5] and the pose after it [5] (integrated from the current pose when None)."""
         if self._text_cond is None:
             raise RuntimeError("WorldModelSession.step called before reset")
-        c = self.config
         action_t = torch.as_tensor(action, dtype=torch.float32).reshape(ACTION_DIM)
         pose_t = CameraPose.from_sequence(self.pose.tolist()).step(action_t.tolist()).as_tensor() \
             if pose is None else _pose_tensor(pose)
+        return action_t, pose_t
+
+    def _begin_tick(self, action: torch.Tensor, pose: torch.Tensor) -> "_TickPlan":
+        """Everything of a generated tick before its denoising passes: memory retrieval, the sink's
+        timing, the hint, the initial noise and the context noise of the frame to commit."""
+        c = self.config
         tick = self.tick + 1
         self.timing = TickTiming()
-        if observed is not None:
-            return self._observe(observed, action_t, pose_t, tick)
         t0 = time.perf_counter()
-        self._prepare_memory(pose_t, tick)
+        self._prepare_memory(pose, tick)
         self.model.retime_sink(self.cache, tick)
         t_hint = time.perf_counter()
-        hint = self.build_hint(pose_t, tick)
+        hint = self.build_hint(pose, tick)
         t1 = time.perf_counter()
+        self.timing.memory_ms = (t_hint - t0) * 1e3
         self.timing.hint_ms = (t1 - t_hint) * 1e3
-
         levels = noise_levels(self._steps(tick), c.schedule_shift)
         x = self._noise(self._gen_frame)[0, 0]  # [C, h, w]
         pending = self._pending if self.defer_commit else None
-        for i in range(len(levels) - 1):
-            lvl = levels[i]
-            if i == 0 and pending is not None:
-                committed = self._commit_noised(pending.latent)
-                out = self._run(torch.stack([committed, x]), [c.ctx_noise_play, lvl],
-                                torch.stack([pending.action, action_t]), torch.stack([pending.pose, pose_t]),
-                                [pending.tick, tick], [ROLE_WINDOW, ROLE_CURRENT], hint)
-                self.cache.advance_window(pending.tick)
-                x0 = out[1]
-            else:
-                x0 = self._run(x[None], [lvl], action_t[None], pose_t[None], [tick], [ROLE_CURRENT], hint)[0]
-            x = ddim_step(x, x0, lvl, levels[i + 1])
-        new = _Pending(x, action_t, pose_t, tick)
+        committed = None if pending is None else self._commit_noised(pending.latent)
+        return _TickPlan(action, pose, tick, levels, x, hint, pending, committed, t1)
+
+    def _end_tick(self, plan: "_TickPlan") -> torch.Tensor:
+        """Everything of a generated tick after its passes: commit (now or next tick), memory, views."""
+        new = _Pending(plan.x, plan.action, plan.pose, plan.tick)
         if self.defer_commit:
             self._pending = new
         else:
             self._commit_now(new)
-        self.timing.generate_ms = (time.perf_counter() - t1) * 1e3
-        self._keep_frame(x, pose_t, tick)
-        self.timing.memory_ms = (t_hint - t0) * 1e3
-        self.tick, self.pose, self.last_latent = tick, pose_t, x
-        return x
+        self.timing.generate_ms = (time.perf_counter() - plan.started) * 1e3
+        self._keep_frame(plan.x, plan.pose, plan.tick)
+        self.tick, self.pose, self.last_latent = plan.tick, plan.pose, plan.x
+        return plan.x
 
     def _observe(self, latent: torch.Tensor, action: torch.Tensor, pose: torch.Tensor, tick: int) -> torch.Tensor:
         """Take a given latent as frame `tick` (no denoising passes; a pending frame is committed now)."""
@@ -508,14 +602,21 @@ class ModelFrameSource:
     def timing(self) -> TickTiming:
         return self.session.timing
 
+    @property
+    def use_memory(self) -> bool:
+        """Whether frames are generated with the memory (`--memory`; recorded in action logs)."""
+        return self.session.use_memory
+
     @torch.no_grad()
-    def _decode(self, latent: torch.Tensor) -> np.ndarray:
+    def _decode(self, latent: torch.Tensor, session: WorldModelSession | None = None) -> np.ndarray:
+        """The frame of `latent`, the current frame of `session` (this source's own by default)."""
+        session = self.session if session is None else session
         t0 = time.perf_counter()
-        view = self.session.views.get(self.session.tick)
-        if view is not None and latent is self.session.last_latent:
+        view = session.views.get(session.tick)
+        if view is not None and latent is session.last_latent:
             return view.rgb.numpy()  # a hint model decoded this frame already, for its view (timed there)
         frame = self.autoencoder.decode_uint8(latent[None].to(self.device))[0]
-        self.session.timing.decode_ms = (time.perf_counter() - t0) * 1e3
+        session.timing.decode_ms = (time.perf_counter() - t0) * 1e3
         return frame.cpu().numpy()
 
     @torch.no_grad()
@@ -528,9 +629,16 @@ class ModelFrameSource:
     @torch.no_grad()
     def reset(self, scene, start_pose: CameraPose, prompt: str, seed: int) -> np.ndarray:
         """Encode the scene's start image (resized to the model resolution) as the sink frame."""
-        image = self._prepare_image(scene.image)
-        self.session.reset(self._encode(image), start_pose, prompt, seed, start_image=torch.from_numpy(image))
+        image = self.reset_session(self.session, scene, start_pose, prompt, seed)
         self.pose_history = [_pose_tensor(start_pose).tolist()]
+        return image
+
+    @torch.no_grad()
+    def reset_session(self, session: WorldModelSession, scene, start_pose: CameraPose, prompt: str,
+                      seed: int) -> np.ndarray:
+        """`reset` for any session of this model (a row of a `ModelFrameBatch`); returns the start frame."""
+        image = self._prepare_image(scene.image)
+        session.reset(self._encode(image), start_pose, prompt, seed, start_image=torch.from_numpy(image))
         return image
 
     def _prepare_image(self, image: np.ndarray) -> np.ndarray:
@@ -555,3 +663,72 @@ class ModelFrameSource:
             self.session.step(action, pose, observed=self._encode(image))
             return image
         return self._decode(self.session.step(action, pose))
+
+
+class SessionBatch:
+    """N play sessions stepped together: one batched cached pass per denoising step for all of them.
+
+    Why rows of one cache rather than N caches: the transformer pass is the bulk of a tick, and one
+    pass over N rows replaces N passes. Each row is a full `WorldModelSession` (memory store,
+    generators, views, ring position) running in one row of a shared `KVCache(batch=N)`
+    (`KVCache.row`), so a row resets, retrieves its memory, builds its hint and decodes exactly as a
+    lone session does, at its own tick; only the denoising passes are shared (`_denoise_rows`), and
+    they give every row the numbers it would get alone.
+    """
+
+    def __init__(self, model: WorldModel, size: int, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32, **session_options) -> None:
+        """`session_options`: `WorldModelSession`'s (use_memory, sample_steps, autoencoder, use_hint,
+        composite) for every row."""
+        if size < 1:
+            raise ValueError(f"a session batch has at least one row, got {size}")
+        self.cache = KVCache(model.config, batch=size, device=device, dtype=dtype)
+        self.rows = [WorldModelSession(model, device=device, dtype=dtype, cache=self.cache.row(i), **session_options)
+                     for i in range(size)]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @torch.no_grad()
+    def step(self, actions: Sequence[Sequence[float] | torch.Tensor | None],
+             poses: Sequence[CameraPose | Sequence[float] | torch.Tensor | None]) -> list[torch.Tensor | None]:
+        """One tick of every row whose action is not None (the others, e.g. rows just reset, keep their
+        state): -> each stepped row's latent [C, h, w] (None for the others). Every row must be reset."""
+        if len(actions) != len(self.rows) or len(poses) != len(self.rows):
+            raise ValueError(f"{len(self.rows)} rows, got {len(actions)} actions and {len(poses)} poses")
+        if any(row._text_cond is None for row in self.rows):
+            raise RuntimeError("SessionBatch.step before every row was reset")
+        plans = [None if action is None else row._begin_tick(*row._action_pose(action, pose))
+                 for row, action, pose in zip(self.rows, actions, poses)]
+        _denoise_rows(self.rows, self.cache, plans)
+        return [None if plan is None else row._end_tick(plan) for row, plan in zip(self.rows, plans)]
+
+
+class ModelFrameBatch:
+    """N model frame sources in one: the frames `ModelFrameSource` would make for N sessions, generated
+    by a `SessionBatch` (the batched environment, `worldmodel.env.ExploreVectorEnv`, steps these)."""
+
+    name = "model"
+
+    def __init__(self, source: ModelFrameSource, size: int) -> None:
+        """`source` lends its checkpoint, settings (precision, hint, memory, steps) and weights."""
+        one = source.session
+        self.source = source
+        self.resolution = source.resolution
+        self.sessions = SessionBatch(one.model, size, one.device, one.dtype, use_memory=one.use_memory,
+                                     sample_steps=one.sample_steps, autoencoder=source.autoencoder,
+                                     use_hint=one.use_hint, composite=one.composite)
+
+    def __len__(self) -> int:
+        return len(self.sessions)
+
+    def reset(self, index: int, scene, start_pose: CameraPose, prompt: str, seed: int) -> np.ndarray:
+        """Start row `index` (as `ModelFrameSource.reset`); returns its first frame."""
+        return self.source.reset_session(self.sessions.rows[index], scene, start_pose, prompt, seed)
+
+    def step(self, actions: Sequence[Sequence[float] | None], poses: Sequence[CameraPose | None]
+             ) -> list[np.ndarray | None]:
+        """The frames after one tick of every row whose action is not None (None for the others)."""
+        latents = self.sessions.step(actions, poses)
+        return [None if z is None else self.source._decode(z, row) for z, row in zip(latents, self.sessions.rows)]
+

@@ -35,11 +35,8 @@ through this autoencoder), plus the copy-last-frame baseline for scale.
 from __future__ import annotations
 
 import copy
-import json
 import math
-import os
 import random
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,6 +45,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from worldmodel.atomic import atomic_write
 from worldmodel.config import WorldModelConfig, default_config
 from worldmodel.distributed import (DistContext, ParallelModel, distributed_session, full_state_dict,
                                     load_full_state_dict, load_optimizer_state, optimizer_state,
@@ -57,11 +55,11 @@ from worldmodel.hint import HintAugment, build_hint, hint_source_ticks
 from worldmodel.model import JointBatch, WorldModel
 from worldmodel.sampler import add_noise, noise_levels
 from worldmodel.sampler import sample as sample_frames
+from worldmodel.scalars import LOG_FILE, ScalarLog  # noqa: F401  (LOG_FILE: the run's log, for callers)
 from worldmodel.text import Tokenizer
 
 TRAIN_STATE = "train_state.pt"
 PRODUCT_CHECKPOINT = "world_model.safetensors"
-LOG_FILE = "log.jsonl"
 PAD_TICK = -(10 ** 6)
 """Tick of padding frames: far from every real tick, so no window ever includes them."""
 HIGH_NOISE_LEVEL = 0.5
@@ -711,18 +709,8 @@ def update_ema(ema: WorldModel, model: WorldModel, decay: float) -> None:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save via temp file + fsync + rename: a crash never leaves half a state under `path`."""
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """torch.save via `worldmodel.atomic.atomic_write`: a crash never leaves half a state under `path`."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _load_state(path: Path, config: WorldModelConfig) -> dict[str, Any]:
@@ -770,12 +758,6 @@ def initial_weights(path: str | Path, config: WorldModelConfig) -> dict[str, tor
         factor = 4  # positions of a 2x2 patch; pixel_unshuffle orders features as channel * 4 + position
         state["mem_in.weight"] = state["mem_in.weight"].repeat_interleave(factor, dim=1) / factor
     return state
-
-
-def _log(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
 
 
 def _plain_model(config: WorldModelConfig, state: dict[str, torch.Tensor], device: torch.device) -> WorldModel:
@@ -885,7 +867,7 @@ def _train(ctx: DistContext, latents_path: str | Path | list[str | Path], out_di
     hint_augment = HintAugment(opts.hint_drop_source, opts.hint_empty, opts.hint_noise)
     step = 0
     state_path = out / TRAIN_STATE
-    log_path = out / LOG_FILE
+    scalars: ScalarLog | None = None
     if resume and state_path.exists():
         state = _load_state(state_path, config)
         load_full_state_dict(model, state["model"], opts.fsdp)
@@ -905,8 +887,7 @@ def _train(ctx: DistContext, latents_path: str | Path | list[str | Path], out_di
     if main:
         if not resume and state_path.exists():
             state_path.unlink()
-        if step == 0 and log_path.exists():
-            log_path.unlink()
+        scalars = ScalarLog(out, resume_step=step)  # log.jsonl (+ TensorBoard events when installed)
     ctx.barrier()
 
     amp = opts.amp and dev.type in ("cpu", "cuda")
@@ -977,15 +958,15 @@ def _train(ctx: DistContext, latents_path: str | Path | list[str | Path], out_di
             bar.update(1, loss=metrics["loss"], **{k: v for k, v in last_val.items() if k.endswith("psnr")})
         if main and (step % opts.log_every == 0 or step == opts.steps):
             now = time.perf_counter()
-            _log(log_path, {"step": step, "lr": lr, "grad_norm": grad_norm, "it_s": n_window / (now - t_window),
-                            "elapsed_s": now - t_start, **metrics})
+            scalars.write({"step": step, "lr": lr, "grad_norm": grad_norm, "it_s": n_window / (now - t_window),
+                           "elapsed_s": now - t_start, **metrics})
             t_window, n_window = now, 0
         if vset is not None and (step % opts.val_every == 0 or step == opts.steps):
             val_model = ema_for_rank0(dev)
 
             def run_validation() -> dict[str, Any]:
                 scores = validate(val_model, autoencoder, vset, config, dev)
-                _log(log_path, {"step": step, **scores})
+                scalars.write({"step": step, **scores})
                 return scores
 
             last_val = rank0("validation", run_validation) or last_val
@@ -993,6 +974,8 @@ def _train(ctx: DistContext, latents_path: str | Path | list[str | Path], out_di
             save(step, last_val)
     if bar is not None:
         bar.close()
+    if scalars is not None:
+        scalars.close()
     product = out / PRODUCT_CHECKPOINT
     # resumed a finished run, or stopped before the first step: rank 0 decides (it is the one that
     # sees the file), every rank joins the save

@@ -15,11 +15,9 @@ in the MSE) + a small L2 penalty on the raw latents (keeps their range tame; no 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,15 +25,17 @@ from typing import Any, TextIO
 
 import torch
 
-from worldmodel.autoencoder import Autoencoder, AutoencoderConfig, _default_file_mode, describe, save_autoencoder
+from worldmodel.autoencoder import Autoencoder, AutoencoderConfig, describe, save_autoencoder
 from worldmodel.data import ClipDataset, FrameSampler, fixed_frames
 from worldmodel.errors import UserError
 from worldmodel.metrics import psnr
-from worldmodel.train import resolve_device
+from worldmodel.progress import ProgressBar
+from worldmodel.scalars import LOG_FILE, ScalarLog
+from worldmodel.train import atomic_torch_save, resolve_device
 
 CHECKPOINT_NAME = "autoencoder.safetensors"
 TRAIN_STATE_NAME = "autoencoder.train.pt"
-LOG_NAME = "log.jsonl"
+LOG_NAME = LOG_FILE
 TRAIN_STATE_FORMAT = "worldmodel.autoencoder.train"
 VAL_SEED = 1234
 """Seeds of the fixed frame sets (validation, latent statistics): never the training stream's."""
@@ -121,18 +121,6 @@ def evaluate_psnr(model: Autoencoder, frames: torch.Tensor, batch: int = EVAL_BA
     return float(torch.cat(values).mean())
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.chmod(tmp, _default_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _config_diff(a: Any, b: Any) -> str:
     return "; ".join(f"{f.name} {getattr(a, f.name)!r} != {getattr(b, f.name)!r}"
                      for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name))
@@ -152,38 +140,23 @@ def _load_train_state(path: Path, config: AutoencoderConfig) -> dict[str, Any]:
     return state
 
 
-def _rewrite_log(path: Path, keep_until_step: int) -> None:
-    """On resume, drop log records of steps after the checkpoint (they will be trained again)."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a crash
-        if isinstance(rec, dict) and rec.get("step", 0) <= keep_until_step:
-            kept.append(line)
-    path.write_text("".join(k + "\n" for k in kept))
-
-
 class _Progress:
-    """Single-line text progress on a stream: '\r step 120/2000 loss 0.0123 val_psnr 27.4 dB 3.1 it/s'."""
+    """The run's progress bar (`worldmodel.progress`) on a stream, or nothing for stream None."""
 
-    def __init__(self, stream: TextIO | None, total: int) -> None:
-        self.stream, self.total = stream, total
+    def __init__(self, stream: TextIO | None, total: int, start: int) -> None:
+        self.bar = ProgressBar(total, "train ae", stream=stream, start=start) if stream is not None else None
 
     def show(self, step: int, loss: float, val_psnr: float | None, it_s: float) -> None:
-        if self.stream is None:
+        if self.bar is None:
             return
-        val = f" val_psnr {val_psnr:.1f} dB" if val_psnr is not None else ""
-        self.stream.write(f"\r step {step}/{self.total} loss {loss:.4f}{val} {it_s:.2f} it/s ")
-        self.stream.flush()
+        fields: dict[str, float] = {"loss": loss, "it_s": it_s}
+        if val_psnr is not None:
+            fields["val_psnr"] = val_psnr
+        self.bar.update(step - self.bar.count, **fields)
 
     def close(self) -> None:
-        if self.stream is not None:
-            self.stream.write("\n")
-            self.stream.flush()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def train_autoencoder(data_dir: str | os.PathLike, out_dir: str | os.PathLike, steps: int = 2400,
@@ -210,7 +183,7 @@ def train_autoencoder(data_dir: str | os.PathLike, out_dir: str | os.PathLike, s
     dev = resolve_device(device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt_path, state_path, log_path = out / CHECKPOINT_NAME, out / TRAIN_STATE_NAME, out / LOG_NAME
+    ckpt_path, state_path = out / CHECKPOINT_NAME, out / TRAIN_STATE_NAME
     train_set = ClipDataset(data_dir, expected_resolution=config.resolution)
     val_set = ClipDataset(val_dir, expected_resolution=config.resolution) if val_dir else train_set
     val_batch = fixed_frames(val_set, val_frames, VAL_SEED)  # [Nv, H, W, 3]
@@ -234,25 +207,19 @@ def train_autoencoder(data_dir: str | os.PathLike, out_dir: str | os.PathLike, s
         aug.set_state(state["augment"])
         torch.set_rng_state(state["torch_rng"])
         step = int(state["step"])
-        _rewrite_log(log_path, step)
-    elif log_path.exists():
-        log_path.unlink()
     saved_step = step if step else -1  # a resumed step is always a checkpointed one
     if progress is not None:
         progress.write(f"{describe(model)}; {len(train_set)} clips, {train_set.num_frames} frames; "
                        f"{'resuming at step ' + str(step) if step else 'from scratch'} on {dev}\n")
 
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16)
-    bar = _Progress(progress, steps)
+    bar = _Progress(progress, steps, step)
     last_val: float | None = None
     last_loss: float | None = None
     last_it_s = 0.0
     window_start, window_steps = time.perf_counter(), 0
-    log = log_path.open("a")
-
-    def write_log(record: dict[str, Any]) -> None:
-        log.write(json.dumps(record) + "\n")
-        log.flush()
+    log = ScalarLog(out, resume_step=step)  # log.jsonl (+ TensorBoard events when installed)
+    write_log = log.write
 
     def checkpoint(final: bool) -> None:
         nonlocal last_val, saved_step
@@ -267,7 +234,7 @@ def train_autoencoder(data_dir: str | os.PathLike, out_dir: str | os.PathLike, s
                    "final": final})
         save_autoencoder(model, ckpt_path, {"step": str(step), "val_psnr": f"{last_val:.4f}",
                                             "train_data": str(Path(data_dir).resolve())})
-        _atomic_torch_save({"format": TRAIN_STATE_FORMAT, "config": config.to_json(), "step": step,
+        atomic_torch_save({"format": TRAIN_STATE_FORMAT, "config": config.to_json(), "step": step,
                             "model": model.state_dict(), "optimizer": opt.state_dict(),
                             "sampler": sampler.state(), "augment": aug.get_state(),
                             "torch_rng": torch.get_rng_state()}, state_path)

@@ -24,7 +24,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -34,9 +33,10 @@ from worldmodel.data import ClipDataset, FrameSampler
 from worldmodel.depth import depth_errors, sky_mask
 from worldmodel.errors import UserError
 from worldmodel.progress import ProgressBar
+from worldmodel.scalars import LOG_FILE, ScalarLog
 
 CHECKPOINT_NAME = "autoencoder.safetensors"
-LOG_NAME = "log.jsonl"
+LOG_NAME = LOG_FILE
 VAL_SEED = 1234
 VAL_FRAMES = 512
 EVAL_BATCH = 128
@@ -123,15 +123,11 @@ def train_depth_head(data_dir: str | Path, out_dir: str | Path, base_autoencoder
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     sampler = FrameSampler(ds, seed=cfg.seed)
     val_frames, val_depth = FrameSampler(val_ds, seed=VAL_SEED).sample_with_depth(VAL_FRAMES)
-    log_path = out / LOG_NAME
-    log_path.write_text("")
+    scalars = ScalarLog(out)  # log.jsonl (+ TensorBoard events when installed); the head trains from scratch
     ckpt = out / CHECKPOINT_NAME
     bar = ProgressBar(cfg.steps, "depth head")
     t0 = time.perf_counter()
-
-    def log(record: dict[str, Any]) -> None:
-        with open(log_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+    log = scalars.write
 
     ae.eval()  # GroupNorm only: eval/train are the same; keeps the frozen parts frozen
     for step in range(1, cfg.steps + 1):
@@ -155,4 +151,5 @@ def train_depth_head(data_dir: str | Path, out_dir: str | Path, base_autoencoder
                   f"{metrics['delta_1_25']:.4f}, sky accuracy {metrics['sky_accuracy']:.4f}", file=sys.stderr)
             save_autoencoder(ae, ckpt, {"depth_val": json.dumps(metrics), "depth_steps": str(step)})
     bar.close()
+    scalars.close()
     return ckpt

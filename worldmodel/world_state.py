@@ -17,7 +17,7 @@ hash name, then the memory store updates memory.json in one rename; a crash leav
 from __future__ import annotations
 
 import hashlib
-import os
+import json
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +25,21 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
+from worldmodel.atomic import (atomic_write_bytes, atomic_write_text, check_output_path, output_error,
+                               remove_stale_temps, TEMP_NAME_GLOB)
+from worldmodel.checkpoint import check_finite_tensors
 from worldmodel.depth import check_depth
 from worldmodel.errors import UserError
+from worldmodel.limits import number_problem, pose_problem
 
 WORLD_FORMAT = "worldmodel.world"
 WORLD_VERSION = 1
 SESSION_PREFIX = "session-"
 HASH_CHARS = 16
+WORLD_MARKER = ".worldmodel-world"
+"""A file in every saved-world folder: the engine writes into a folder only if it carries this (or
+is empty, or is a world saved before the marker existed)."""
+WORLD_MARKER_TEXT = "a world saved by worldmodel (memory + generator state); see memory.json\n"
 
 
 def _session_tensors(session) -> dict[str, torch.Tensor]:
@@ -68,30 +76,58 @@ def save_world(source, directory: str | Path, extra: dict[str, Any]) -> Path:
         raise UserError(f"{directory}: nothing to save yet (the session has not started)")
     if source.memory is None:
         raise UserError(f"{directory}: this checkpoint has no memory; there is no world to save")
-    directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise UserError(f"{directory}: exists and is not a folder; cannot save the world there")
+    directory = check_world_target(directory)
     data = save(_session_tensors(session), metadata={"format": WORLD_FORMAT})
     digest = hashlib.sha256(data).hexdigest()
     name = f"{SESSION_PREFIX}{digest[:HASH_CHARS]}.safetensors"
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / (name + ".tmp")
+    what = "cannot save the world"
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, directory / name)
+        directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"{directory}: cannot save the world ({exc.strerror or exc})") from exc
+        raise output_error(directory, exc, what) from None
+    atomic_write_bytes(directory / name, data, what=what)
+    atomic_write_text(directory / WORLD_MARKER, WORLD_MARKER_TEXT, what=what)
     meta = dict(extra)
     meta.update({"format": WORLD_FORMAT, "version": WORLD_VERSION, "session_file": name, "session_sha256": digest,
                  "checkpoint_sha256": source.checkpoint_sha256, "tick": int(session.tick)})
     source.memory.save(directory, extra=meta)
-    # Session files of earlier saves are no longer referenced by memory.json: remove them.
-    for old in directory.glob(f"{SESSION_PREFIX}*.safetensors"):
+    # Session files of earlier saves are no longer referenced by memory.json, and temp files of
+    # killed saves (older engines named them session-*.safetensors.tmp) were never finished: remove them.
+    stale = [*directory.glob(f"{SESSION_PREFIX}*.safetensors"), *directory.glob(f"{SESSION_PREFIX}*.tmp"),
+             *directory.glob(f".{SESSION_PREFIX}*.safetensors.{TEMP_NAME_GLOB}")]
+    for old in stale:
         if old.name != name:
             old.unlink(missing_ok=True)
+    remove_stale_temps(directory)  # a killed first save's temp folder beside `directory`
+    return directory
+
+
+def _owned(directory: Path) -> bool:
+    """Whether `directory` is a saved world this engine wrote (its marker, or a world's memory.json)."""
+    if (directory / WORLD_MARKER).is_file():
+        return True
+    state = directory / "memory.json"
+    try:
+        return json.loads(state.read_text(encoding="utf-8")).get("extra", {}).get("format") == WORLD_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_world_target(directory: str | Path) -> Path:
+    """The folder `--save-world` may write: new, empty, or a saved world of ours; UserError otherwise.
+
+    Checked when the game starts (not at quit, when the session would be lost): a file there, a folder
+    holding someone else's files (a `memory.json` of their own...) or a place that cannot be written.
+    """
+    directory = Path(directory)
+    if directory.exists():
+        if not directory.is_dir():
+            raise UserError(f"{directory}: exists and is not a folder; cannot save the world there")
+        entries = sorted(p.name for p in directory.iterdir())
+        if entries and not _owned(directory):
+            raise UserError(f"{directory}: the folder holds files this program did not write ({', '.join(entries[:3])}"
+                            f"{' ...' if len(entries) > 3 else ''}); choose a new or empty folder for --save-world")
+    check_output_path(directory / WORLD_MARKER, flag="--save-world", label=directory)
     return directory
 
 
@@ -109,6 +145,25 @@ def _check_meta(directory: Path, meta: dict[str, Any]) -> dict[str, Any]:
     if meta.get("version") != WORLD_VERSION:
         raise UserError(f"{directory / 'memory.json'}: saved world version {meta.get('version')!r}; "
                         f"this engine reads version {WORLD_VERSION}")
+    where = f"{directory / 'memory.json'}: saved world"
+    for key, kind in (("seed", "seed"), ("tick", "ticks"), ("tick_hz", "tick_hz")):
+        if key in meta:
+            problem = number_problem(kind, meta[key])
+            if problem:
+                raise UserError(f"{where} field '{key}' {problem}")
+    for key in ("pose", "start_pose"):
+        if key in meta:
+            problem = pose_problem(meta[key], f"field '{key}'")
+            if problem:
+                raise UserError(f"{where} {problem}")
+    history = meta.get("pose_history")
+    if history is not None:
+        if not isinstance(history, list):
+            raise UserError(f"{where} field 'pose_history' must be a list of poses")
+        for i, pose in enumerate(history):
+            problem = pose_problem(pose, f"field 'pose_history'[{i}]")
+            if problem:
+                raise UserError(f"{where} {problem}")
     return meta
 
 
@@ -138,6 +193,7 @@ def load_world(source, directory: str | Path) -> dict[str, Any]:
         t = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise UserError(f"{path}: not readable as safetensors ({exc})") from exc
+    check_finite_tensors(t, str(path))
     cache = session.cache
     for name, target in (("cache.k", cache.k), ("cache.v", cache.v), ("cache.sink_raw_k", cache.sink_raw_k),
                          ("cache.valid", cache.valid), ("cache.window_ticks", cache.window_ticks)):
