@@ -1,4 +1,4 @@
-"""Action logs: the recording format of a play session (DESIGN.md §3, binding, version 1).
+"""Action logs: the recording format of a play session (docs/architecture.md §The conventions, in brief, binding, version 1).
 
 JSON Lines. Line 1 is the header object, then one object per tick `{"t", "action", "pose"}` where
 `pose` is the absolute pose after `action`. Why this shape: a log is append-only, so a crash loses
@@ -25,10 +25,10 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from worldmodel.atomic import atomic_write_text, output_error
-from worldmodel.camera import ACTION_DIM, POSE_DIM, CameraPose, integrate
-from worldmodel.errors import UserError
-from worldmodel.limits import ACTION_LIMIT, POSE_KINDS, RANGES, action_problem, number_problem, pose_problem
+from conventions.atomic import atomic_write_text, output_error
+from conventions.camera import ACTION_DIM, POSE_DIM, CameraPose, integrate
+from conventions.errors import UserError
+from conventions.limits import ACTION_LIMIT, POSE_KINDS, RANGES, action_problem, number_problem, pose_problem
 
 LOG_FORMAT = "worldmodel.actions"
 LOG_VERSION = 1
@@ -300,7 +300,7 @@ _TICK_TOKENS: tuple[tuple[bytes, bytes], ...] = (
 """What turns matched tick lines into one comma-separated list of numbers (t, action, pose per line)."""
 _TICK_NUMBERS = 1 + ACTION_DIM + POSE_DIM
 _POSE_LIMITS = np.asarray([RANGES[kind].hi for kind in POSE_KINDS], dtype=np.float64)
-"""|x|, |y|, |z|, |yaw|, |pitch| limits (worldmodel.limits, symmetric ranges)."""
+"""|x|, |y|, |z|, |yaw|, |pitch| limits (conventions.limits, symmetric ranges)."""
 
 
 @dataclass
@@ -595,8 +595,8 @@ _TORN = object()
 
 
 def _pose_differs(before: np.ndarray, actions: np.ndarray, logged: np.ndarray) -> np.ndarray:
-    """[n] bool: logged pose vs the DESIGN §2 integration of its action from the pose before it
-    (`worldmodel.camera.integrate`; yaw compared modulo 2*pi)."""
+    """[n] bool: logged pose vs the docs/architecture.md §The conventions, in brief integration of its action from the pose before it
+    (`conventions.camera.integrate`; yaw compared modulo 2*pi)."""
     expected = integrate(torch.from_numpy(before), torch.from_numpy(actions)).numpy()  # [n, 5]
     diff = np.abs(logged - expected)  # [n, 5]
     yaw_diff = np.remainder(diff[:, 3], 2 * math.pi)

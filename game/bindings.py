@@ -1,11 +1,11 @@
-"""Keyboard/mouse -> action mapping: ONE rebindable table (DESIGN.md §2 default keys).
+"""Keyboard/mouse -> action mapping: ONE rebindable table (docs/architecture.md §The conventions, in brief default keys).
 
 Why a table and an explicit `InputState`: the help overlay, the README and any rebinding all read the
 same table, and tracking held keys from KEYDOWN/KEYUP events (instead of `pygame.key.get_pressed()`)
 makes the loop drivable by posted events, which is how the headless tests play the real game
 (`get_pressed()` never changes under SDL_VIDEODRIVER=dummy).
 
-The action layout, integration and speeds come from `worldmodel.camera`; this module only decides
+The action layout, integration and speeds come from `conventions.camera`; this module only decides
 which key pushes which component and converts speeds per second into amounts per tick.
 """
 
@@ -16,14 +16,14 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Iterable, Mapping
+from typing import Mapping
 
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 import pygame  # noqa: E402  (after the banner switch)
 
-from worldmodel.camera import (ACTION_DIM, ACTION_FIELDS, TURN_SPEED_DPS, WALK_SPEED_MPS,  # noqa: E402
+from conventions.camera import (ACTION_DIM, ACTION_FIELDS, TURN_SPEED_DPS, WALK_SPEED_MPS,  # noqa: E402
                                held_key_action)
-from worldmodel.errors import UserError  # noqa: E402
+from conventions.errors import UserError  # noqa: E402
 
 MOVE_SPEED_MPS: float = WALK_SPEED_MPS
 """Speed of a held movement key (forward/back, strafe, up/down), metres per second."""
@@ -94,7 +94,7 @@ def _default_axes() -> dict[int, AxisBinding]:
         pygame.K_a: AxisBinding("right", -1.0),
         pygame.K_SPACE: AxisBinding("up", 1.0),
         pygame.K_c: AxisBinding("up", -1.0),
-        pygame.K_LEFT: AxisBinding("yaw_delta", 1.0),  # positive yaw turns left (DESIGN §2)
+        pygame.K_LEFT: AxisBinding("yaw_delta", 1.0),  # positive yaw turns left (docs/architecture.md §The conventions, in brief)
         pygame.K_RIGHT: AxisBinding("yaw_delta", -1.0),
         pygame.K_UP: AxisBinding("pitch_delta", 1.0),
         pygame.K_DOWN: AxisBinding("pitch_delta", -1.0),
@@ -219,12 +219,6 @@ class InputState:
             self.mouse_dx = self.mouse_dy = 0.0
         return commands
 
-    def handle_events(self, events: Iterable[pygame.event.Event]) -> list[Command]:
-        out: list[Command] = []
-        for event in events:
-            out += self.handle_event(event)
-        return out
-
     def end_tick(self) -> None:
         """Forget the mouse motion consumed by this tick's action."""
         self.mouse_dx = self.mouse_dy = 0.0
@@ -247,7 +241,7 @@ def action_from_input(state: InputState, tick_hz: float) -> list[float]:
     axes = {name: state.axis(name) for name in ACTION_FIELDS}
     if not state.fly:
         axes["up"] = 0.0
-    action = held_key_action(axes, tick_hz)  # the speeds and the diagonal rule of worldmodel.camera
+    action = held_key_action(axes, tick_hz)  # the speeds and the diagonal rule of conventions.camera
     sens = state.bindings.mouse_sensitivity
     action[3] -= state.mouse_dx * sens
     action[4] -= state.mouse_dy * sens

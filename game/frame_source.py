@@ -13,13 +13,17 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from worldmodel.camera import ACTION_DIM, DEFAULT_FOV_DEG, DEFAULT_RESOLUTION, CameraPose
-from worldmodel.errors import UserError
+from conventions.camera import ACTION_DIM, DEFAULT_FOV_DEG, DEFAULT_RESOLUTION, CameraPose
+from conventions.errors import UserError
+from scenes.render import render_views
+from scenes.scene import load_image
+from scenes.world import generate_world
+from worldmodel.runtime import ModelFrameSource
 
 ORACLE_BACKEND = "oracle"
 MODEL_BACKEND = "model"
 DEFAULT_BACKEND = MODEL_BACKEND
-"""Backend of `worldmodel play` when none is given (the lead switches this to MODEL_BACKEND)."""
+"""Backend of `worldmodel play` when none is given: the learned generator."""
 BACKEND_CHOICES: tuple[str, ...] = (ORACLE_BACKEND, MODEL_BACKEND)
 WORLD_CACHE_SIZE = 4
 """Generated worlds kept per oracle (replaying several logs of the same seeds reuses them)."""
@@ -37,7 +41,7 @@ class FrameSource(Protocol):
         ...
 
     def step(self, action: Sequence[float], pose: CameraPose) -> np.ndarray:
-        """The frame after `action`; `pose` is the absolute pose after it (DESIGN §2)."""
+        """The frame after `action`; `pose` is the absolute pose after it (docs/architecture.md §The conventions, in brief)."""
         ...
 
 
@@ -68,8 +72,6 @@ class OracleFrameSource:
         self.world_seed: int | None = None
 
     def _world(self, seed: int):
-        from scenes.world import generate_world
-
         if seed not in self._worlds:
             if len(self._worlds) >= WORLD_CACHE_SIZE:
                 self._worlds.pop(next(iter(self._worlds)))
@@ -78,8 +80,6 @@ class OracleFrameSource:
 
     def render(self, pose: CameraPose) -> np.ndarray:
         """The true frame at `pose`, uint8 [res, res, 3]."""
-        from scenes.render import render_views
-
         if self.world is None:
             raise RuntimeError("OracleFrameSource.render before reset")
         frame = render_views(self.world, pose.as_tensor()[None], self.resolution, self.fov_deg)  # [1, H, W, 3]
@@ -120,19 +120,9 @@ def make_frame_source(backend: str, *, resolution: int = DEFAULT_RESOLUTION, fov
     if backend == ORACLE_BACKEND:
         start_image = None
         if start_image_path is not None:
-            from scenes.scene import load_image
-
             start_image = load_image(start_image_path, resolution)
         return OracleFrameSource(resolution, fov_deg, start_image)
     if backend == MODEL_BACKEND:
-        try:
-            from worldmodel.runtime import ModelFrameSource
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.startswith("worldmodel"):
-                raise UserError(
-                    "--backend model: the learned generator is not available in this installation "
-                    f"({exc.name} is missing); use --backend oracle") from exc
-            raise
         return ModelFrameSource(checkpoint=checkpoint, device=device, precision=precision, hint=hint,
                                 use_memory=True if memory is None else memory)
     raise UserError(f"--backend: unknown backend {backend!r} (choose from {', '.join(BACKEND_CHOICES)})")

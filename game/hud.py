@@ -16,7 +16,7 @@ os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 import pygame  # noqa: E402
 
 from game.bindings import Bindings  # noqa: E402
-from worldmodel.camera import CameraPose  # noqa: E402
+from conventions.camera import CameraPose  # noqa: E402
 
 FONT_SIZE = 20
 """Pixel height of pygame's default font in the HUD (readable at the 512 px default window)."""

@@ -18,15 +18,18 @@ from typing import Callable, Iterable
 
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 import pygame  # noqa: E402
 
-from worldmodel.atomic import atomic_write  # noqa: E402
+from conventions.atomic import atomic_write  # noqa: E402
 from game.bindings import Bindings, Command, InputState, action_from_input  # noqa: E402
 from game.frame_source import DEFAULT_BACKEND, FrameSource, make_frame_source  # noqa: E402
 from game.hud import Hud, HudStatus  # noqa: E402
 from game.session import RECORDINGS_DIR, PlaySession, scene_with_image  # noqa: E402
-from worldmodel.camera import DEFAULT_RESOLUTION, DEFAULT_TICK_HZ, CameraPose  # noqa: E402
-from worldmodel.errors import UserError  # noqa: E402
+from conventions.camera import DEFAULT_RESOLUTION, DEFAULT_TICK_HZ, CameraPose  # noqa: E402
+from conventions.errors import UserError  # noqa: E402
+from memory.map_view import draw_memory_map  # noqa: E402
+from scenes.scene import DEFAULT_SCENE, load_image, load_scene  # noqa: E402
 
 DEFAULT_WINDOW = 512
 """Window side in pixels; the frame is upscaled to it."""
@@ -56,17 +59,8 @@ def display_available() -> bool:
 def memory_map_provider(session: PlaySession, size: int) -> np.ndarray | None:
     """The memory map (memory.map_view) of the source's memory store and the camera path.
 
-    Sources without a store (the oracle) still get their path drawn. Returns None while
-    memory/map_view.py is not part of this installation, so the M key simply draws nothing.
+    Sources without a store (the oracle) still get their path drawn.
     """
-    try:
-        from memory.map_view import draw_memory_map
-    except ModuleNotFoundError as exc:
-        if exc.name in ("memory.map_view", "memory"):
-            return None
-        raise
-    import torch
-
     store = getattr(session.source, "memory", None)
     store_poses = store.poses() if store is not None and len(store) else torch.zeros(0, 5)  # [N, 5]
     path = torch.tensor([p.as_list() for p in session.path], dtype=torch.float32)  # [T, 5]
@@ -133,8 +127,6 @@ class GameResult:
 
 def build_session(config: GameConfig) -> PlaySession:
     """Load the scene (and `--image`/`--prompt` overrides) and the frame source into a PlaySession."""
-    from scenes.scene import DEFAULT_SCENE, load_image, load_scene
-
     spec = config.scene or DEFAULT_SCENE
     scene = load_scene(spec)
     for warning in scene.warnings:  # before the window opens, where the player sees it

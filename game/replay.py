@@ -21,15 +21,18 @@ from typing import Iterator, Protocol, TextIO
 import numpy as np
 from PIL import Image
 
-from worldmodel.atomic import (atomic_write, check_output_path, fsync_file, output_error, remove_stale_temps,
+from conventions.atomic import (atomic_write, check_output_path, fsync_file, output_error, remove_stale_temps,
                                temp_dir_beside, temp_file_beside)
 from game.action_log import ActionLogReader, image_sha256
 from game.frame_source import MODEL_BACKEND, make_frame_source
-from game.session import PlaySession
-from worldmodel.camera import CameraPose
+from game.session import PlaySession, scene_with_image
+from conventions.camera import CameraPose
 from worldmodel.config import DEFAULT_PRECISION, PRECISION_NAMES
-from worldmodel.errors import UserError
-from worldmodel.limits import check_number
+from conventions.errors import UserError
+from conventions.limits import check_number
+from conventions.progress import ProgressBar
+from game.loop import DEFAULT_WINDOW, GameConfig, run_game, ScriptedTick
+from scenes.scene import load_image, load_scene, PROCEDURAL_PREFIX, render_start_image
 
 MP4_QUALITY = 8
 """imageio-ffmpeg quality (1-10) of exported mp4s; tiny frames need a high setting to stay sharp."""
@@ -62,15 +65,11 @@ def _resolve(path_text: str, log_dir: Path) -> Path:
 
 @functools.lru_cache(maxsize=PROCEDURAL_SCENE_CACHE)
 def _procedural_scene(spec: str):
-    from scenes.scene import load_scene
-
     return load_scene(spec)
 
 
 def _load_scene_for_log(spec: str, log_dir: Path):
     """The log's scene; procedural scenes are cached (deterministic, and their start render is slow)."""
-    from scenes.scene import PROCEDURAL_PREFIX, load_scene
-
     if spec.startswith(PROCEDURAL_PREFIX):
         return dataclasses.replace(_procedural_scene(spec))
     try:
@@ -146,8 +145,6 @@ def load_replay(log_path: str | os.PathLike, backend: str | None = None, checkpo
 
 
 def _load_replay(log: ActionLogReader, log_path, backend, checkpoint, device, hint, memory) -> Replay:
-    from scenes.scene import PROCEDURAL_PREFIX, load_image, render_start_image
-
     header = log.header
     log_dir = Path(log_path).resolve().parent
     warnings: list[str] = []
@@ -234,8 +231,6 @@ def _pose_text(pose: CameraPose) -> str:
 
 
 def _replace_image(scene, image: np.ndarray):
-    from game.session import scene_with_image
-
     return scene_with_image(scene, image)
 
 
@@ -501,8 +496,6 @@ def export_replay(log_path: str | os.PathLike, out: str, backend: str | None = N
     Frames are the source's native resolution unless `size` (nearest upscaling). `fps` defaults
     to the log's tick rate, so the video plays at the speed of the session.
     """
-    from worldmodel.progress import ProgressBar
-
     stream = stream if stream is not None else sys.stderr
     kind = output_kind(out)
     if fps is not None:
@@ -563,8 +556,6 @@ def replay_in_window(log_path: str | os.PathLike, backend: str | None = None, ch
                      max_ticks: int | None = None, exit_when_done: bool = False, event_source=None,
                      hint: bool | None = None, memory: bool | None = None) -> int:
     """Play the log back in the game window at its tick rate (or `fps`); returns ticks shown."""
-    from game.loop import DEFAULT_WINDOW, GameConfig, ScriptedTick, run_game
-
     if fps is not None:
         check_number("fps", fps, "--fps")
     replay = load_replay(log_path, backend=backend, checkpoint=checkpoint, hint=hint, memory=memory)

@@ -22,8 +22,9 @@ import numpy as np
 
 from game.action_log import ActionLogWriter, make_header
 from game.frame_source import FrameSource
-from worldmodel.camera import ACTION_DIM, DEFAULT_TICK_HZ, CameraPose
-from worldmodel.errors import UserError
+from conventions.camera import ACTION_DIM, DEFAULT_TICK_HZ, CameraPose
+from conventions.errors import UserError
+from worldmodel.world_state import load_world, save_world
 
 RECORDINGS_DIR = Path("recordings")
 """Auto-named recordings go here (relative to the working directory)."""
@@ -245,15 +246,9 @@ class PlaySession:
         self.writer = None
         return path
 
-    def toggle_recording(self) -> Path | None:
-        """Start if stopped, stop if recording; returns the log path either way."""
-        return self.stop_recording() if self.recording else self.start_recording()
-
     # --- saved worlds (model backend: memory store + generator state) ---
     def save_world(self, directory: str | Path) -> Path:
         """Save the memory and the generator's exact state so `load_world` continues from here."""
-        from worldmodel.world_state import save_world
-
         if getattr(self.source, "session", None) is None:
             raise UserError(f"{directory}: saving a world needs the model backend (the oracle has no memory)")
         extra = {"scene": self.scene_spec, "prompt": self.prompt, "seed": self.seed, "tick_hz": self.tick_hz,
@@ -264,8 +259,6 @@ class PlaySession:
 
     def load_world(self, directory: str | Path) -> dict[str, Any]:
         """Continue a world saved by `save_world` (call after `reset`); returns its metadata."""
-        from worldmodel.world_state import load_world
-
         if getattr(self.source, "session", None) is None:
             raise UserError(f"{directory}: resuming a world needs the model backend (the oracle has no memory)")
         meta = load_world(self.source, directory)

@@ -1,7 +1,7 @@
 """Play-time attention over the preallocated KV cache: one entry point, several interchangeable paths.
 
 Every layer's cache is ONE tensor per K and V of shape [B, H, S, D] holding [sink | memory | window |
-current] slots, with a bool `valid` [B, S] of filled slots (COMMON.md). Position and camera are baked
+current] slots, with a bool `valid` [B, S] of filled slots (docs/architecture.md §The conventions, in brief). Position and camera are baked
 into K before it is written, so attention is order-free and a frame's queries simply attend to every
 valid slot. `cached_attention` reads K/V where they live (no gather, no concatenation) and dispatches:
 
@@ -111,7 +111,7 @@ def select_backend(q: torch.Tensor, valid: torch.Tensor | None, extra_mask: torc
     if flash_unsupported_reason(q, valid, extra_mask) is None:
         return "flash"
     if triton_available():
-        from kernels import triton_attention
+        from kernels import triton_attention  # imports triton: only where a GPU kernel can run
 
         if triton_attention.supports(q) is None:
             return "triton"
@@ -164,7 +164,7 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: t
     if backend == "triton":
         if not triton_available():
             raise ValueError("triton attention cannot run: triton is not installed")
-        from kernels.triton_attention import triton_cached_attention
+        from kernels.triton_attention import triton_cached_attention  # imports triton, as above
 
         return triton_cached_attention(q, k, v, valid, extra_mask, scale)
     if backend == "flash":

@@ -14,8 +14,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from worldmodel.camera import DEFAULT_FOV_DEG, POSE_DIM
-from worldmodel.atomic import atomic_write
+from conventions.camera import DEFAULT_FOV_DEG, POSE_DIM
+from conventions.atomic import atomic_write
 
 BACKGROUND = (22, 24, 30)
 PATH_COLOUR = (70, 130, 220)

@@ -35,7 +35,7 @@ from functools import lru_cache
 
 import torch
 
-from worldmodel.camera import DEFAULT_FOV_DEG, POSE_DIM, forward_vector, rotation
+from conventions.camera import DEFAULT_FOV_DEG, POSE_DIM, forward_vector, rotation
 
 PROBE_GRID = 4
 """Probe rays per image side: PROBE_GRID**2 rays through the centres of a square grid of image cells."""

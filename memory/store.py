@@ -51,8 +51,8 @@ from memory.retrieval import (DEFAULT_DEDUP_ANGLE_DEG, DEFAULT_DEDUP_DISTANCE, D
                               DEFAULT_MIN_OVERLAP, candidate_radius, near_duplicates, select_memory,
                               view_overlap)
 from memory.spatial_index import SpatialGrid
-from worldmodel.camera import DEFAULT_FOV_DEG, POSE_DIM
-from worldmodel.errors import UserError
+from conventions.camera import DEFAULT_FOV_DEG, POSE_DIM
+from conventions.errors import UserError
 
 MEMORY_FORMAT = "worldmodel.memory"
 MEMORY_VERSION = 1

@@ -14,7 +14,7 @@ from PIL import Image
 from scenes.render import render_views
 from scenes.scene import SCENE_FILE, SCENES_DIR, START_IMAGE, START_IMAGE_RESOLUTION
 from scenes.world import generate_world
-from worldmodel.camera import DEFAULT_FOV_DEG
+from conventions.camera import DEFAULT_FOV_DEG
 
 BUNDLED_SEEDS: dict[str, int] = {
     "courtyard": 102, "plaza": 112, "gardens": 120, "snowfield": 122,

@@ -1,6 +1,6 @@
 """The oracle: a vectorised analytic ray caster for procedural worlds (torch, CPU or GPU).
 
-DESIGN.md suggests a signed-distance ray marcher. Every primitive here (plane, axis-aligned box,
+A signed-distance ray marcher is the usual choice. Every primitive here (plane, axis-aligned box,
 sphere, capped vertical cylinder) has a closed-form ray intersection, so casting is exact and about
 an order of magnitude cheaper than marching (one pass per primitive kind instead of ~50 SDF steps
 over all primitives), which is what makes >300 frames/s at 64x64 on two cores possible. Shading:
@@ -15,8 +15,8 @@ import math
 import torch
 
 from scenes.world import (PATTERN_CHECKER, PATTERN_NOISE, PATTERN_STRIPES, World)
-from worldmodel.camera import DEFAULT_FOV_DEG, DEFAULT_RESOLUTION, camera_rays, pixel_directions
-from worldmodel.depth import SKY_DEPTH
+from conventions.camera import DEFAULT_FOV_DEG, DEFAULT_RESOLUTION, camera_rays, pixel_directions
+from conventions.depth import SKY_DEPTH
 
 FAR = 1e4
 """Distance reported for rays that hit nothing."""
@@ -267,7 +267,7 @@ def render_views_with_depth(world: World, poses: torch.Tensor, resolution: int =
                             fov_deg: float = DEFAULT_FOV_DEG) -> tuple[torch.Tensor, torch.Tensor]:
     """Render RGB and depth from each pose: poses [B, 5] -> (uint8 [B, H, W, 3], float32 [B, H, W]).
 
-    Depth follows the binding convention of worldmodel.depth: metres along the camera's -z axis (the
+    Depth follows the binding convention of conventions.depth: metres along the camera's -z axis (the
     hit distance times the cosine between the ray and the optical axis), SKY_DEPTH (0) where the ray
     hits nothing, so sky is a flag and never a large number mistaken for geometry.
     """

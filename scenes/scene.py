@@ -1,4 +1,4 @@
-"""Scenes a person can play: a start image, a prompt and a start pose (DESIGN.md §3).
+"""Scenes a person can play: a start image, a prompt and a start pose (docs/architecture.md §The conventions, in brief).
 
 A scene is named one of three ways: a bundled scene (`scenes/<name>/scene.toml` + `start.png`),
 a path to any folder laid out the same way, or `procedural:<seed>` (a world made by the default
@@ -16,9 +16,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from worldmodel.camera import DEFAULT_FOV_DEG, DEFAULT_RESOLUTION, CameraPose
-from worldmodel.errors import UserError
-from worldmodel.limits import MAX_SEED, check_number, pose_problem
+from conventions.camera import DEFAULT_FOV_DEG, DEFAULT_RESOLUTION, CameraPose
+from conventions.errors import UserError
+from conventions.limits import MAX_SEED, check_number, pose_problem
+from scenes.render import render_views
+from scenes.world import generate_world
 
 SCENES_DIR = Path(__file__).resolve().parent
 DEFAULT_SCENE = "courtyard"
@@ -123,8 +125,6 @@ def parse_procedural(spec: str) -> int | None:
 
 def procedural_scene(seed: int, fov_deg: float = DEFAULT_FOV_DEG) -> Scene:
     """The default generator's world `seed`, starting at its spawn pose with its true render."""
-    from scenes.world import generate_world
-
     world = generate_world(seed)
     pose = world.spawn_pose()
     scene = Scene(name=f"{PROCEDURAL_PREFIX}{seed}", prompt=world.caption, start_pose=pose,
@@ -136,9 +136,6 @@ def procedural_scene(seed: int, fov_deg: float = DEFAULT_FOV_DEG) -> Scene:
 def render_start_image(scene: Scene, pose: CameraPose, resolution: int = START_IMAGE_RESOLUTION) -> np.ndarray:
     """The oracle's view of a procedural scene's world at `pose`: what a session starting there (a
     recording begun mid-session) starts from. uint8 [resolution, resolution, 3]."""
-    from scenes.render import render_views
-    from scenes.world import generate_world
-
     if scene.world_seed is None:
         raise ValueError(f"{scene.name}: not a procedural world; its picture cannot be rendered at another pose")
     world = generate_world(scene.world_seed)
@@ -187,7 +184,7 @@ def load_scene_folder(folder: Path) -> Scene:
 
 
 SCENE_KEYS: tuple[str, ...] = ("name", "prompt", "start_pose", "fov_deg", "world_seed", "image")
-"""Every key scene.toml may hold (DESIGN §3); another is a warning naming the closest of these."""
+"""Every key scene.toml may hold (docs/architecture.md §The conventions, in brief); another is a warning naming the closest of these."""
 SIMILAR_KEY_CUTOFF = 0.5
 """difflib similarity above which an unknown key is offered as a typo of a known one ('fov' -> 'fov_deg')."""
 

@@ -3,7 +3,7 @@
 Actions are what a player's keys and mouse would produce: held keys move at WALK_SPEED_MPS and
 turn at TURN_SPEED_DPS, mouse looks add smooth yaw/pitch changes. Walkers do not pass through
 obstacles (the policy turns away), so the clips look like someone exploring, and the poses are
-exactly the DESIGN §2 integration of the actions. Two policies come back to places >= 100 ticks
+exactly the docs/architecture.md §The conventions, in brief integration of the actions. Two policies come back to places >= 100 ticks
 later, which is what the memory learns from and is scored on:
 - `revisit` walks out, turns round, comes back along the way and faces the start again, so the
   place it returns to is the start view (which the sink frame also holds);
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import torch
 
 from scenes.world import World
-from worldmodel.camera import (ACTION_DIM, DEFAULT_TICK_HZ, PITCH_LIMIT, TURN_SPEED_DPS, WALK_SPEED_MPS,
+from conventions.camera import (ACTION_DIM, DEFAULT_TICK_HZ, PITCH_LIMIT, TURN_SPEED_DPS, WALK_SPEED_MPS,
                                CameraPose, angle_between_views)
-from worldmodel.metrics import REVISIT_MAX_ANGLE_DEG, REVISIT_MAX_DISTANCE_M, revisit_matrix
+from conventions.metrics import REVISIT_MAX_ANGLE_DEG, REVISIT_MAX_DISTANCE_M, revisit_matrix
 
 POLICIES = ("walk", "look", "revisit", "retrace")
 POLICY_WEIGHTS = (0.30, 0.20, 0.25, 0.25)
@@ -221,7 +221,7 @@ def _walk_back(w: _Walker, ticks: int, to: CameraPose | None = None) -> None:
 
 def revisit_ticks(poses: torch.Tensor, min_gap: int = 100, max_distance: float = REVISIT_MAX_DISTANCE_M,
                   max_angle_deg: float = REVISIT_MAX_ANGLE_DEG, match: str = "first_visit") -> list[tuple[int, int]]:
-    """(t, first) pairs, DESIGN §6: tick t's pose is within `max_distance` m and `max_angle_deg` of
+    """(t, first) pairs, docs/architecture.md §Metrics: tick t's pose is within `max_distance` m and `max_angle_deg` of
     the pose at some tick <= t - min_gap; `first` is the frame of the first visit to compare it with.
 
     The first visit is the earliest unbroken run of such ticks. Its frame is, with `match`:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from worldmodel.camera import CameraPose
+from conventions.camera import CameraPose
 
 HELDOUT_SEED_START = 1_000_000
 """Seeds at or above this are held out: data sets for training refuse them, eval suites use them."""

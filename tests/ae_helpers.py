@@ -1,5 +1,5 @@
 """Shared helpers of the autoencoder / data tests: tiny synthetic clip data sets in the agreed format
-(COMMON.md) and a tiny autoencoder config that trains in seconds on a CPU."""
+(docs/architecture.md §The conventions, in brief) and a tiny autoencoder config that trains in seconds on a CPU."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from worldmodel.autoencoder import AutoencoderConfig
-from worldmodel.camera import integrate
+from conventions.camera import integrate
 
 
 def tiny_ae_config(resolution: int = 16) -> AutoencoderConfig:

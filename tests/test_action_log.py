@@ -1,4 +1,4 @@
-"""Action logs (DESIGN §3): writer/reader round trip, validation errors naming file and line, torn
+"""Action logs (docs/architecture.md §The conventions, in brief): writer/reader round trip, validation errors naming file and line, torn
 last lines, and the pose-vs-integrated-actions consistency warning."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import torch
 
 from game.action_log import (FIRST_TICK, LOG_FORMAT, ActionLogWriter, image_sha256, make_header,
                              read_action_log)
-from worldmodel.camera import PITCH_LIMIT, CameraPose
-from worldmodel.errors import UserError
+from conventions.camera import PITCH_LIMIT, CameraPose
+from conventions.errors import UserError
 
 START = CameraPose(1.0, 1.6, -2.0, 0.3, 0.0)
 

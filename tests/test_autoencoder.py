@@ -5,10 +5,10 @@ import torch
 from safetensors.torch import save_file
 
 from ae_helpers import tiny_ae_config, write_synthetic_dataset
-from worldmodel.metrics import psnr
+from conventions.metrics import psnr
 from worldmodel.autoencoder import (Autoencoder, AutoencoderConfig, load_autoencoder,
                                     read_checkpoint_metadata, save_autoencoder)
-from worldmodel.errors import UserError
+from conventions.errors import UserError
 from worldmodel.train_autoencoder import (OptimConfig, evaluate_psnr, learning_rate,
                                           train_autoencoder)
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from worldmodel.camera import (PITCH_LIMIT, CameraPose, angle_between_views, camera_rays, camera_to_world,
+from conventions.camera import (PITCH_LIMIT, CameraPose, angle_between_views, camera_rays, camera_to_world,
                                forward_vector, integrate, integrate_sequence, relative_action, world_to_camera)
 
 

@@ -8,7 +8,7 @@ from ae_helpers import tiny_ae_config, write_synthetic_dataset
 from worldmodel.autoencoder import Autoencoder, file_sha256, save_autoencoder
 from worldmodel.data import (ClipDataset, FrameSampler, LatentClips, encode_dataset, fixed_frames,
                              read_dataset_info)
-from worldmodel.errors import UserError
+from conventions.errors import UserError
 
 
 @pytest.fixture()

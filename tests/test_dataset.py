@@ -7,8 +7,8 @@ from safetensors import safe_open
 from scenes.render import render_views
 from scenes.world import HELDOUT_SEED_START, generate_world
 from tools.dataset import write_dataset
-from worldmodel.camera import integrate
-from worldmodel.errors import UserError
+from conventions.camera import integrate
+from conventions.errors import UserError
 
 
 def test_dataset_format_and_content(tmp_path):

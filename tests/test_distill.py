@@ -12,13 +12,13 @@ import torch
 
 from wm_helpers import randomized_model, tiny_autoencoder, walking_poses, write_latent_clips
 
-from worldmodel.camera import CameraPose
+from conventions.camera import CameraPose
 from worldmodel.checkpoint import load_checkpoint, read_checkpoint_metadata, save_checkpoint
 from worldmodel.config import tiny_config
 from worldmodel.distill import (DISTILL_STATE, DistillModels, DistillOptions, RolloutBatch, dmd_gradient,
                                 dmd_loss, distill, forward_current, generator_step, self_forcing_rollout,
                                 student_config)
-from worldmodel.errors import UserError
+from conventions.errors import UserError
 from worldmodel.kv_cache import KVCache
 from worldmodel.model import ROLE_CURRENT
 from worldmodel.runtime import ModelFrameSource, WorldModelSession
@@ -244,7 +244,7 @@ def test_distill_refuses_foreign_runs_and_data(files: dict[str, Path]) -> None:
 
 
 def test_distill_command(files: dict[str, Path]) -> None:
-    from worldmodel.cli import main
+    from tools.cli import main
 
     out, export = files["dir"] / "cli", files["dir"] / "ship" / "student.safetensors"
     common = ["distill", "--teacher", str(files["teacher"]), "--data", str(files["data"]), "--steps", "1",

@@ -21,7 +21,7 @@ from wm_helpers import tiny_autoencoder, write_latent_clips
 from worldmodel.checkpoint import read_checkpoint_metadata
 from worldmodel.config import tiny_config
 from worldmodel.distributed import DistContext, rank_device, read_launch_env, reduce_weighted_means
-from worldmodel.errors import UserError
+from conventions.errors import UserError
 from worldmodel.model import JointBatch
 from worldmodel.text import Tokenizer
 from worldmodel.train import (LOG_FILE, PRODUCT_CHECKPOINT, TRAIN_STATE, StepSampler, TrainOptions, load_latents,
@@ -131,7 +131,7 @@ def test_fsdp_and_multi_process_stages_need_torchrun(files: dict[str, Path], mon
     with pytest.raises(UserError, match="--fsdp shards the model across processes; launch with torchrun"):
         train_world_model(files["train"], files["dir"] / "nofsdp", files["ae"], TrainOptions(steps=1, batch=1,
                           fsdp=True, amp=False), tiny_config(), progress=False)
-    from worldmodel.cli import main
+    from tools.cli import main
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
@@ -142,7 +142,7 @@ def test_latents_stage_writes_a_cache_the_world_stage_reads(tmp_path: Path) -> N
     from ae_helpers import tiny_ae_config, write_synthetic_dataset
 
     from worldmodel.autoencoder import Autoencoder, file_sha256, save_autoencoder
-    from worldmodel.cli import main
+    from tools.cli import main
     from worldmodel.data import LatentClips
 
     write_synthetic_dataset(tmp_path / "data", clips=3, ticks=4)
@@ -252,7 +252,7 @@ def test_fsdp_two_processes_resume_a_one_process_run_and_match_it(files: dict[st
     opt_flags = [x for k in ("warmup_steps", "log_every", "ckpt_every", "val_every", "val_clips",
                              "val_rollout_ticks", "caption_dropout", "amp")
                  for x in ("--opt", f"{k}={json.dumps(OPTIONS[k])}")]
-    _torchrun(["-m", "worldmodel.cli", "train", "--stage", "world", "--fsdp", "--device", "cpu", "--preset", "tiny",
+    _torchrun(["-m", "tools.cli", "train", "--stage", "world", "--fsdp", "--device", "cpu", "--preset", "tiny",
                "--data", str(files["train"]), "--val", str(files["val"]), "--autoencoder", str(files["ae"]),
                "--out", str(out), "--steps", "3", "--batch", "4", "--lr", str(OPTIONS["lr"]), *opt_flags], d)
     _assert_same_run(out, single_run, exact=False)

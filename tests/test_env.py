@@ -16,10 +16,10 @@ gym = pytest.importorskip("gymnasium")
 import worldmodel.env  # noqa: E402,F401  (registers worldmodel/Explore-v0)
 from gymnasium.utils.env_checker import check_env  # noqa: E402
 
-from worldmodel.camera import action_limits  # noqa: E402
+from conventions.camera import action_limits  # noqa: E402
 from worldmodel.env import ENV_ID, KEY_ACTIONS, REACH, ExploreEnv, KeyActions, KeyActionsVector  # noqa: E402
 from worldmodel.env.task import relative_goal  # noqa: E402
-from worldmodel.errors import UserError  # noqa: E402
+from conventions.errors import UserError  # noqa: E402
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 RL_EXAMPLE_MARKER = "<!-- rl-example -->"
@@ -162,7 +162,7 @@ def test_bad_settings_are_user_errors() -> None:
 
 
 def test_relative_goal_is_in_the_camera_yaw_frame() -> None:
-    from worldmodel.camera import CameraPose
+    from conventions.camera import CameraPose
 
     pose = CameraPose(0.0, 1.6, 0.0, math.pi / 2, 0.0)  # yaw 90 degrees: looking along world -x
     assert np.allclose(relative_goal(pose, (-3.0, 0.0)), [3.0, 0.0], atol=1e-6)  # straight ahead
@@ -181,7 +181,7 @@ def test_readme_rl_example_runs_as_written() -> None:
 
 
 def test_bench_vecenv_measures_both_ways_on_equal_frames(capsys) -> None:
-    from worldmodel.cli import main
+    from tools.cli import main
 
     assert main(["bench", "vecenv", "--envs", "2", "--vec-steps", "1"]) == 0
     out = capsys.readouterr().out

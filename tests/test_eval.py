@@ -16,10 +16,10 @@ from scenes.trajectories import make_trajectory
 from scenes.world import generate_world
 from tools import eval as ev
 from worldmodel.checkpoint import save_checkpoint
-from worldmodel.cli import main
+from tools.cli import main
 from worldmodel.config import tiny_config
-from worldmodel.errors import UserError
-from worldmodel.metrics import DRIFT_EARLY_TICKS, DRIFT_LATE_TICKS, drift_scores, psnr
+from conventions.errors import UserError
+from conventions.metrics import DRIFT_EARLY_TICKS, DRIFT_LATE_TICKS, drift_scores, psnr
 
 SEED = 1_000_123
 
@@ -109,7 +109,7 @@ def test_eval_refuses_logs_without_ground_truth(checkpoint: Path, tmp_path: Path
 
 
 def test_drift_compares_the_late_window_with_the_early_one() -> None:
-    assert (DRIFT_EARLY_TICKS, DRIFT_LATE_TICKS) == ((1, 100), (1000, 1100))  # DESIGN §6
+    assert (DRIFT_EARLY_TICKS, DRIFT_LATE_TICKS) == ((1, 100), (1000, 1100))  # docs/architecture.md §Metrics
     per_tick = [20.0] * 100 + [0.0] * 899 + [15.0] * 101  # ticks 1..1100
     d = drift_scores(per_tick, [0.5] * 1100)
     assert d["early_psnr"] == 20.0 and d["late_psnr"] == 15.0 and d["drift_db"] == -5.0

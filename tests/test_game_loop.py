@@ -20,8 +20,8 @@ from game.frame_source import FrameSource, OracleFrameSource, make_frame_source 
 from game.hud import Hud, HudStatus, format_status_lines  # noqa: E402
 from game.loop import GameConfig, run_game  # noqa: E402
 from game.session import FrameTimer, Pacer, PlaySession  # noqa: E402
-from worldmodel.camera import CameraPose  # noqa: E402
-from worldmodel.errors import UserError  # noqa: E402
+from conventions.camera import CameraPose  # noqa: E402
+from conventions.errors import UserError  # noqa: E402
 
 RES = 16
 TICK_HZ = 20.0
@@ -338,7 +338,7 @@ def test_frame_timer_statistics():
 def test_play_without_display_says_so_in_one_line(monkeypatch, capsys):
     import sys
 
-    from worldmodel.cli import main
+    from tools.cli import main
 
     if not sys.platform.startswith("linux"):
         pytest.skip("the no-display rule is for Linux")
@@ -350,7 +350,7 @@ def test_play_without_display_says_so_in_one_line(monkeypatch, capsys):
 
 
 def test_play_cli_runs_and_records(tmp_path, monkeypatch):
-    from worldmodel.cli import main
+    from tools.cli import main
 
     monkeypatch.chdir(tmp_path)
     log = tmp_path / "cli.jsonl"
@@ -367,7 +367,7 @@ def test_play_cli_runs_and_records(tmp_path, monkeypatch):
 
 
 def test_unknown_scene_and_model_errors_are_user_errors(tmp_path):
-    from worldmodel.cli import main
+    from tools.cli import main
 
     assert main(["play", "no-such-scene", "--max-ticks", "1"]) == 2
     with pytest.raises(UserError):

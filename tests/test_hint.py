@@ -8,7 +8,7 @@ import torch
 from wm_helpers import randomized_model
 from worldmodel.autoencoder import Autoencoder, AutoencoderConfig
 from worldmodel.config import tiny_config
-from worldmodel.errors import UserError
+from conventions.errors import UserError
 from worldmodel.hint import HintAugment, build_hint, hint_source_ticks
 from worldmodel.runtime import WorldModelSession, pack_memory_payload, unpack_memory_payload
 

@@ -31,10 +31,10 @@ from game.replay import export_replay, load_replay  # noqa: E402
 from game.session import PlaySession  # noqa: E402
 from scenes.scene import SCENES_DIR, load_scene, load_scene_folder  # noqa: E402
 from scenes.world import generate_world  # noqa: E402
-from worldmodel.atomic import stale_temps  # noqa: E402
+from conventions.atomic import stale_temps  # noqa: E402
 from worldmodel.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint  # noqa: E402
-from worldmodel.cli import main  # noqa: E402
-from worldmodel.errors import UserError  # noqa: E402
+from tools.cli import main  # noqa: E402
+from conventions.errors import UserError  # noqa: E402
 from worldmodel.world_state import check_world_target  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -193,7 +193,7 @@ def _run_limited(argv: list[str], cwd: Path, fsize: int = FSIZE_LIMIT) -> subpro
         resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
 
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "worldmodel.cli", *argv], cwd=cwd, env=env, preexec_fn=limit,
+    return subprocess.run([sys.executable, "-m", "tools.cli", *argv], cwd=cwd, env=env, preexec_fn=limit,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -309,7 +309,7 @@ def test_stale_temps_of_killed_runs_are_removed_by_the_next_write(tmp_path):
 def test_sigterm_during_export_leaves_no_temp_file(tmp_path):
     log = write_log(tmp_path / "long.jsonl", ticks=600)
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "worldmodel.cli", "replay", str(log), "--out",
+    proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "replay", str(log), "--out",
                              str(tmp_path / "t.mp4"), "--size", "512"], cwd=tmp_path, env=env,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60

@@ -14,8 +14,8 @@ from game.action_log import read_action_log  # noqa: E402
 from game.frame_source import make_frame_source  # noqa: E402
 from game.hud import HudStatus, format_status_lines  # noqa: E402
 from game.replay import load_replay  # noqa: E402
-from worldmodel.camera import CameraPose  # noqa: E402
-from worldmodel.errors import UserError  # noqa: E402
+from conventions.camera import CameraPose  # noqa: E402
+from conventions.errors import UserError  # noqa: E402
 
 WINDOW = 128
 
@@ -29,7 +29,7 @@ def test_hud_shows_the_memory_setting() -> None:
 
 
 def test_play_memory_off_is_logged_and_replayed(tmp_path, monkeypatch) -> None:
-    from worldmodel.cli import main
+    from tools.cli import main
 
     monkeypatch.chdir(tmp_path)
     log = tmp_path / "off.jsonl"

@@ -13,8 +13,8 @@ from PIL import Image
 from memory.map_view import (BACKGROUND, CAMERA_COLOUR, CAMERA_PX, ENTRY_COLOUR, SELECTED_COLOUR, MapTransform,
                              draw_memory_map, draw_store_map, nice_length, save_png)
 from memory.store import MemoryConfig, MemoryStore
-from worldmodel.camera import CameraPose
-from worldmodel.errors import UserError
+from conventions.camera import CameraPose
+from conventions.errors import UserError
 
 
 def pose(x: float = 0.0, z: float = 0.0, yaw: float = 0.0) -> list[float]:

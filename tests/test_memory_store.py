@@ -15,7 +15,7 @@ from safetensors.torch import save as save_safetensors_bytes
 import memory.store as store_mod
 from memory.retrieval import select_memory
 from memory.store import STATE_FILE, MemoryConfig, MemoryStore
-from worldmodel.errors import UserError
+from conventions.errors import UserError
 
 PAYLOAD = (2, 3, 4)
 

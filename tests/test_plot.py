@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from tools.plot import line_chart, save_image_atomic
-from worldmodel.errors import UserError
+from conventions.errors import UserError
 from worldmodel.scalars import LOG_FILE, TENSORBOARD_DIR, ScalarLog, read_records
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -72,7 +72,7 @@ def test_scalar_log_writes_tensorboard_events_when_installed(tmp_path: Path) -> 
 
 def test_plot_train_draws_a_run(tmp_path: Path) -> None:
     from tools.plot_train import PANELS, curves
-    from worldmodel.cli import main
+    from tools.cli import main
 
     run = tmp_path / "run"
     run.mkdir()

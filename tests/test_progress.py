@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from game.action_log import ActionLogWriter, make_header
-from worldmodel.progress import NON_TTY_LINES, ProgressBar
+from conventions.progress import NON_TTY_LINES, ProgressBar
 
 REPO = Path(__file__).resolve().parents[1]
 REPLAY_TICKS = 599
@@ -58,7 +58,7 @@ def test_piped_replay_export_of_600_frames_prints_at_most_15_lines(tmp_path: Pat
     log = _oracle_log(tmp_path / "walk.jsonl")
     out = tmp_path / "x.mp4"
     # `worldmodel replay LOG --out x.mp4 2>&1 | wc -l`: stdout and stderr into one pipe
-    proc = subprocess.run([sys.executable, "-m", "worldmodel.cli", "replay", str(log), "--out", str(out),
+    proc = subprocess.run([sys.executable, "-m", "tools.cli", "replay", str(log), "--out", str(out),
                            "--threads", "1"],
                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
     text = proc.stdout.decode("utf-8", "replace")

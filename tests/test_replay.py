@@ -21,7 +21,7 @@ from game.frame_source import OracleFrameSource  # noqa: E402
 from game.loop import GameConfig, run_game  # noqa: E402
 from game.replay import export_replay, load_replay, output_kind, replay_in_window  # noqa: E402
 from game.session import PlaySession  # noqa: E402
-from worldmodel.errors import UserError  # noqa: E402
+from conventions.errors import UserError  # noqa: E402
 
 RES = 16
 WORLD_SEED = 5
@@ -243,7 +243,7 @@ def test_replay_in_window_follows_the_log(tmp_path):
 
 
 def test_replay_cli(tmp_path, capsys):
-    from worldmodel.cli import main
+    from tools.cli import main
 
     log = hand_written_log(tmp_path / "hand.jsonl", ticks=2)
     assert main(["replay", str(log), "--out", str(tmp_path / "cli") + "/"]) == 0

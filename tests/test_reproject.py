@@ -9,10 +9,10 @@ import torch
 
 from scenes.render import render_views_with_depth
 from scenes.world import generate_world
-from worldmodel.camera import pixel_directions
-from worldmodel.depth import SKY_DEPTH, check_depth, depth_errors
-from worldmodel.errors import UserError
-from worldmodel.metrics import psnr
+from conventions.camera import pixel_directions
+from conventions.depth import SKY_DEPTH, check_depth, depth_errors
+from conventions.errors import UserError
+from conventions.metrics import psnr
 from worldmodel.reproject import reproject
 
 RES = 32
@@ -71,7 +71,7 @@ def test_pure_rotation_reprojects_exactly_where_covered():
     assert 0.6 < float(covered.float().mean()) < 1.0
     # the source pixel whose colour (= its own index) landed on a covered target pixel projects, by
     # the rotation alone, to within the splat radius of that pixel's centre
-    from worldmodel.camera import rotation
+    from conventions.camera import rotation
     from worldmodel.reproject import SPLAT_RADIUS
 
     src_row = (out.rgb[0, 0] * RES).round().long()

@@ -9,8 +9,8 @@ from scenes.render import render_views
 from scenes.scene import DEFAULT_SCENE, list_scenes, load_image, load_scene
 from scenes.trajectories import POLICIES, chained_trajectory, make_trajectory, revisit_ticks
 from scenes.world import caption_vocabulary, generate_world, is_heldout_seed, tokenize_words
-from worldmodel.camera import integrate
-from worldmodel.errors import UserError
+from conventions.camera import integrate
+from conventions.errors import UserError
 
 
 def test_world_is_deterministic_and_seeds_differ():

@@ -17,9 +17,9 @@ from scenes.render import render_views
 from scenes.trajectories import make_trajectory
 from scenes.scene import Scene
 from scenes.world import HELDOUT_SEED_START, generate_world
-from worldmodel.camera import CameraPose
+from conventions.camera import CameraPose
 from worldmodel.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
-from worldmodel.metrics import psnr
+from conventions.metrics import psnr
 
 GUARD_WORLD = HELDOUT_SEED_START + 4242
 GUARD_TICKS = 16
@@ -53,7 +53,7 @@ DEPTH_MARGIN = 0.02
 
 def test_shipped_depth_head_predicts_depth(guard_log) -> None:
     from scenes.render import render_views_with_depth
-    from worldmodel.depth import depth_errors
+    from conventions.depth import depth_errors
 
     world, tr, truth = guard_log
     _, depth = render_views_with_depth(world, tr.poses, 64)
@@ -146,7 +146,7 @@ LONG_GUARD_MARGIN_DB = 1.0
 
 
 def test_shipped_model_holds_up_over_a_long_rollout() -> None:
-    """Drift (DESIGN §6) guard: the late part of a long rollout must not fall back to where it was."""
+    """Drift (docs/architecture.md §Metrics) guard: the late part of a long rollout must not fall back to where it was."""
     from tools.eval import long_log, rollout
     from worldmodel.runtime import ModelFrameSource
 

@@ -13,7 +13,7 @@ from wm_helpers import randomized_model, tiny_autoencoder, write_latent_clips
 from worldmodel.checkpoint import (CHECKPOINT_FORMAT, checkpoint_sha256, load_checkpoint,
                                    read_checkpoint_metadata, save_checkpoint)
 from worldmodel.config import WorldModelConfig, tiny_config
-from worldmodel.errors import UserError
+from conventions.errors import UserError
 from worldmodel.text import Tokenizer
 from worldmodel.train import (LOG_FILE, TrainOptions, load_latents, sample_batch,
                               train_world_model, world_model_loss)
@@ -43,7 +43,7 @@ def test_average_checkpoints_is_the_weighted_mean_and_refuses_strangers(tmp_path
     import dataclasses
 
     from worldmodel.checkpoint import average_checkpoints
-    from worldmodel.cli import main
+    from tools.cli import main
 
     c = tiny_config()
     ae = tiny_autoencoder()
@@ -192,7 +192,7 @@ def test_training_refuses_mismatched_data_and_runs(run_files: dict[str, Path]) -
 
 
 def test_train_command_world_stage(run_files: dict[str, Path]) -> None:
-    from worldmodel.cli import main
+    from tools.cli import main
 
     out = run_files["dir"] / "cli"
     export = run_files["dir"] / "ship" / "default.safetensors"
@@ -212,7 +212,7 @@ def test_training_writes_its_curves_and_plot_train_draws_them(run_files: dict[st
     tensorboard installed, the same as TensorBoard events); `worldmodel plot-train RUN` draws them."""
     from test_plot import assert_png
 
-    from worldmodel.cli import main
+    from tools.cli import main
     from worldmodel.scalars import TENSORBOARD_DIR, ScalarLog
 
     c = tiny_config()

@@ -10,10 +10,10 @@ import pytest
 
 from wm_helpers import randomized_model, tiny_autoencoder, walking_poses
 
-from worldmodel.camera import CameraPose
+from conventions.camera import CameraPose
 from worldmodel.checkpoint import save_checkpoint
 from worldmodel.config import tiny_config
-from worldmodel.errors import UserError
+from conventions.errors import UserError
 from worldmodel.runtime import ModelFrameSource
 from worldmodel.world_state import load_world, read_world_meta, save_world
 

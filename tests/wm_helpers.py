@@ -33,7 +33,7 @@ def tiny_autoencoder():
 
 def walking_poses(ticks: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A smooth random walk with turns: actions [T, 5] (actions[0] = 0) and poses [T, 5]."""
-    from worldmodel.camera import integrate
+    from conventions.camera import integrate
 
     g = torch.Generator().manual_seed(seed)
     actions = torch.zeros(ticks, 5)

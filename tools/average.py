@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from worldmodel.checkpoint import average_checkpoints, checkpoint_sha256
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -18,8 +19,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from worldmodel.checkpoint import average_checkpoints, checkpoint_sha256
-
     out = average_checkpoints(list(args.checkpoints), args.out, args.weights)
     print(f"wrote {out} (sha256 {checkpoint_sha256(out)[:16]}...)")
     return 0

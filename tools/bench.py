@@ -23,10 +23,16 @@ from pathlib import Path
 
 import torch
 
-from worldmodel.camera import DEFAULT_RESOLUTION
+from conventions.camera import DEFAULT_RESOLUTION
 from worldmodel.config import PRECISION_NAMES
 from tools.common import add_threads_flag, apply_threads
-from worldmodel.limits import flag_type
+from conventions.limits import flag_type
+from scenes.render import render_views, render_views_with_depth
+from scenes.world import generate_world
+from tools.bench_kernels import bench_attention
+from tools.bench_play import bench_play
+from tools.bench_vecenv import bench_vecenv
+from worldmodel.reproject import reproject
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -58,9 +64,6 @@ def machine_description() -> str:
 
 def bench_oracle(resolution: int, batch: int, frames: int, seed: int = 102) -> dict:
     """Frames/s of `render_views`, batched and single-frame, on one world along a turning path."""
-    from scenes.render import render_views
-    from scenes.world import generate_world
-
     world = generate_world(seed)
     start = world.spawn_pose().as_tensor()
     poses = start.repeat(frames, 1)
@@ -85,10 +88,6 @@ REPROJECT_SOURCES = (1, 3, 6, 7)
 def bench_reproject(resolution: int, iterations: int = 100, seed: int = 102) -> dict:
     """Median ms per `reproject` call of K true frames (with their true depth) of one world into the
     next pose of a walk, for each K of REPROJECT_SOURCES."""
-    from scenes.render import render_views_with_depth
-    from scenes.world import generate_world
-    from worldmodel.reproject import reproject
-
     world = generate_world(seed)
     start = world.spawn_pose().as_tensor()
     k_max = max(REPROJECT_SOURCES)
@@ -127,17 +126,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"reproject {r['resolution']}x{r['resolution']} (median ms per call): "
               + ", ".join(f"K={k}: {r[f'k{k}_ms']:.2f}" for k in REPROJECT_SOURCES))
     if "play" in args.what:
-        from tools.bench_play import bench_play
-
         r = bench_play(args)
         results["play"] = r
     if "vecenv" in args.what:
-        from tools.bench_vecenv import bench_vecenv
-
         results["vecenv"] = bench_vecenv(args)
     if "kernels" in args.what:
-        from tools.bench_kernels import bench_attention
-
         results["kernels"] = bench_attention()
     if args.json:
         args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")

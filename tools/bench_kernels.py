@@ -153,7 +153,7 @@ def _skip_reason(backend: str, q: torch.Tensor, valid: torch.Tensor, extra: torc
     if backend == "triton":
         if not triton_available():
             return "triton is not installed"
-        from kernels.triton_attention import supports
+        from kernels.triton_attention import supports  # imports triton: only when the kernel bench runs
 
         return supports(q)
     return None

@@ -28,7 +28,12 @@ import time
 import numpy as np
 import torch
 
-from worldmodel.progress import ProgressBar
+from conventions.progress import ProgressBar
+from game.frame_source import make_frame_source
+from game.session import PlaySession
+from scenes.scene import DEFAULT_SCENE, load_scene
+from scenes.trajectories import chained_trajectory
+from scenes.world import generate_world
 
 EARLY_TICK = 100
 """Frame time 'at tick 100' is the median over ticks [EARLY_TICK, EARLY_TICK + SPAN)."""
@@ -51,8 +56,6 @@ def _rss_mb() -> float:
 
 def _actions(world, ticks: int, tick_hz: float) -> torch.Tensor:
     """A long play-like action sequence (`chained_trajectory` from the spawn pose), [ticks, 5]."""
-    from scenes.trajectories import chained_trajectory
-
     return chained_trajectory(world, ticks + 1, random.Random(0), tick_hz).actions[1:]
 
 
@@ -92,11 +95,6 @@ def interleaved_ab(contenders: dict[str, tuple[object, torch.Tensor]], ticks: in
 
 def bench_play(args: argparse.Namespace) -> dict:
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
-    from game.frame_source import make_frame_source
-    from game.session import PlaySession
-    from scenes.scene import DEFAULT_SCENE, load_scene
-    from scenes.world import generate_world
-
     scene = load_scene(DEFAULT_SCENE)
     kwargs = {"checkpoint": None if args.checkpoint is None else str(args.checkpoint),
               "precision": getattr(args, "precision", None)}

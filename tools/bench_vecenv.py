@@ -37,7 +37,7 @@ def _timed(env, actions: np.ndarray) -> tuple[float, list]:
 
 def bench_size(n: int, steps: int, options: dict) -> dict:
     """steps/s of the batched and of the sequential environment for N = n."""
-    from worldmodel.env import ExploreVectorEnv
+    from worldmodel.env import ExploreVectorEnv  # gymnasium is the optional extra [rl]: only when this bench runs
 
     contenders = {"batched": ExploreVectorEnv(num_envs=n, **options),
                   "sequential": ExploreVectorEnv(num_envs=n, batched=False, **options)}

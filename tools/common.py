@@ -6,7 +6,7 @@ import argparse
 
 import torch
 
-from worldmodel.limits import flag_type
+from conventions.limits import flag_type
 
 THREADS_HELP = ("CPU threads for torch (default: torch's choice; 1 is often fastest for 64 px frames on a busy "
                 "machine)")

@@ -2,7 +2,7 @@
 
 Each clip is a play-like trajectory (walk, look around, or leave-and-return) in a world made from a
 seed, with the oracle's frames and depth maps, the exact actions and poses, the world seed and its caption. The
-format is DESIGN-level shared (see `DATASET_FORMAT`); training reads it with worldmodel.data.
+format is a shared convention (see `DATASET_FORMAT`, docs/architecture.md §Binding conventions); training reads it with worldmodel.data.
 Train worlds use seeds below scenes.world.HELDOUT_SEED_START, held-out worlds seeds at or above it,
 so evaluation never sees a training world.
 """
@@ -21,17 +21,17 @@ from safetensors.torch import save_file
 from scenes.render import render_views_with_depth
 from scenes.trajectories import POLICIES, POLICY_WEIGHTS, make_trajectory
 from scenes.world import HELDOUT_SEED_START, generate_world, is_heldout_seed
-from worldmodel.camera import DEFAULT_FOV_DEG, DEFAULT_RESOLUTION, DEFAULT_TICK_HZ
-from worldmodel.errors import UserError
-from worldmodel.progress import ProgressBar
-from worldmodel.atomic import atomic_write, atomic_write_text, check_output_path, output_error
-from worldmodel.limits import flag_type
+from conventions.camera import DEFAULT_FOV_DEG, DEFAULT_RESOLUTION, DEFAULT_TICK_HZ
+from conventions.errors import UserError
+from conventions.progress import ProgressBar
+from conventions.atomic import atomic_write, atomic_write_text, check_output_path, output_error
+from conventions.limits import flag_type
 
 DATASET_FORMAT = "worldmodel.dataset"
 DATASET_VERSION = 1
 INDEX_FILE = "dataset.json"
 DEPTH_DTYPE = torch.float16
-"""Depth maps are stored as float16 metres along -z (0 = sky, worldmodel.depth): 0.05% precision."""
+"""Depth maps are stored as float16 metres along -z (0 = sky, conventions.depth): 0.05% precision."""
 CLIP_SEED_STRIDE = 1000
 """Clip RNG seed = world seed * stride + clip index, so clips are reproducible one by one."""
 

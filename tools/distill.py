@@ -16,9 +16,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from worldmodel.errors import UserError
+from conventions.errors import UserError
 from tools.common import add_threads_flag, apply_threads
-from worldmodel.limits import flag_type
+from conventions.limits import flag_type
+from tools.train import _parse_overrides, export_checkpoint
+from worldmodel.distill import distill, DistillOptions
 
 STUDENT_STEP_CHOICES = (1, 2)
 
@@ -55,9 +57,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def options_from_args(args: argparse.Namespace):
     """DistillOptions from --opt overrides plus the dedicated flags (flags win)."""
-    from tools.train import _parse_overrides
-    from worldmodel.distill import DistillOptions
-
     over = _parse_overrides(args.opt, DistillOptions, "--opt")
     for flag in ("steps", "student_steps", "warmup_steps", "warmup_frames", "batch", "rollout_frames",
                  "fake_steps", "lr", "fake_lr"):
@@ -73,15 +72,11 @@ def options_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from worldmodel.distill import distill
-
     apply_threads(args)
     options = options_from_args(args)
     path = distill(args.teacher, args.data, args.out, options, val_latents_path=args.val,
                    resume=not args.no_resume, device=args.device, stop_after=args.stop_after)
     print(f"student checkpoint: {path}")
     if args.export is not None:
-        from tools.train import export_checkpoint
-
         export_checkpoint(path, args.export)
     return 0

@@ -1,4 +1,4 @@
-"""`worldmodel eval`: score the generator against the procedural ground truth (DESIGN.md §6).
+"""`worldmodel eval`: score the generator against the procedural ground truth (docs/architecture.md §Metrics).
 
 For a log (or every log of a built-in suite on held-out worlds) the model starts from the true render
 at the start pose with the world's caption as prompt, is fed the log's actions, and every generated
@@ -7,7 +7,7 @@ mean: "hold the start frame" (a model that ignores actions) and "shuffled action
 driven by the actions of another log, so it cannot simply follow the camera). For logs that revisit
 places, the return ticks are scored against the truth and against the model's own frame at the first
 visit, with memory on and off. `--prefill N` feeds the first N ticks from the true renders (teacher
-forcing), so retrieval can be judged apart from generation. Rollouts long enough for DESIGN §6 drift
+forcing), so retrieval can be judged apart from generation. Rollouts long enough for docs/architecture.md §Metrics drift
 (the drift suite: 1100 ticks of chained walk/look/revisit/retrace segments) report the mean PSNR of
 ticks 1000-1100 against that of ticks 1-100.
 """
@@ -30,13 +30,18 @@ from scenes.render import render_views
 from scenes.scene import Scene, load_scene
 from scenes.trajectories import chained_trajectory, make_trajectory, revisit_ticks
 from scenes.world import HELDOUT_SEED_START, World, generate_world
-from worldmodel.camera import CameraPose, integrate_sequence
+from conventions.camera import CameraPose, integrate_sequence
 from worldmodel.config import DEFAULT_PRECISION, PRECISION_NAMES
-from worldmodel.errors import UserError
-from worldmodel.metrics import DRIFT_EARLY_TICKS, DRIFT_LATE_TICKS, detail_ratio, drift_scores, psnr, ssim
+from conventions.errors import UserError
+from conventions.metrics import DRIFT_EARLY_TICKS, DRIFT_LATE_TICKS, detail_ratio, drift_scores, psnr, ssim
 from tools.common import add_threads_flag, apply_threads
-from worldmodel.atomic import atomic_write_text, check_output_path
-from worldmodel.limits import flag_type
+from conventions.atomic import atomic_write_text, check_output_path
+from conventions.limits import flag_type
+from game.action_log import read_action_log
+from memory.map_view import draw_memory_map
+from tools.plot import line_chart, save_image_atomic
+from worldmodel.checkpoint import checkpoint_sha256, DEFAULT_CHECKPOINT
+from worldmodel.runtime import ModelFrameSource
 
 ACTION_SUITE_SEEDS = tuple(HELDOUT_SEED_START + 100 + i for i in range(8))
 ACTION_SUITE_TICKS = 64
@@ -50,7 +55,7 @@ REVISIT_OUTBOUND_FRACTION = 0.5
 """Suite revisit: prefill covers the first half of the clip (the outbound walk and the turn)."""
 DRIFT_SUITE_SEEDS = tuple(HELDOUT_SEED_START + 300 + i for i in range(4))
 DRIFT_WINDOWS = (DRIFT_EARLY_TICKS, DRIFT_LATE_TICKS)
-"""Tick windows (early, late) of the drift score; DESIGN §6's, changed only by tests."""
+"""Tick windows (early, late) of the drift score; docs/architecture.md §Metrics's, changed only by tests."""
 SUITES = ("action", "revisit", "drift")
 SHUFFLE_SEED_OFFSET = 7777
 """'Another log' for the shuffled baseline: a walk in the same world from this RNG offset."""
@@ -97,8 +102,6 @@ def _truth(world: World, start: CameraPose, poses: torch.Tensor, resolution: int
 
 
 def log_from_file(path: Path, resolution: int, fov: float) -> EvalLog:
-    from game.action_log import read_action_log
-
     log = read_action_log(path)
     for w in log.warnings:
         print(f"warning: {w}", file=sys.stderr)
@@ -181,7 +184,7 @@ def _mean(values: list[float], lo: int = 0, hi: int | None = None) -> float:
 
 
 def revisit_scores(frames: torch.Tensor, log: EvalLog, prefill: int) -> dict:
-    """Return ticks (DESIGN §6 / issue: within 0.5 m and 15 deg of a pose >= 100 ticks earlier), scored
+    """Return ticks (docs/architecture.md §Metrics / issue: within 0.5 m and 15 deg of a pose >= 100 ticks earlier), scored
     against the truth and against the model's own frame of the first visit (`revisit_ticks`)."""
     all_poses = torch.cat([log.start_pose.as_tensor()[None], log.poses])
     pairs = [(t, f) for t, f in revisit_ticks(all_poses) if t > prefill]
@@ -291,9 +294,6 @@ def _print_summary(summary: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from worldmodel.checkpoint import DEFAULT_CHECKPOINT, checkpoint_sha256
-    from worldmodel.runtime import ModelFrameSource
-
     apply_threads(args)
     if (args.log is None) == (args.suite is None):
         raise UserError(f"eval: give exactly one of --log LOG or --suite {'|'.join(SUITES)}")
@@ -342,8 +342,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _write_plots(path: Path, results: list[dict]) -> None:
-    from tools.plot import line_chart, save_image_atomic
-
     series: dict[str, list[float]] = {}
     n = min(r["ticks"] for r in results)
     for name in results[0]["runs"]:
@@ -356,7 +354,6 @@ def _write_plots(path: Path, results: list[dict]) -> None:
     if source is not None and getattr(source, "memory", None) is not None:
         from PIL import Image
 
-        from memory.map_view import draw_memory_map
 
         store = source.memory
         path_poses = torch.stack([torch.as_tensor(p) for p in source.pose_history]) if getattr(

@@ -16,20 +16,19 @@ import argparse
 import sys
 
 from game.frame_source import BACKEND_CHOICES, DEFAULT_BACKEND
-from worldmodel.camera import DEFAULT_RESOLUTION, DEFAULT_TICK_HZ
+from conventions.camera import DEFAULT_RESOLUTION, DEFAULT_TICK_HZ
 from worldmodel.config import PRECISION_NAMES
-from worldmodel.errors import UserError
+from conventions.errors import UserError
 from tools.common import add_threads_flag, apply_threads
-from worldmodel.atomic import check_output_path
-from worldmodel.limits import flag_type
-from worldmodel.world_state import check_world_target
+from conventions.atomic import check_output_path
+from conventions.limits import flag_type
+from worldmodel.world_state import check_world_target, read_world_meta
+from game.loop import DEFAULT_WINDOW, display_available, GameConfig, NO_DISPLAY_MESSAGE, run_game
 
 NO_DISPLAY_EXIT = 2
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from game.loop import DEFAULT_WINDOW
-
     p.add_argument("scene", nargs="?", default=None,
                    help="bundled scene name, scene folder or procedural:<seed> (default: the default scene)")
     p.add_argument("--image", default=None, help="start from this picture (PNG/JPEG) instead of the scene's")
@@ -65,7 +64,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     apply_threads(args)
-    from game.loop import NO_DISPLAY_MESSAGE, GameConfig, display_available, run_game
 
     if not display_available():
         print(NO_DISPLAY_MESSAGE, file=sys.stderr)
@@ -78,8 +76,6 @@ def run(args: argparse.Namespace) -> int:
     if args.prompt is not None and args.image is None and args.backend == "oracle":
         print("note: the oracle ignores --prompt (it renders the scene's world)", file=sys.stderr)
     if args.load_world is not None:
-        from worldmodel.world_state import read_world_meta
-
         if args.backend != "model":
             raise UserError(f"--load-world: a saved world continues with --backend model, not {args.backend}")
         meta = read_world_meta(args.load_world)

@@ -3,7 +3,7 @@
 Why matplotlib: axes, ticks, log scales, legends and file formats are what it does, and what readers
 of the charts know. Figures are built with the object API (`matplotlib.figure.Figure`), not pyplot's
 global state, so a long eval or a test run never accumulates open figures; every file is written
-atomically (`worldmodel.atomic`), PNG unless the name says otherwise.
+atomically (`conventions.atomic`), PNG unless the name says otherwise.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from worldmodel.atomic import atomic_write  # noqa: E402
+from conventions.atomic import atomic_write  # noqa: E402
 
 DPI = 100
 """Pixels per inch: a size in pixels (the callers' unit) is size / DPI inches."""

@@ -14,8 +14,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from worldmodel.errors import UserError
+from conventions.errors import UserError
 from worldmodel.scalars import LOG_FILE, STEP_KEY, read_records, scalar_items
+from tools.plot import GRID_ALPHA, new_figure, save_image_atomic
 
 DEFAULT_OUT = "curves.png"
 PANEL_WIDTH, PANEL_HEIGHT = 560, 320
@@ -79,8 +80,6 @@ def curves(records: list[dict]) -> dict[Panel, dict[str, tuple[list[float], list
 
 def plot_run(path: Path, out: Path) -> Path:
     """Draw the curves of the log at `path` into `out` (atomically); returns `out`."""
-    from tools.plot import GRID_ALPHA, new_figure, save_image_atomic
-
     records = read_records(path)
     panels = curves(records)
     if not panels:

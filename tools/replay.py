@@ -14,9 +14,11 @@ import argparse
 import sys
 
 from game.frame_source import BACKEND_CHOICES
-from worldmodel.errors import UserError
+from conventions.errors import UserError
 from tools.common import add_threads_flag, apply_threads
-from worldmodel.limits import flag_type
+from conventions.limits import flag_type
+from game.loop import display_available
+from game.replay import export_replay, replay_in_window
 
 NO_DISPLAY_EXIT = 2
 
@@ -43,16 +45,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     apply_threads(args)
     if args.out is not None:
-        from game.replay import export_replay
-
         result = export_replay(args.log, args.out, backend=args.backend, fps=args.fps, size=args.size,
                                checkpoint=args.checkpoint, progress=not args.quiet, hint=_hint(args),
                                memory=_memory(args))
         print(f"wrote {result.path} ({result.frames} frames, {result.ms_per_frame:.1f} ms/frame)", file=sys.stderr)
         return 0
-    from game.loop import display_available
-    from game.replay import replay_in_window
-
     if not display_available():
         print("worldmodel replay: no display here (DISPLAY/WAYLAND_DISPLAY unset); export instead: "
               f"worldmodel replay {args.log} --out run.mp4", file=sys.stderr)

@@ -18,9 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from worldmodel.atomic import atomic_write
-from worldmodel.errors import UserError
+from conventions.atomic import atomic_write
+from conventions.errors import UserError
 from tools.common import add_threads_flag, apply_threads
+from conventions.camera import CameraPose
+from scenes.scene import load_image, Scene
+from tools.eval import suite_logs
+from worldmodel.checkpoint import DEFAULT_CHECKPOINT
+from worldmodel.runtime import ModelFrameSource
 
 DEFAULT_TICKS = (0, 10, 50, 100, 500, 1000)
 CELL_SCALE = 2
@@ -52,8 +57,6 @@ def _ticks(text: str) -> list[int]:
 
 def _rollout(source, scene, log, last: int, keep: list[int], with_depth: bool = False):
     """Frames (and depth maps) of `source` at the ticks in `keep`."""
-    from worldmodel.camera import CameraPose
-
     frames, depths = {}, {}
     frames[0] = np.asarray(source.reset(scene, log.start_pose, log.prompt, log.seed))
     if with_depth:
@@ -85,11 +88,6 @@ def _tile(rows: list[list[np.ndarray]]) -> np.ndarray:
 
 def run(args: argparse.Namespace) -> int:
     from PIL import Image
-
-    from scenes.scene import Scene, load_image
-    from tools.eval import suite_logs
-    from worldmodel.checkpoint import DEFAULT_CHECKPOINT
-    from worldmodel.runtime import ModelFrameSource
 
     apply_threads(args)
     ticks = _ticks(args.ticks)

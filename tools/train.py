@@ -9,7 +9,7 @@ model (stage world).
     worldmodel train --stage world   --data data/train_latents.safetensors data/retrace_latents.safetensors \
                      --autoencoder runs/ae/autoencoder.safetensors --out runs/memory --steps 2000 \
                      --opt init_from=worldmodel/checkpoints/default.safetensors --opt revisit_focus=0.5
-    torchrun --nproc_per_node 8 -m worldmodel.cli train --stage world ... [--fsdp]
+    torchrun --nproc_per_node 8 -m tools.cli train --stage world ... [--fsdp]
 
 The ae and world stages resume from OUT when it holds a training state of the same config (--no-resume
 starts over), print a progress bar on stderr and write their curves to OUT/log.jsonl (and OUT/tensorboard/
@@ -28,10 +28,18 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from worldmodel.errors import UserError
+from conventions.errors import UserError
 from tools.common import add_threads_flag, apply_threads
-from worldmodel.atomic import atomic_write, check_output_path
-from worldmodel.limits import flag_type
+from conventions.atomic import atomic_write, check_output_path
+from conventions.limits import flag_type
+from worldmodel.autoencoder import file_sha256, load_autoencoder
+from worldmodel.closed_loop import write_rollout_cache
+from worldmodel.config import default_config, tiny_config, WorldModelConfig
+from worldmodel.data import DEFAULT_ENCODE_BATCH, encode_dataset
+from worldmodel.distributed import read_launch_env
+from worldmodel.train import resolve_device, train_world_model, TrainOptions
+from worldmodel.train_autoencoder import train_autoencoder
+from worldmodel.train_depth import DepthTrainConfig, train_depth_head
 
 PRESETS = ("default", "tiny")
 STAGES = ("ae", "depth", "latents", "world", "rollouts")
@@ -95,9 +103,6 @@ def _parse_overrides(items: list[str], cls: type, flag: str) -> dict[str, Any]:
 
 
 def _run_world(args: argparse.Namespace) -> int:
-    from worldmodel.config import WorldModelConfig, default_config, tiny_config
-    from worldmodel.train import TrainOptions, train_world_model
-
     if args.autoencoder is None:
         raise UserError("train --stage world: --autoencoder PATH is required (the checkpoint bundles it)")
     overrides = _parse_overrides(args.set, WorldModelConfig, "--set")
@@ -131,15 +136,11 @@ def export_checkpoint(path: Path, export: Path) -> None:
 
 
 def _is_main_process() -> bool:
-    from worldmodel.distributed import read_launch_env
-
     launch = read_launch_env()
     return launch is None or launch.rank == 0
 
 
 def _refuse_multi_process(stage: str) -> None:
-    from worldmodel.distributed import read_launch_env
-
     launch = read_launch_env()
     if launch is not None and launch.world_size > 1:
         raise UserError(f"train --stage {stage} runs in one process; start it without torchrun "
@@ -147,10 +148,6 @@ def _refuse_multi_process(stage: str) -> None:
 
 
 def _run_latents(args: argparse.Namespace) -> int:
-    from worldmodel.autoencoder import file_sha256, load_autoencoder
-    from worldmodel.data import DEFAULT_ENCODE_BATCH, encode_dataset
-    from worldmodel.train import resolve_device
-
     if args.autoencoder is None:
         raise UserError("train --stage latents: --autoencoder PATH is required")
     if args.out.is_dir():
@@ -165,9 +162,6 @@ def _run_latents(args: argparse.Namespace) -> int:
 
 
 def _run_rollouts(args: argparse.Namespace) -> int:
-    from worldmodel.closed_loop import write_rollout_cache
-    from worldmodel.config import WorldModelConfig
-
     if args.checkpoint is None:
         raise UserError("train --stage rollouts: --checkpoint PATH (the model to roll out) is required")
     composite = _parse_overrides(args.set, WorldModelConfig, "--set").get("hint_composite") if args.set else None
@@ -176,8 +170,6 @@ def _run_rollouts(args: argparse.Namespace) -> int:
 
 
 def _run_depth(args: argparse.Namespace) -> int:
-    from worldmodel.train_depth import DepthTrainConfig, train_depth_head
-
     if args.autoencoder is None:
         raise UserError("train --stage depth: --autoencoder PATH is required (an autoencoder, or a world-model "
                         "checkpoint whose autoencoder gets the depth head)")
@@ -188,8 +180,6 @@ def _run_depth(args: argparse.Namespace) -> int:
 
 
 def _run_ae(args: argparse.Namespace) -> int:
-    from worldmodel.train_autoencoder import train_autoencoder
-
     kwargs: dict[str, Any] = dict(val_dir=args.val, resume=not args.no_resume, device=args.device)
     if args.steps is not None:
         kwargs["steps"] = args.steps

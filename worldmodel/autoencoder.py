@@ -1,4 +1,4 @@
-"""Latent autoencoder: 64x64 RGB frames <-> 8x8 grids of 16-channel latent tokens (DESIGN §4).
+"""Latent autoencoder: 64x64 RGB frames <-> 8x8 grids of 16-channel latent tokens (docs/architecture.md §The generator).
 
 The world model never sees pixels: it denoises these latents, and the game decodes one latent frame
 per tick, so the decoder has to be cheap on a CPU (a few ms per frame) while the encoder, which only
@@ -40,10 +40,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worldmodel.atomic import atomic_write
-from worldmodel.camera import DEFAULT_RESOLUTION
-from worldmodel.depth import MAX_DEPTH, MIN_DEPTH, SKY_DEPTH
-from worldmodel.errors import UserError
+from conventions.atomic import atomic_write
+from conventions.camera import DEFAULT_RESOLUTION
+from conventions.depth import MAX_DEPTH, MIN_DEPTH, SKY_DEPTH
+from conventions.errors import UserError
 
 CHECKPOINT_FORMAT = "worldmodel.autoencoder"
 CHECKPOINT_VERSION = "1"
@@ -76,7 +76,7 @@ class AutoencoderConfig:
     norm_groups: int = 8
     depth_widths: tuple[int, ...] = ()
     """Widths of the depth head (a light second decoder from the same latent to per-pixel depth and
-    a sky flag, worldmodel.depth); () = no depth head (checkpoints from before it)."""
+    a sky flag, conventions.depth); () = no depth head (checkpoints from before it)."""
     shortcuts: bool = True
     """Parameter-free space-to-channel shortcuts around every resolution change (DC-AE style):
     pixel-(un)shuffle plus channel averaging/repetition. They give the network a good linear path
@@ -350,7 +350,7 @@ class Autoencoder(nn.Module):
         return out[:, 0], out[:, 1]
 
     def decode_depth(self, latents: torch.Tensor) -> torch.Tensor:
-        """normalised latents [B, C, h, w] -> depth [B, H, W] in the worldmodel.depth convention
+        """normalised latents [B, C, h, w] -> depth [B, H, W] in the conventions.depth convention
         (metres along -z, clamped to [MIN_DEPTH, MAX_DEPTH]; SKY_DEPTH where the head sees sky)."""
         self._check_latents(latents)
         log_depth, sky_logit = self.depth_outputs(latents)
@@ -392,7 +392,7 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
                             metadata: dict[str, str]) -> Path:
-    """Write a safetensors file atomically (`worldmodel.atomic.atomic_write`): never half a file under
+    """Write a safetensors file atomically (`conventions.atomic.atomic_write`): never half a file under
     `path`, one UserError naming it on a failed write. The one safetensors writer of the model code."""
     from safetensors.torch import save_file
 

@@ -1,4 +1,4 @@
-"""The product checkpoint: ONE safetensors file with everything play needs (DESIGN §3).
+"""The product checkpoint: ONE safetensors file with everything play needs (docs/architecture.md §The conventions, in brief).
 
 Tensors: the autoencoder under "ae.", the world model (transformer + text encoder) under "model.".
 Metadata (all strings): {"format": "worldmodel.checkpoint", "version": "1", "config": the
@@ -23,10 +23,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from worldmodel.atomic import check_output_path
-from worldmodel.autoencoder import atomic_save_safetensors
+from conventions.atomic import check_output_path
+from worldmodel.autoencoder import atomic_save_safetensors, Autoencoder, AutoencoderConfig
 from worldmodel.config import WorldModelConfig
-from worldmodel.errors import UserError
+from conventions.errors import UserError
 from worldmodel.model import WorldModel
 
 CHECKPOINT_FORMAT = "worldmodel.checkpoint"
@@ -147,8 +147,6 @@ def _check_tensors(path: Path, prefix: str, module: nn.Module, shapes: dict[str,
 
 def build_autoencoder(ae_config_json: str, source: str) -> nn.Module:
     """An untrained Autoencoder of the stored config (UserError when the config cannot be read)."""
-    from worldmodel.autoencoder import Autoencoder, AutoencoderConfig
-
     try:
         return Autoencoder(AutoencoderConfig.from_json(ae_config_json))
     except (json.JSONDecodeError, TypeError, ValueError) as exc:

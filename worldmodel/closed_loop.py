@@ -25,9 +25,11 @@ import torch
 
 from worldmodel.autoencoder import atomic_save_safetensors, file_sha256
 from worldmodel.data import LATENT_DTYPE, LATENTS_FORMAT, LATENTS_VERSION, VIEW_DEPTH_DTYPE
-from worldmodel.errors import UserError
-from worldmodel.progress import ProgressBar
+from conventions.errors import UserError
+from conventions.progress import ProgressBar
 from worldmodel.train import LatentData, load_latents
+from worldmodel.checkpoint import load_checkpoint, read_checkpoint_metadata
+from worldmodel.runtime import ModelFrameSource
 
 
 @torch.no_grad()
@@ -37,8 +39,6 @@ def generate_rollouts(checkpoint: str | Path, data: LatentData, clips: list[int]
 
     -> tensors of a latent cache: latents [N, ticks + 1, C, h, w] (generated; tick 0 the true start),
     target_latents (the truth), actions, poses, world_seeds, view_rgb, view_depth (generated views)."""
-    from worldmodel.runtime import ModelFrameSource
-
     source = ModelFrameSource(checkpoint)
     session = source.session
     if composite is not None:  # play with another compositing weight than the checkpoint's
@@ -75,8 +75,6 @@ def generate_rollouts(checkpoint: str | Path, data: LatentData, clips: list[int]
 def write_rollout_cache(checkpoint: str | Path, latents_path: list[str | Path], out: str | Path, clips: int,
                         ticks: int, seed: int = 0, composite: float | None = None) -> Path:
     """Generate rollouts of `clips` clips (spread evenly over the caches' clips) and write the cache."""
-    from worldmodel.checkpoint import load_checkpoint, read_checkpoint_metadata
-
     config = load_checkpoint(checkpoint)[2]
     data = load_latents(latents_path if len(latents_path) > 1 else latents_path[0], config)
     if clips < 1:

@@ -4,7 +4,7 @@ The same class describes the tiny configs used by the tests, the CPU default tha
 configs; it is stored as JSON in every checkpoint's metadata so a checkpoint always rebuilds the exact
 network it was trained as (and loading refuses a checkpoint whose config does not match).
 
-Token layout (DESIGN §4): a frame's latent [latent_channels, latent_size, latent_size] becomes
+Token layout (docs/architecture.md §The generator): a frame's latent [latent_channels, latent_size, latent_size] becomes
 latent_size**2 tokens (patch 1). Each attention head of `head_dim` dims is split into
   camera part  `camera_dims`   (blocks of 4 multiplied by the frame's 4x4 pose matrix, GTA-style),
   RoPE parts   `rope_row_dims` + `rope_col_dims` (2-D patch position) + `rope_time_dims` (frame tick),
@@ -21,8 +21,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from worldmodel.camera import ACTION_DIM, DEFAULT_FOV_DEG, DEFAULT_RESOLUTION, DEFAULT_TICK_HZ
-from worldmodel.errors import UserError
+from conventions.camera import ACTION_DIM, DEFAULT_FOV_DEG, DEFAULT_RESOLUTION, DEFAULT_TICK_HZ
+from conventions.errors import UserError
+from worldmodel.text import default_vocabulary
 
 PRECISION_NAMES = ("fp32", "bf16")
 """Play-time arithmetic of the generator (`--precision`); worldmodel.runtime.PRECISIONS maps them to dtypes."""
@@ -234,8 +235,6 @@ class WorldModelConfig:
 
 def default_config(**overrides: Any) -> WorldModelConfig:
     """The shipped config with the caption vocabulary filled in (plus any overrides)."""
-    from worldmodel.text import default_vocabulary
-
     overrides.setdefault("vocab", default_vocabulary())
     return WorldModelConfig(**overrides).validate()
 

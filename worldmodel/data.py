@@ -1,10 +1,10 @@
 """Reading training data: clip data sets on disk, random frames for the autoencoder, latent caches.
 
-Formats (COMMON.md, binding):
+Formats (docs/architecture.md §The conventions, in brief, binding):
 - A clip data set is DIR/dataset.json plus safetensors shards holding frames uint8 [N, T, H, W, 3],
   actions float32 [N, T, 5], poses float32 [N, T, 5], world_seeds int64 [N] and string metadata
   "captions" / "policies" (JSON lists of N strings), and (data sets made since the geometric hint)
-  depth float16 [N, T, H, W] in the worldmodel.depth convention. `ClipDataset` validates the index and every
+  depth float16 [N, T, H, W] in the conventions.depth convention. `ClipDataset` validates the index and every
   shard's header up front (cheap: headers only) and loads clip data lazily, one clip at a time.
 - A latent cache is ONE safetensors file (`encode_dataset` writes it, `LatentClips` reads it) with
   latents bf16 [N, T, C, h, w] (normalised, as `Autoencoder.encode` returns them), actions, poses,
@@ -25,10 +25,11 @@ from typing import Any, Callable
 
 import torch
 
-from worldmodel.camera import ACTION_DIM, DEFAULT_FOV_DEG, DEFAULT_TICK_HZ, POSE_DIM
-from worldmodel.depth import check_depth
-from worldmodel.errors import UserError
-from worldmodel.progress import ProgressBar
+from conventions.camera import ACTION_DIM, DEFAULT_FOV_DEG, DEFAULT_TICK_HZ, POSE_DIM
+from conventions.depth import check_depth
+from conventions.errors import UserError
+from conventions.progress import ProgressBar
+from worldmodel.autoencoder import atomic_save_safetensors, Autoencoder, file_sha256, load_autoencoder
 
 DATASET_FORMAT = "worldmodel.dataset"
 DATASET_VERSION = 1
@@ -69,7 +70,7 @@ class Clip:
     caption: str
     policy: str
     depth: torch.Tensor | None = None
-    """float32 [T, H, W] (worldmodel.depth convention) when the data set stores depth."""
+    """float32 [T, H, W] (conventions.depth convention) when the data set stores depth."""
 
 
 def _need(cond: bool, path: Path, problem: str) -> None:
@@ -326,9 +327,6 @@ def encode_dataset(autoencoder: Any, dataset_dir: str | os.PathLike, out_path: s
     CPU with AVX512-BF16; the difference is of the order of the bf16 rounding the stored latents
     get anyway); latents are stored as bf16 [N, T, C, h, w].
     """
-    from worldmodel.autoencoder import (Autoencoder, atomic_save_safetensors, file_sha256,
-                                        load_autoencoder)
-
     if isinstance(autoencoder, (str, os.PathLike)):
         autoencoder_sha256 = autoencoder_sha256 or file_sha256(autoencoder)
         autoencoder = load_autoencoder(autoencoder)

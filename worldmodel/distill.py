@@ -1,4 +1,4 @@
-"""Few-step causal student from the many-step teacher: Self Forcing rollouts + DMD (DESIGN §4).
+"""Few-step causal student from the many-step teacher: Self Forcing rollouts + DMD (docs/architecture.md §The generator).
 
 Roles (all three are the same `WorldModel` architecture, so one checkpoint format serves them all):
 
@@ -57,9 +57,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from worldmodel.camera import ACTION_DIM
+from conventions.camera import ACTION_DIM
 from worldmodel.config import WorldModelConfig
-from worldmodel.errors import UserError
+from conventions.errors import UserError
 from worldmodel.kv_cache import KVCache
 from worldmodel.model import ROLE_CURRENT, ROLE_SINK, ROLE_WINDOW, WorldModel, from_heads, to_heads
 from worldmodel.runtime import CTX_SEED_OFFSET, MEMORY_PAYLOAD_DTYPE, make_memory_store
@@ -68,6 +68,10 @@ from worldmodel.text import Tokenizer
 from worldmodel.scalars import ScalarLog
 from worldmodel.train import (PRODUCT_CHECKPOINT, LatentData, TrainBatch, atomic_torch_save, build_sample, collate,
                               update_ema, world_model_loss)
+from conventions.progress import ProgressBar
+from kernels.attention import cached_attention
+from worldmodel.checkpoint import _config_diff, checkpoint_sha256, load_checkpoint, read_checkpoint_metadata, save_checkpoint
+from worldmodel.train import load_latents, make_validation_set, resolve_device, validate
 
 DISTILL_STATE = "distill_state.pt"
 STATE_FORMAT = "worldmodel.distill_state"
@@ -190,7 +194,6 @@ def forward_current(model: WorldModel, cache: KVCache, latents: torch.Tensor, no
     cond = model.frame_condition(noise, actions, text_cond)  # [B, 1, cond]
     x = model.embed_frames(latents)  # [B, 1, P, d]
     pos = model.pos.positions(poses, ticks)
-    from kernels.attention import cached_attention
 
     for layer, block in enumerate(model.blocks):
         mods = block.mods(cond)
@@ -564,8 +567,6 @@ def _load_state(path: Path, config: WorldModelConfig, teacher_sha: str, opts: Di
         raise UserError(f"{path}: the run there distils another teacher; use another --out or --no-resume")
     saved = WorldModelConfig.from_json(state["config"], source=str(path))
     if saved != config:
-        from worldmodel.checkpoint import _config_diff
-
         raise UserError(f"{path}: the run there has another student config ("
                         + "; ".join(_config_diff(saved, config)) + "); use another --out or --no-resume")
     mine = asdict(opts)
@@ -590,10 +591,6 @@ def distill(teacher_path: str | Path, latents_path: str | Path, out_dir: str | P
     `stop_after` ends this invocation after that many generator steps (state saved), so a run can be
     done in slices and continued with the same command.
     """
-    from worldmodel.checkpoint import checkpoint_sha256, load_checkpoint, save_checkpoint
-    from worldmodel.progress import ProgressBar
-    from worldmodel.train import load_latents, make_validation_set, resolve_device, validate
-
     opts = (options or DistillOptions()).validate()
     dev = resolve_device(device)
     teacher_path = Path(teacher_path)
@@ -602,7 +599,6 @@ def distill(teacher_path: str | Path, latents_path: str | Path, out_dir: str | P
     s_config = student_config(t_config, opts)
     data = load_latents(latents_path, t_config)
     frames = min(opts.rollout_frames, data.ticks - 1)
-    from worldmodel.checkpoint import read_checkpoint_metadata
 
     try:
         t_summary = json.loads(read_checkpoint_metadata(teacher_path).get("train", "{}"))

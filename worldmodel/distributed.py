@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from worldmodel.errors import UserError
+from conventions.errors import UserError
 
 ENV_WORLD_SIZE = "WORLD_SIZE"
 ENV_RANK = "RANK"
@@ -274,7 +274,7 @@ def shard_model(model: nn.Module, ctx: DistContext, forward_methods: bool = True
 
     if not ctx.group:
         raise UserError("--fsdp shards the model across processes; launch with torchrun "
-                        "(torchrun --nproc_per_node N -m worldmodel.cli train ... --fsdp)")
+                        "(torchrun --nproc_per_node N -m tools.cli train ... --fsdp)")
     warnings.filterwarnings("ignore", message=_VIEW_WARNING)
     mesh = _fsdp_mesh(ctx)
     for block in model.blocks:

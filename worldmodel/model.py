@@ -1,4 +1,4 @@
-"""The causal world-model transformer (DESIGN §4): one network, two ways to run it.
+"""The causal world-model transformer (docs/architecture.md §The generator): one network, two ways to run it.
 
 * `WorldModel.forward_joint(batch)` — training: one pass over many frames of a clip (clean context
   copies and noisy targets) with a block mask that gives every frame exactly the keys it would see at
@@ -34,11 +34,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worldmodel.camera import ACTION_DIM, camera_to_world, world_to_camera
+from conventions.camera import ACTION_DIM, camera_to_world, world_to_camera
 from worldmodel.config import CAMERA_BLOCK, WorldModelConfig
 from worldmodel.hint import hint_channels
 from worldmodel.kv_cache import KVCache
 from worldmodel.text import TextEncoder
+from kernels.attention import cached_attention
 
 NOISE_EMBED_DIM = 256
 """Width of the sinusoidal noise-level features before the MLP."""
@@ -409,8 +410,6 @@ def build_joint_mask(ticks: torch.Tensor, clean: torch.Tensor, sink: torch.Tenso
 def cache_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor,
                     extra_mask: torch.Tensor | None) -> torch.Tensor:
     """q [B, H, Tq, D] against the whole cache k/v [B, H, S, D] with valid [B, S] (+ extra [Tq, S])."""
-    from kernels.attention import cached_attention
-
     return cached_attention(q, k, v, valid, extra_mask=extra_mask)
 
 

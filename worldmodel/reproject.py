@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
-from worldmodel.camera import DEFAULT_FOV_DEG, camera_to_world, pixel_directions, world_to_camera
-from worldmodel.depth import SKY_DEPTH
+from conventions.camera import DEFAULT_FOV_DEG, camera_to_world, pixel_directions, world_to_camera
+from conventions.depth import SKY_DEPTH
 
 SPLAT_RADIUS = 0.5 * math.sqrt(2.0)
 """Pixels: a point covers target pixel centres closer than this (half a pixel diagonal)."""
@@ -84,7 +84,7 @@ def reproject(rgb: torch.Tensor, depth: torch.Tensor, poses: torch.Tensor, targe
     """Splat K source frames into the target camera.
 
     rgb [B, K, 3, H, W] float in [0, 1] (or uint8 [B, K, H, W, 3]), depth [B, K, H, W] (binding
-    convention of worldmodel.depth), poses [B, K, 5] of the sources, target [B, 5], valid [B, K] bool
+    convention of conventions.depth), poses [B, K, 5] of the sources, target [B, 5], valid [B, K] bool
     (False = the source is absent, e.g. a memory slot nothing was retrieved for). Earlier sources win
     ties (see the module docstring). Returns a `Reprojection` at the sources' resolution.
     """

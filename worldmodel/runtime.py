@@ -2,7 +2,7 @@
 game's FrameSource backed by the learned model); `SessionBatch` / `ModelFrameBatch` step N sessions
 with one batched transformer pass per denoising step (the vector environment, worldmodel.env).
 
-One tick (frame t, DESIGN §1 data flow):
+One tick (frame t, docs/architecture.md §One tick of play data flow):
   1. memory: retrieve the stored entries whose views overlap the camera at pose_t most (entries older
      than the rolling window only, the same `select_memory` rule training uses) and write their K/V
      into the cache's memory slots (sink/window are untouched);
@@ -28,16 +28,19 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from worldmodel.camera import ACTION_DIM, CameraPose
+from conventions.camera import ACTION_DIM, CameraPose
 from worldmodel.config import DEFAULT_PRECISION, PRECISION_NAMES, WorldModelConfig
 from worldmodel.data import LATENT_DTYPE, RGB_CHANNELS, VIEW_DEPTH_DTYPE
-from worldmodel.errors import UserError
+from conventions.errors import UserError
 from worldmodel.hint import encode_hint, hint_recent_ticks
 from worldmodel.reproject import Reprojection, reproject
 from worldmodel.kv_cache import KVCache
 from worldmodel.model import ROLE_CURRENT, ROLE_SINK, ROLE_WINDOW, WorldModel
 from worldmodel.sampler import add_noise, ddim_step, noise_levels
 from worldmodel.text import Tokenizer
+from memory.store import MemoryConfig, MemoryStore
+from scenes.scene import resize_image
+from worldmodel.checkpoint import checkpoint_sha256, DEFAULT_CHECKPOINT, load_checkpoint
 
 CTX_SEED_OFFSET = 0x5EED
 """The context-noise generator is seeded with seed + this, the frame-noise generator with seed."""
@@ -87,7 +90,7 @@ def memory_payload_dtype(config: WorldModelConfig) -> torch.dtype:
 @dataclass
 class FrameView:
     """What the hint needs of one frame: rgb uint8 [H, W, 3] (the decoded latent) and depth float
-    [H, W] (the depth head's, worldmodel.depth convention), both from the frame's bf16-rounded latent,
+    [H, W] (the depth head's, conventions.depth convention), both from the frame's bf16-rounded latent,
     exactly as the training views (worldmodel.data.encode_dataset)."""
 
     rgb: torch.Tensor
@@ -120,16 +123,12 @@ def unpack_memory_payload(payload: torch.Tensor, config: WorldModelConfig, pose:
 
 def memory_config(config: WorldModelConfig):
     """The MemoryConfig of this model's play-time store (training builds its memory by the same rules)."""
-    from memory.store import MemoryConfig
-
     return MemoryConfig(fov_deg=config.fov_deg, payload_shape=memory_payload_shape(config),
                         payload_dtype=str(memory_payload_dtype(config)).removeprefix("torch."))
 
 
 def make_memory_store(config: WorldModelConfig):
     """An empty MemoryStore for this model's payloads (preallocated, fixed budget)."""
-    from memory.store import MemoryStore
-
     return MemoryStore(memory_config(config))
 
 
@@ -563,8 +562,6 @@ class ModelFrameSource:
         """`precision` ("fp32" / "bf16", see PRECISIONS) or `dtype` picks the generator's dtype (fp32 by
         default; not both). The autoencoder always decodes in fp32. `hint`: build the geometric hint
         (None = whenever the checkpoint reads one; True for a checkpoint without it is refused)."""
-        from worldmodel.checkpoint import DEFAULT_CHECKPOINT, checkpoint_sha256, load_checkpoint
-
         self.checkpoint_path = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
         model, autoencoder, config = load_checkpoint(self.checkpoint_path)
         self.checkpoint_sha256 = checkpoint_sha256(self.checkpoint_path)
@@ -642,8 +639,6 @@ class ModelFrameSource:
         return image
 
     def _prepare_image(self, image: np.ndarray) -> np.ndarray:
-        from scenes.scene import resize_image
-
         image = np.asarray(image)
         if image.shape[:2] != (self.resolution, self.resolution):
             image = resize_image(image, self.resolution)

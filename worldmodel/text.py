@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from scenes.world import caption_vocabulary, tokenize_words
 
 PAD, UNK = "<pad>", "<unk>"
 PAD_ID, UNK_ID = 0, 1
@@ -21,15 +22,11 @@ PAD_ID, UNK_ID = 0, 1
 
 def default_vocabulary() -> list[str]:
     """<pad>, <unk>, then every caption word (sorted, as `caption_vocabulary` returns it)."""
-    from scenes.world import caption_vocabulary
-
     return [PAD, UNK] + [w for w in caption_vocabulary() if w not in (PAD, UNK)]
 
 
 def split_words(text: str) -> list[str]:
     """The one word splitter shared with the caption writer (lower case, punctuation split)."""
-    from scenes.world import tokenize_words
-
     return tokenize_words(text)
 
 

@@ -1,4 +1,4 @@
-"""Training of the causal world model (teacher forcing + per-frame noise levels, DESIGN §4).
+"""Training of the causal world model (teacher forcing + per-frame noise levels, docs/architecture.md §The generator).
 
 One training sample is a segment of a latent clip (worldmodel.data.LatentClips):
     G = [ sink (tick 0) | W + K - 1 clean context frames | K noisy target frames ]
@@ -45,18 +45,26 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from worldmodel.atomic import atomic_write
+from conventions.atomic import atomic_write
 from worldmodel.config import WorldModelConfig, default_config
 from worldmodel.distributed import (DistContext, ParallelModel, distributed_session, full_state_dict,
                                     load_full_state_dict, load_optimizer_state, optimizer_state,
                                     reduce_weighted_means, shard_model)
-from worldmodel.errors import UserError
+from conventions.errors import UserError
 from worldmodel.hint import HintAugment, build_hint, hint_source_ticks
 from worldmodel.model import JointBatch, WorldModel
 from worldmodel.sampler import add_noise, noise_levels
 from worldmodel.sampler import sample as sample_frames
 from worldmodel.scalars import LOG_FILE, ScalarLog  # noqa: F401  (LOG_FILE: the run's log, for callers)
 from worldmodel.text import Tokenizer
+from conventions.metrics import psnr, revisit_matrix
+from conventions.progress import ProgressBar
+from memory.retrieval import select_memory
+from memory.store import kept_ticks
+from worldmodel.autoencoder import load_autoencoder
+from worldmodel.checkpoint import _config_diff, checkpoint_sha256, load_checkpoint, read_checkpoint_metadata, save_checkpoint
+from worldmodel.data import LatentClips
+from worldmodel.runtime import memory_config, WorldModelSession
 
 TRAIN_STATE = "train_state.pt"
 PRODUCT_CHECKPOINT = "world_model.safetensors"
@@ -116,9 +124,6 @@ def memory_candidates(poses: torch.Tensor, config: WorldModelConfig) -> torch.Te
     """bool [T] over one clip's ticks (poses [T, 5]): the frames the play-time MemoryStore keeps
     (`memory.store.kept_ticks` with the runtime's `memory_config`), or None when its dedup rule is not
     prefix-stable ("newest" replaces entries later) and every earlier frame stays a candidate."""
-    from memory.store import kept_ticks
-    from worldmodel.runtime import memory_config
-
     mc = memory_config(config)
     if mc.dedup_keep != "first" or poses.shape[0] > mc.budget_entries:
         return None
@@ -126,11 +131,9 @@ def memory_candidates(poses: torch.Tensor, config: WorldModelConfig) -> torch.Te
 
 
 def returning_ticks(poses: torch.Tensor, min_gap: int) -> torch.Tensor:
-    """Ticks t of one clip (poses [T, 5]) that revisit (worldmodel.metrics.revisit_matrix, the DESIGN
-    §6 rule) a pose at some tick in [1, t - min_gap]: the frames only memory can explain (the sink,
+    """Ticks t of one clip (poses [T, 5]) that revisit (conventions.metrics.revisit_matrix, the rule of
+    docs/architecture.md §Metrics) a pose at some tick in [1, t - min_gap]: the frames only memory can explain (the sink,
     tick 0, is left out because it is always in the cache)."""
-    from worldmodel.metrics import revisit_matrix
-
     close = revisit_matrix(poses, min_gap)
     close[:, 0] = False
     return torch.nonzero(close.any(1)).flatten()
@@ -161,7 +164,6 @@ def load_latents(path: str | Path | list[str | Path], config: WorldModelConfig) 
                           torch.cat([p.view_depth for p in parts]) if views else None,
                           torch.cat([p.latents if p.target_latents is None else p.target_latents for p in parts])
                           if closed else None)
-    from worldmodel.data import LatentClips
 
     path = Path(path)
     clips = LatentClips(path)
@@ -226,8 +228,6 @@ def select_training_memory(poses: torch.Tensor, tick: int, config: WorldModelCon
     """Clip frames (ticks) the play-time rule would retrieve for the frame at `tick`: among the frames
     the play store holds (`kept` bool [T] from `memory_candidates`; None = all), older than the window
     (age >= W + 1), excluding the sink, best view overlap first, deduplicated."""
-    from memory.retrieval import select_memory
-
     first_old = tick - config.window_frames - 1
     if first_old < 1:
         return []
@@ -594,8 +594,6 @@ def rollout_predictions(model: WorldModel, vset: ValidationSet, device: torch.de
                         autoencoder: torch.nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Free rollouts with the play-time session (hint on for hint models): -> predicted and true
     latents [R, T, C, h, w]."""
-    from worldmodel.runtime import WorldModelSession
-
     session = WorldModelSession(model, device=device, dtype=torch.float32, use_memory=True, autoencoder=autoencoder)
     preds, trues = [], []
     n = vset.rollout_ticks
@@ -611,8 +609,6 @@ def rollout_predictions(model: WorldModel, vset: ValidationSet, device: torch.de
 def validate(model: WorldModel, autoencoder: torch.nn.Module | None, vset: ValidationSet,
              config: WorldModelConfig, device: torch.device) -> dict[str, float]:
     """Teacher-forced next-frame and free-rollout PSNR (dB, pixels) + latent MSEs + copy baseline."""
-    from worldmodel.metrics import psnr
-
     was_training = model.training
     model.eval()
     pred, true, prev = teacher_forced_predictions(model, vset, config, device, autoencoder)
@@ -709,7 +705,7 @@ def update_ema(ema: WorldModel, model: WorldModel, decay: float) -> None:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save via `worldmodel.atomic.atomic_write`: a crash never leaves half a state under `path`."""
+    """torch.save via `conventions.atomic.atomic_write`: a crash never leaves half a state under `path`."""
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
@@ -723,8 +719,6 @@ def _load_state(path: Path, config: WorldModelConfig) -> dict[str, Any]:
         raise UserError(f"{path}: not a world-model training state")
     saved = WorldModelConfig.from_json(state["config"], source=str(path))
     if saved != config:
-        from worldmodel.checkpoint import _config_diff
-
         raise UserError(f"{path}: the run there was trained with another config ("
                         + "; ".join(_config_diff(saved, config)) + "); use another --out or --no-resume")
     return state
@@ -738,8 +732,6 @@ def initial_weights(path: str | Path, config: WorldModelConfig) -> dict[str, tor
     a 'patch' memory model: its memory projection is spread over the 4 positions of each 2x2 patch (weights / 4),
     which is exactly 2x2 average pooling, so the new model starts as the old one and can learn to use
     the detail."""
-    from worldmodel.checkpoint import load_checkpoint, read_checkpoint_metadata
-
     path = Path(path)
     theirs = WorldModelConfig.from_json(read_checkpoint_metadata(path)["config"], source=str(path))
     convert = (theirs.use_memory and theirs.memory_compression == "pool" and config.memory_compression == "patch")
@@ -805,10 +797,6 @@ def train_world_model(latents_path: str | Path | list[str | Path], out_dir: str 
 def _train(ctx: DistContext, latents_path: str | Path | list[str | Path], out_dir: str | Path, autoencoder_path: str | Path,
            opts: TrainOptions, config: WorldModelConfig | None, val_latents_path: str | Path | None,
            resume: bool, progress: bool, stop_after: int | None) -> Path:
-    from worldmodel.autoencoder import load_autoencoder
-    from worldmodel.checkpoint import checkpoint_sha256, save_checkpoint
-    from worldmodel.progress import ProgressBar
-
     config = (config or default_config()).validate()
     if opts.steps < 1 or opts.batch < 1:
         raise UserError("train: --steps and --batch must be >= 1")
@@ -818,7 +806,7 @@ def _train(ctx: DistContext, latents_path: str | Path | list[str | Path], out_di
     rank_slots(opts.batch, ctx.rank, ctx.world_size)  # refuse a global batch the ranks cannot split
     if opts.fsdp and not ctx.group:
         raise UserError("--fsdp shards the model across processes; launch with torchrun "
-                        "(torchrun --nproc_per_node N -m worldmodel.cli train ... --fsdp)")
+                        "(torchrun --nproc_per_node N -m tools.cli train ... --fsdp)")
     dev = ctx.device
     main = ctx.is_main
     out = Path(out_dir)

@@ -27,9 +27,9 @@ import torch
 
 from worldmodel.autoencoder import Autoencoder, AutoencoderConfig, describe, save_autoencoder
 from worldmodel.data import ClipDataset, FrameSampler, fixed_frames
-from worldmodel.errors import UserError
-from worldmodel.metrics import psnr
-from worldmodel.progress import ProgressBar
+from conventions.errors import UserError
+from conventions.metrics import psnr
+from conventions.progress import ProgressBar
 from worldmodel.scalars import LOG_FILE, ScalarLog
 from worldmodel.train import atomic_torch_save, resolve_device
 
@@ -141,7 +141,7 @@ def _load_train_state(path: Path, config: AutoencoderConfig) -> dict[str, Any]:
 
 
 class _Progress:
-    """The run's progress bar (`worldmodel.progress`) on a stream, or nothing for stream None."""
+    """The run's progress bar (`conventions.progress`) on a stream, or nothing for stream None."""
 
     def __init__(self, stream: TextIO | None, total: int, start: int) -> None:
         self.bar = ProgressBar(total, "train ae", stream=stream, start=start) if stream is not None else None

@@ -1,7 +1,7 @@
 """Training the autoencoder's depth head (`worldmodel train --stage depth`).
 
 The depth head is a light second decoder from the same latent to per-pixel depth and a sky flag
-(worldmodel.depth). It is trained on the oracle's depth with everything else of the autoencoder
+(conventions.depth). It is trained on the oracle's depth with everything else of the autoencoder
 frozen, so RGB fidelity and every latent are exactly what they were: a world model trained on the
 autoencoder's latents stays valid, and the geometric hint gets the depth of any latent (a generated
 frame's, or the encoded start picture's).
@@ -30,10 +30,11 @@ import torch.nn.functional as F
 
 from worldmodel.autoencoder import DEFAULT_DEPTH_WIDTHS, Autoencoder, load_autoencoder, save_autoencoder
 from worldmodel.data import ClipDataset, FrameSampler
-from worldmodel.depth import depth_errors, sky_mask
-from worldmodel.errors import UserError
-from worldmodel.progress import ProgressBar
+from conventions.depth import depth_errors, sky_mask
+from conventions.errors import UserError
+from conventions.progress import ProgressBar
 from worldmodel.scalars import LOG_FILE, ScalarLog
+from worldmodel.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, read_checkpoint_metadata
 
 CHECKPOINT_NAME = "autoencoder.safetensors"
 LOG_NAME = LOG_FILE
@@ -56,8 +57,6 @@ class DepthTrainConfig:
 
 def load_base_autoencoder(path: str | Path) -> Autoencoder:
     """An autoencoder checkpoint, or the autoencoder bundled in a world-model checkpoint."""
-    from worldmodel.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, read_checkpoint_metadata
-
     path = Path(path)
     try:
         is_world = read_checkpoint_metadata(path).get("format") == CHECKPOINT_FORMAT
@@ -98,7 +97,7 @@ def depth_loss(ae: Autoencoder, latents: torch.Tensor, truth: torch.Tensor, cfg:
 
 @torch.inference_mode()
 def evaluate_depth(ae: Autoencoder, frames: torch.Tensor, depth: torch.Tensor) -> dict[str, float]:
-    """Depth metrics (worldmodel.depth.depth_errors) of the head on frames uint8 [N, H, W, 3]."""
+    """Depth metrics (conventions.depth.depth_errors) of the head on frames uint8 [N, H, W, 3]."""
     preds = [ae.decode_depth(ae.encode(frames[i:i + EVAL_BATCH])) for i in range(0, frames.shape[0], EVAL_BATCH)]
     return depth_errors(torch.cat(preds), depth)
 

@@ -25,12 +25,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from worldmodel.atomic import (atomic_write_bytes, atomic_write_text, check_output_path, output_error,
+from conventions.atomic import (atomic_write_bytes, atomic_write_text, check_output_path, output_error,
                                remove_stale_temps, TEMP_NAME_GLOB)
 from worldmodel.checkpoint import check_finite_tensors
-from worldmodel.depth import check_depth
-from worldmodel.errors import UserError
-from worldmodel.limits import number_problem, pose_problem
+from conventions.depth import check_depth
+from conventions.errors import UserError
+from conventions.limits import number_problem, pose_problem
+from memory.store import MemoryStore
+from worldmodel.runtime import _Pending, FrameView, memory_payload_shape
 
 WORLD_FORMAT = "worldmodel.world"
 WORLD_VERSION = 1
@@ -133,8 +135,6 @@ def check_world_target(directory: str | Path) -> Path:
 
 def read_world_meta(directory: str | Path) -> dict[str, Any]:
     """The resume metadata of a saved world (checked for format and version)."""
-    from memory.store import MemoryStore
-
     store = MemoryStore.load(directory)
     return _check_meta(Path(directory), store.extra)
 
@@ -173,9 +173,6 @@ def load_world(source, directory: str | Path) -> dict[str, Any]:
     Call after `source.reset(...)` of the same scene (the reset allocates nothing new; this overwrites
     the whole generator state).
     """
-    from memory.store import MemoryStore
-    from worldmodel.runtime import FrameView, _Pending, memory_payload_shape
-
     directory = Path(directory)
     session = source.session
     store = MemoryStore.load(directory, device=None, expect_payload_shape=memory_payload_shape(session.config))

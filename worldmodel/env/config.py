@@ -11,9 +11,11 @@ import numpy as np
 from gymnasium import spaces
 
 from game.frame_source import BACKEND_CHOICES, MODEL_BACKEND, FrameSource, make_frame_source
-from worldmodel.camera import (ACTION_DIM, DEFAULT_RESOLUTION, DEFAULT_TICK_HZ, PITCH_LIMIT, POSE_DIM,
+from conventions.camera import (ACTION_DIM, DEFAULT_RESOLUTION, DEFAULT_TICK_HZ, PITCH_LIMIT, POSE_DIM,
                                action_limits)
-from worldmodel.errors import UserError
+from conventions.errors import UserError
+from game.session import scene_with_image
+from scenes.scene import DEFAULT_SCENE, load_image, load_scene
 
 TASK_NONE, TASK_REACH = "none", "reach"
 TASKS: tuple[str, ...] = (TASK_NONE, TASK_REACH)
@@ -87,9 +89,6 @@ class ExploreConfig:
 
 def load_env_scene(config: ExploreConfig):
     """The scene of `config` with its `image` / `prompt` overrides (as `worldmodel play` loads it)."""
-    from game.session import scene_with_image
-    from scenes.scene import DEFAULT_SCENE, load_image, load_scene
-
     scene = load_scene(config.scene or DEFAULT_SCENE)
     if config.image is not None:
         return scene_with_image(scene, load_image(config.image, resolution=None), config.prompt)
@@ -113,7 +112,7 @@ def source_tick_hz(source: FrameSource) -> float:
 
 def action_space(tick_hz: float) -> spaces.Box:
     """The 5-float relative action [forward, right, up, yaw_delta, pitch_delta] within what the game's
-    held keys make in one tick (`worldmodel.camera.action_limits`)."""
+    held keys make in one tick (`conventions.camera.action_limits`)."""
     high = np.asarray(action_limits(tick_hz), dtype=np.float32)
     assert high.shape == (ACTION_DIM,)
     return spaces.Box(-high, high, dtype=np.float32)

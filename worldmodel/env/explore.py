@@ -4,7 +4,7 @@ The frames come from the game's own frame sources (`game.frame_source`): the mod
 generates every frame with the checkpoint (the play command's `ModelFrameSource`), the oracle
 renders the procedural ground truth. An action is the game's relative action (5 floats, bounded by
 what a held key makes in a tick); the pose is integrated exactly as in play
-(`worldmodel.camera.CameraPose.step`). Episodes, the "reach" task and the observation are
+(`conventions.camera.CameraPose.step`). Episodes, the "reach" task and the observation are
 `worldmodel.env.task`'s, shared with the batched environment (`worldmodel.env.vector`).
 """
 
@@ -15,11 +15,13 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from worldmodel.camera import DEFAULT_TICK_HZ
+from conventions.camera import DEFAULT_TICK_HZ
 from worldmodel.env.config import (ExploreConfig, action_space, load_env_scene, make_env_source,
                                    observation_space, clip_action, source_tick_hz)
 from worldmodel.env.task import Episode, advance, info, observation, start_episode
-from worldmodel.errors import UserError
+from conventions.errors import UserError
+from scenes.world import generate_world
+from game.session import Pacer
 
 RENDER_MODES = ("rgb_array", "human")
 
@@ -28,7 +30,6 @@ def scene_world(scene):
     """The procedural world behind a scene (for the "reach" task's goals), None for a picture scene."""
     if scene.world_seed is None:
         return None
-    from scenes.world import generate_world
 
     return generate_world(int(scene.world_seed))
 
@@ -95,8 +96,7 @@ class ExploreEnv(gym.Env):
         """The frame in a window (nearest upscaling), held to the tick rate."""
         import pygame  # only for render_mode="human": the game's window library, not needed to train agents
 
-        from game.loop import DEFAULT_WINDOW
-        from game.session import Pacer
+        from game.loop import DEFAULT_WINDOW  # imports pygame, as above
 
         if self._window is None:
             pygame.display.init()

@@ -1,6 +1,6 @@
 """Discrete actions for agents that pick keys: each action index is a combination of held game keys.
 
-The combinations push action components as the game's keys do (`worldmodel.camera.held_key_action`:
+The combinations push action components as the game's keys do (`conventions.camera.held_key_action`:
 full speed per held key, a diagonal no faster than a straight move), so a discrete agent moves
 exactly like a player holding those keys for a tick.
 """
@@ -11,7 +11,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from worldmodel.camera import held_key_action
+from conventions.camera import held_key_action
 
 KEY_ACTIONS: tuple[tuple[str, dict[str, float]], ...] = (
     ("nothing", {}),

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from worldmodel.camera import CameraPose, relative_action
+from conventions.camera import CameraPose, relative_action
 from worldmodel.env.config import FRAME_KEY, GOAL_KEY, POSE_KEY, TASK_REACH, ExploreConfig
 
 SEED_RANGE = 2 ** 31 - 1

@@ -21,12 +21,13 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array
 
 from game.frame_source import MODEL_BACKEND, FrameSource
-from worldmodel.camera import DEFAULT_TICK_HZ, CameraPose
+from conventions.camera import DEFAULT_TICK_HZ, CameraPose
 from worldmodel.env.config import (ExploreConfig, action_space, clip_action, load_env_scene, make_env_source,
                                    observation_space, source_tick_hz)
 from worldmodel.env.explore import check_render_mode, scene_world
 from worldmodel.env.task import Episode, advance, info, observation, start_episode
-from worldmodel.errors import UserError
+from conventions.errors import UserError
+from worldmodel.runtime import ModelFrameBatch
 
 RESET_MASK = "reset_mask"
 """`reset(options={"reset_mask": bool array [N]})` resets only those rows (as SyncVectorEnv)."""
@@ -64,8 +65,6 @@ class ExploreVectorEnv(VectorEnv):
         self.world = scene_world(self.scene)
         first = make_env_source(self.config)
         if self.config.backend == MODEL_BACKEND and batched:
-            from worldmodel.runtime import ModelFrameBatch
-
             self.frames = ModelFrameBatch(first, num_envs)
         else:
             self.frames = FrameRows([first] + [make_env_source(self.config) for _ in range(num_envs - 1)])

@@ -1,32 +1,33 @@
 """The `worldmodel` console command: one subcommand per program in `tools/` (and the game).
 
-Each subcommand lives in its own module exposing `add_arguments(parser)` and `run(args) -> int`;
-modules are imported lazily so `worldmodel --help` stays fast and a broken optional part cannot
-stop the others from starting.
+Each subcommand lives in its own module of this package exposing `add_arguments(parser)` and
+`run(args) -> int`. This module is the top of the import graph (docs/architecture.md §Packages):
+it imports every tool, and no package below imports it.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import signal
 import sys
+from types import ModuleType
 
-from worldmodel.errors import UserError
+from conventions.errors import UserError
+from tools import average, bench, dataset, distill, eval as eval_tool, play, plot_train, replay, strip, train
 
 # subcommand -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "play": ("tools.play", "play a scene in a window (keyboard + mouse)"),
-    "replay": ("tools.replay", "replay an action log to a window, a video file or PNG frames"),
-    "dataset": ("tools.dataset", "write training clips from procedural worlds"),
-    "train": ("tools.train", "train the autoencoder and the world model"),
-    "distill": ("tools.distill", "distil the teacher into a 1-2 step student (Self Forcing + DMD)"),
-    "average": ("tools.average", "average fine-tuned checkpoints' weights into a new checkpoint"),
-    "eval": ("tools.eval", "score the model against the procedural ground truth"),
-    "bench": ("tools.bench", "benchmark the oracle renderer and the play loop"),
-    "strip": ("tools.strip", "a picture strip of a rollout (truth / hint on / hint off, or a picture's depth)"),
-    "plot-train": ("tools.plot_train", "draw a training run's curves (losses, lr, validation PSNR, steps/s)"),
+COMMANDS: dict[str, tuple[ModuleType, str]] = {
+    "play": (play, "play a scene in a window (keyboard + mouse)"),
+    "replay": (replay, "replay an action log to a window, a video file or PNG frames"),
+    "dataset": (dataset, "write training clips from procedural worlds"),
+    "train": (train, "train the autoencoder and the world model"),
+    "distill": (distill, "distil the teacher into a 1-2 step student (Self Forcing + DMD)"),
+    "average": (average, "average fine-tuned checkpoints' weights into a new checkpoint"),
+    "eval": (eval_tool, "score the model against the procedural ground truth"),
+    "bench": (bench, "benchmark the oracle renderer and the play loop"),
+    "strip": (strip, "a picture strip of a rollout (truth / hint on / hint off, or a picture's depth)"),
+    "plot-train": (plot_train, "draw a training run's curves (losses, lr, validation PSNR, steps/s)"),
 }
 
 
@@ -34,14 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="worldmodel", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name, (module_name, help_text) in COMMANDS.items():
+    for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(_module=module_name)
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:  # a part not built yet / missing optional dependency
-            p.set_defaults(_import_error=str(exc))
-            continue
+        p.set_defaults(_module=module)
         module.add_arguments(p)
     return parser
 
@@ -62,10 +58,7 @@ def _on_sigterm(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "_import_error", None):
-        print(f"worldmodel {args.command}: unavailable ({args._import_error})", file=sys.stderr)
-        return 2
-    module = importlib.import_module(args._module)
+    module = args._module
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(module.run(args) or 0)

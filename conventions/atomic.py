@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
-from worldmodel.errors import UserError
+from conventions.errors import UserError
 
 FILE_MODE = 0o666
 DIR_MODE = 0o777

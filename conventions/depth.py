@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from worldmodel.errors import UserError
+from conventions.errors import UserError
 
 SKY_DEPTH = 0.0
 """Depth value of pixels that see no geometry (sky, misses)."""

@@ -1,4 +1,4 @@
-"""Fidelity metrics (DESIGN.md §6, binding): PSNR and SSIM on frames with values in [0, 1].
+"""Fidelity metrics (docs/architecture.md §Metrics, binding): PSNR and SSIM on frames with values in [0, 1].
 
 Inputs are float tensors [..., H, W, 3] or [..., 3, H, W] (channel axis given) in [0, 1], or uint8
 (converted). Every report in the project (training validation, eval, guard tests) uses these two
@@ -11,6 +11,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from conventions.camera import angle_between_views
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
@@ -19,10 +20,10 @@ PSNR_MAX_DB = 100.0
 """PSNR of identical frames is capped here instead of infinity, so means stay finite."""
 REVISIT_MAX_DISTANCE_M = 0.5
 REVISIT_MAX_ANGLE_DEG = 15.0
-"""DESIGN §6 / issue 4: a tick revisits a place when its pose is this close to an earlier pose."""
+"""docs/architecture.md §Metrics / issue 4: a tick revisits a place when its pose is this close to an earlier pose."""
 DRIFT_EARLY_TICKS = (1, 100)
 DRIFT_LATE_TICKS = (1000, 1100)
-"""DESIGN §6 drift: mean PSNR vs the truth on ticks 1000-1100 of a long rollout relative to ticks 1-100
+"""docs/architecture.md §Metrics drift: mean PSNR vs the truth on ticks 1000-1100 of a long rollout relative to ticks 1-100
 (inclusive tick windows; tick 0 is the given start frame)."""
 
 
@@ -81,8 +82,6 @@ def revisit_matrix(poses: torch.Tensor, min_gap: int, max_distance: float = REVI
     """The revisit rule for one pose sequence [T, 5] -> bool [T, T]: [t, f] is True when the pose at
     tick f <= t - min_gap is within `max_distance` m and `max_angle_deg` of the pose at tick t. The
     eval's return ticks and the trainer's revisit-focused segments both come from here."""
-    from worldmodel.camera import angle_between_views
-
     t = poses.shape[0]
     earlier = poses[None, :, :].expand(t, t, poses.shape[-1])  # [t, f, 5]: pose at f
     current = poses[:, None, :].expand(t, t, poses.shape[-1])  # [t, f, 5]: pose at t
@@ -95,7 +94,7 @@ def revisit_matrix(poses: torch.Tensor, min_gap: int, max_distance: float = REVI
 def drift_scores(psnr_per_tick: list[float], ssim_per_tick: list[float] | None = None,
                  early: tuple[int, int] = DRIFT_EARLY_TICKS, late: tuple[int, int] = DRIFT_LATE_TICKS
                  ) -> dict[str, float] | None:
-    """DESIGN §6 drift of one rollout: `psnr_per_tick[i]` scores tick i + 1. Returns the mean PSNR
+    """docs/architecture.md §Metrics drift of one rollout: `psnr_per_tick[i]` scores tick i + 1. Returns the mean PSNR
     (and SSIM) of the early and late tick windows, their difference `drift_db` (late - early; 0 means
     no drift, negative means the rollout got worse) and `late_over_early` (the ratio of the two
     means); None when the rollout does not reach the end of the late window."""
@@ -125,7 +124,7 @@ def mean_gradient(frames: torch.Tensor) -> float:
 
 
 def detail_ratio(frames: torch.Tensor, truth: torch.Tensor) -> float:
-    """DESIGN §6 detail: mean image gradient of generated frames over the truth's on the same ticks
+    """docs/architecture.md §Metrics detail: mean image gradient of generated frames over the truth's on the same ticks
     ([..., H, W, 3] each). 1.0 = as detailed as the truth; below ~0.7 blur or haze, above ~1.4 noise or
     bands (PSNR alone rewards grey mush)."""
     return mean_gradient(frames) / max(mean_gradient(truth), 1e-8)

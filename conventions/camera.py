@@ -1,4 +1,4 @@
-"""Camera and action conventions: the one source of truth (DESIGN.md §2, binding).
+"""Camera and action conventions: the one source of truth (docs/architecture.md §The conventions, in brief, binding).
 
 Everything that moves a camera, renders from one, logs one or encodes one for the model imports
 from here: the action vector layout, the pose layout, the integration rule, the camera-to-world
@@ -92,7 +92,7 @@ class CameraPose:
         return cls(*vals)
 
     def step(self, action) -> "CameraPose":
-        """The pose after one tick of `action` (DESIGN §2 integration)."""
+        """The pose after one tick of `action` (docs/architecture.md §The conventions, in brief integration)."""
         a = [float(v) for v in action]
         if len(a) != ACTION_DIM:
             raise ValueError(f"an action has {ACTION_DIM} numbers {ACTION_FIELDS}, got {len(a)}")
@@ -107,7 +107,7 @@ class CameraPose:
 
 
 def integrate(poses: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-    """Batched DESIGN §2 integration: poses [..., 5], actions [..., 5] -> next poses [..., 5].
+    """Batched docs/architecture.md §The conventions, in brief integration: poses [..., 5], actions [..., 5] -> next poses [..., 5].
 
     Yaw and pitch update first, then the move happens in the *new* yaw frame; pitch never tilts it.
     """

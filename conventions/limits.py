@@ -13,8 +13,8 @@ import argparse
 import math
 from dataclasses import dataclass
 
-from worldmodel.camera import PITCH_LIMIT
-from worldmodel.errors import UserError
+from conventions.camera import PITCH_LIMIT
+from conventions.errors import UserError
 
 
 @dataclass(frozen=True)
