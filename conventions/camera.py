@@ -38,6 +38,9 @@ WALK_SPEED_MPS = 2.5
 TURN_SPEED_DPS = 90.0
 """Turning speed of a held arrow key, degrees per second. Per tick: divide by the tick rate."""
 
+PATH_HISTORY = 20_000
+"""Camera poses a session remembers for the memory map and saved worlds (about 17 minutes at 20 Hz):
+bounded, so a session of any length keeps constant memory."""
 DEFAULT_RESOLUTION = 64
 """Frames are square RESOLUTION x RESOLUTION RGB; larger sizes are configs, not forks."""
 

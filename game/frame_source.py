@@ -9,7 +9,7 @@ the oracle to see what the model should have drawn.
 from __future__ import annotations
 
 import math
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -35,6 +35,20 @@ class FrameSource(Protocol):
 
     name: str
     resolution: int
+    # Capabilities, declared by every source (the oracle's are None/False): what a recording, the
+    # HUD, the memory map and saved worlds may rely on, instead of probing with getattr.
+    checkpoint_sha256: str | None
+    """The learned model's checkpoint (recorded in logs); None for a source that is not learned."""
+    precision: str | None
+    """The generator's arithmetic ("fp32", "bf16"), recorded so a replay runs the same; None: none."""
+    hint: bool | None
+    """Whether frames use the geometric hint; None for a source without a generator."""
+    use_memory: bool | None
+    """Whether the generator reads its memory; None for a source without one."""
+    memory: Any
+    """The MemoryStore the map draws and saved worlds keep; None without one."""
+    saves_worlds: bool
+    """Whether `worldmodel.world_state.save_world` / `load_world` can save and continue this source."""
 
     def reset(self, scene, start_pose: CameraPose, prompt: str, seed: int) -> np.ndarray:
         """Start a session at `start_pose`; returns the first frame (tick 0)."""
@@ -54,6 +68,12 @@ class OracleFrameSource:
     """
 
     name = ORACLE_BACKEND
+    checkpoint_sha256 = None
+    precision = None
+    hint = None
+    use_memory = None
+    memory = None
+    saves_worlds = False
 
     def __init__(self, resolution: int = DEFAULT_RESOLUTION, fov_deg: float | None = None,
                  start_image: np.ndarray | None = None) -> None:

@@ -61,7 +61,7 @@ def memory_map_provider(session: PlaySession, size: int) -> np.ndarray | None:
 
     Sources without a store (the oracle) still get their path drawn.
     """
-    store = getattr(session.source, "memory", None)
+    store = session.source.memory
     store_poses = store.poses() if store is not None and len(store) else torch.zeros(0, 5)  # [N, 5]
     path = torch.tensor([p.as_list() for p in session.path], dtype=torch.float32)  # [T, 5]
     return draw_memory_map(store_poses, path, session.pose.as_tensor(), size=size)
@@ -276,7 +276,7 @@ class _Game:
                          recording=self.session.recording, record_path=self.session.record_path,
                          paused=self.paused, mouse_captured=self.state.mouse_captured, fly=self.state.fly,
                          replay=self.config.script is not None,
-                         memory=getattr(self.session.source, "use_memory", None))
+                         memory=self.session.source.use_memory)
 
     def draw(self) -> None:
         assert self.session.frame is not None

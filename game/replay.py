@@ -198,7 +198,7 @@ def _load_replay(log: ActionLogReader, log_path, backend, checkpoint, device, hi
                         f"{source.resolution}x{source.resolution} frames")
     if backend == MODEL_BACKEND:
         logged = header["checkpoint_sha256"]
-        current = getattr(source, "checkpoint_sha256", None)
+        current = source.checkpoint_sha256
         if logged is not None and current is not None and logged != current:
             warnings.append(f"{log_path}: recorded with another checkpoint (sha256 {logged[:12]}..., now "
                             f"{current[:12]}...); frames will differ")

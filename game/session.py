@@ -22,7 +22,7 @@ import numpy as np
 
 from game.action_log import ActionLogWriter, make_header
 from game.frame_source import FrameSource
-from conventions.camera import ACTION_DIM, DEFAULT_TICK_HZ, CameraPose
+from conventions.camera import PATH_HISTORY, ACTION_DIM, DEFAULT_TICK_HZ, CameraPose
 from conventions.errors import UserError
 from worldmodel.world_state import load_world, save_world
 
@@ -33,8 +33,6 @@ TIMING_WINDOW = 120
 """Frame times kept for the HUD statistics (ticks)."""
 FPS_WINDOW_S = 1.0
 """Frames per second are counted over this much wall time."""
-PATH_HISTORY = 20_000
-"""Poses kept for the memory map's camera path (bounded so long sessions stay constant-size)."""
 MS_PER_S = 1000.0
 
 
@@ -205,17 +203,17 @@ class PlaySession:
             extra.setdefault("image", str(self.image_path))
         extra.setdefault("started_at_tick", self.tick)
         extra.setdefault("created", datetime.now().astimezone().isoformat(timespec="seconds"))
-        if getattr(self.source, "precision", None) is not None:
+        if self.source.precision is not None:
             extra.setdefault("precision", self.source.precision)  # a replay must run the same arithmetic
-        if getattr(self.source, "hint", None) is not None:
+        if self.source.hint is not None:
             extra.setdefault("hint", bool(self.source.hint))  # ... and the same conditioning
-        if getattr(self.source, "use_memory", None) is not None:
+        if self.source.use_memory is not None:
             extra.setdefault("memory", bool(self.source.use_memory))  # ... with or without its memory
         return make_header(
             scene=self.scene_spec, prompt=self.prompt, backend=self.source.name, seed=self.seed,
             tick_hz=self.tick_hz, resolution=self.source.resolution, start_pose=self.pose,
             start_image=np.asarray(self.scene.image),
-            checkpoint_sha256=getattr(self.source, "checkpoint_sha256", None), **extra)
+            checkpoint_sha256=self.source.checkpoint_sha256, **extra)
 
     def auto_record_path(self) -> Path:
         """recordings/<scene>-<YYYYmmdd-HHMMSS>.jsonl, never an existing file."""
@@ -249,7 +247,7 @@ class PlaySession:
     # --- saved worlds (model backend: memory store + generator state) ---
     def save_world(self, directory: str | Path) -> Path:
         """Save the memory and the generator's exact state so `load_world` continues from here."""
-        if getattr(self.source, "session", None) is None:
+        if not self.source.saves_worlds:
             raise UserError(f"{directory}: saving a world needs the model backend (the oracle has no memory)")
         extra = {"scene": self.scene_spec, "prompt": self.prompt, "seed": self.seed, "tick_hz": self.tick_hz,
                  "pose": self.pose.as_list(), "start_pose": self.start_pose.as_list(),
@@ -259,7 +257,7 @@ class PlaySession:
 
     def load_world(self, directory: str | Path) -> dict[str, Any]:
         """Continue a world saved by `save_world` (call after `reset`); returns its metadata."""
-        if getattr(self.source, "session", None) is None:
+        if not self.source.saves_worlds:
             raise UserError(f"{directory}: resuming a world needs the model backend (the oracle has no memory)")
         meta = load_world(self.source, directory)
         self.pose = CameraPose.from_sequence(meta["pose"])

@@ -16,7 +16,7 @@ from conventions.camera import CameraPose
 from worldmodel.checkpoint import load_checkpoint, read_checkpoint_metadata, save_checkpoint
 from worldmodel.config import tiny_config
 from worldmodel.distill import (DISTILL_STATE, DistillModels, DistillOptions, RolloutBatch, dmd_gradient,
-                                dmd_loss, distill, forward_current, generator_step, self_forcing_rollout,
+                                dmd_loss, distill, generator_step, self_forcing_rollout,
                                 student_config)
 from conventions.errors import UserError
 from worldmodel.kv_cache import KVCache
@@ -87,7 +87,7 @@ def test_gradient_pass_equals_the_play_pass_and_carries_gradients() -> None:
 
     # the exit pass reaches attention, the action conditioning and the prompt encoder
     assert moved("blocks.0.qkv") and moved("action_mlp") and moved("text_encoder")
-    # one pass against a filled cache: forward_current == forward_cached(ROLE_CURRENT)
+    # one pass against a filled cache: the gradient mode gives the play pass's numbers
     cache = KVCache(c)
     with torch.no_grad():
         self_forcing_rollout(model, batch, tok, cache=cache)
@@ -97,7 +97,7 @@ def test_gradient_pass_equals_the_play_pass_and_carries_gradients() -> None:
     args = (x, torch.full((1, 1), 0.5), batch.actions[:, -1:], batch.poses[:, -1:])
     with torch.no_grad():
         ref = model.forward_cached(cache, *args, [7], text, [ROLE_CURRENT])
-        mine = forward_current(model, cache, *args, 7, text)
+        mine = model.forward_cached(cache, *args, [7], text, [ROLE_CURRENT], grad=True, attention_backend="sdpa")
     assert torch.equal(ref, mine)
 
 

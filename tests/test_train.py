@@ -15,7 +15,7 @@ from worldmodel.checkpoint import (CHECKPOINT_FORMAT, checkpoint_sha256, load_ch
 from worldmodel.config import WorldModelConfig, tiny_config
 from conventions.errors import UserError
 from worldmodel.text import Tokenizer
-from worldmodel.train import (LOG_FILE, TrainOptions, load_latents, sample_batch,
+from worldmodel.train import (LOG_FILE, TrainOptions, load_latents, step_batch, StepSampler,
                               train_world_model, world_model_loss)
 
 TICKS = 24
@@ -141,7 +141,7 @@ def _log(run: Path) -> list[dict]:
 def test_training_lowers_the_loss_and_writes_a_playable_checkpoint(run_files: dict[str, Path]) -> None:
     c = tiny_config()
     data = load_latents(run_files["train"], c)
-    probe = sample_batch(data, c, Tokenizer(c.vocab, c.max_text_tokens), 8, torch.Generator().manual_seed(5))
+    probe = step_batch(data, c, Tokenizer(c.vocab, c.max_text_tokens), StepSampler(data.clips, 8, seed=5), step=0)
     from worldmodel.model import WorldModel
 
     torch.manual_seed(0)

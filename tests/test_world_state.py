@@ -53,7 +53,7 @@ def test_resumed_world_continues_bit_identically(checkpoint: Path, tmp_path: Pat
     first = ModelFrameSource(checkpoint)
     _start(first)
     _steps(first, 1, SPLIT + 1)
-    save_world(first, tmp_path / "w", {"scene": "test", "pose_history": first.pose_history})
+    save_world(first, tmp_path / "w", {"scene": "test", "pose_history": list(first.pose_history)})
     assert read_world_meta(tmp_path / "w")["tick"] == SPLIT
 
     second = ModelFrameSource(checkpoint)

@@ -141,11 +141,11 @@ def bench_play(args: argparse.Namespace) -> dict:
         "mean_ms": float(steady.mean()), "early_ms": early_ms, "late_ms": late_ms,
         "late_over_early": late_ms / early_ms if early_ms == early_ms else float("nan"),
         "rss_mb": {str(k): v for k, v in sorted(rss.items())},
-        "memory_entries": len(source.memory) if getattr(source, "memory", None) is not None else 0,
+        "memory_entries": len(source.memory) if source.memory is not None else 0,
         "interleaved_ms": interleaved,
         "threads": torch.get_num_threads(),
-        "precision": getattr(source, "precision", None),
-        "hint": getattr(source, "hint", None),
+        "precision": source.precision,
+        "hint": source.hint,
     }
     precision = f", {result['precision']}" if result["precision"] else ""
     precision += "" if result["hint"] is None else f", hint {'on' if result['hint'] else 'off'}"

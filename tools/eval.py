@@ -351,12 +351,12 @@ def _write_plots(path: Path, results: list[dict]) -> None:
     img = line_chart(series, f"PSNR vs. ground truth, mean over {len(results)} log(s)", "tick", "PSNR dB")
     save_image_atomic(img, path)
     source = results[0].get("_memory_source")
-    if source is not None and getattr(source, "memory", None) is not None:
+    if source is not None and source.memory is not None:
         from PIL import Image
 
 
         store = source.memory
-        path_poses = torch.stack([torch.as_tensor(p) for p in source.pose_history]) if getattr(
-            source, "pose_history", None) else store.poses()
+        path_poses = torch.stack([torch.as_tensor(p) for p in source.pose_history]) if source.pose_history \
+            else store.poses()
         arr = draw_memory_map(store.poses(), path_poses, path_poses[-1])
         save_image_atomic(Image.fromarray(arr), path.with_name(path.stem + "_memory.png"))

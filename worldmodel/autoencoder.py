@@ -43,7 +43,7 @@ from torch import nn
 from conventions.atomic import atomic_write
 from conventions.camera import DEFAULT_RESOLUTION
 from conventions.depth import MAX_DEPTH, MIN_DEPTH, SKY_DEPTH
-from conventions.errors import UserError
+from conventions.errors import UserError, config_differences
 
 CHECKPOINT_FORMAT = "worldmodel.autoencoder"
 CHECKPOINT_VERSION = "1"
@@ -409,11 +409,6 @@ def save_autoencoder(model: Autoencoder, path: str | os.PathLike,
     return atomic_save_safetensors(dict(model.state_dict()), path, metadata)
 
 
-def _config_differences(a: AutoencoderConfig, b: AutoencoderConfig) -> list[str]:
-    return [f"{f.name} {getattr(a, f.name)!r} != {getattr(b, f.name)!r}"
-            for f in dataclasses.fields(AutoencoderConfig) if getattr(a, f.name) != getattr(b, f.name)]
-
-
 def read_checkpoint_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The metadata of an autoencoder checkpoint, with format and version checked (UserError if not)."""
     from safetensors import safe_open
@@ -453,7 +448,7 @@ def load_autoencoder(path: str | os.PathLike, expected_config: AutoencoderConfig
         raise UserError(f"{path}: invalid autoencoder config in metadata ({exc})") from exc
     if expected_config is not None and config != expected_config:
         raise UserError(f"{path}: autoencoder config does not match the expected one: "
-                        + "; ".join(_config_differences(config, expected_config)))
+                        + "; ".join(config_differences(config, expected_config)))
     try:
         tensors = load_file(str(path))
     except Exception as exc:  # truncated data section, etc.

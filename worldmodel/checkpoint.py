@@ -13,7 +13,6 @@ not match, and every missing, unexpected or wrong-shaped tensor by name.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -26,7 +25,7 @@ from torch import nn
 from conventions.atomic import check_output_path
 from worldmodel.autoencoder import atomic_save_safetensors, Autoencoder, AutoencoderConfig
 from worldmodel.config import WorldModelConfig
-from conventions.errors import UserError
+from conventions.errors import UserError, config_differences
 from worldmodel.model import WorldModel
 
 CHECKPOINT_FORMAT = "worldmodel.checkpoint"
@@ -117,17 +116,6 @@ def _open(path: Path) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
     return meta, shapes
 
 
-def _config_diff(a: WorldModelConfig, b: WorldModelConfig) -> list[str]:
-    da, db = dataclasses.asdict(a), dataclasses.asdict(b)
-    out = []
-    for k in da:
-        if da[k] != db[k]:
-            shown_a = f"{len(da[k])} words" if k == "vocab" else repr(da[k])
-            shown_b = f"{len(db[k])} words" if k == "vocab" else repr(db[k])
-            out.append(f"{k}: checkpoint {shown_a} vs expected {shown_b}")
-    return out
-
-
 def _check_tensors(path: Path, prefix: str, module: nn.Module, shapes: dict[str, tuple[int, ...]]) -> list[str]:
     expected = {prefix + k: tuple(v.shape) for k, v in module.state_dict().items()}
     present = {k: v for k, v in shapes.items() if k.startswith(prefix)}
@@ -153,6 +141,10 @@ def build_autoencoder(ae_config_json: str, source: str) -> nn.Module:
         raise UserError(f"{source}: bad autoencoder config in metadata ({exc})") from None
 
 
+CONFIG_LABELS = ("checkpoint", "expected")
+"""How a config mismatch names its two sides: the file's config and the one asked for."""
+
+
 def load_checkpoint(path: str | Path, expected_config: WorldModelConfig | None = None,
                     device: torch.device | str = "cpu") -> tuple[WorldModel, nn.Module, WorldModelConfig]:
     """-> (world model, autoencoder, config), both modules in eval mode, float32, on `device`.
@@ -165,7 +157,7 @@ def load_checkpoint(path: str | Path, expected_config: WorldModelConfig | None =
     meta, shapes = _open(path)
     config = WorldModelConfig.from_json(meta["config"], source=f"{path}")
     if expected_config is not None:
-        diff = _config_diff(config, expected_config)
+        diff = config_differences(config, expected_config, CONFIG_LABELS)
         if diff:
             raise UserError(f"{path}: config does not match: " + "; ".join(diff))
     model = WorldModel(config)

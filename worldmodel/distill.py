@@ -24,7 +24,7 @@ real `MemoryStore` per clip with the play-time `select_memory` rule and written 
 With every frame denoised to the end and no gradients it produces exactly the frames of
 `WorldModelSession` (tests/test_distill.py). During training each frame stops at an exit step (the
 last one, or a random one per frame as in the Self Forcing paper); all passes before it run under
-no_grad through `WorldModel.forward_cached`, the exit pass runs through `forward_current`: the same
+no_grad through `WorldModel.forward_cached`, the exit pass runs through `forward_cached(..., grad=True)`: the same
 computation with gradients (the cached context is detached, as in Self Forcing).
 
 DMD (DMD2 style): the student's frames x are noised to a random level t, both scores predict x0 in one
@@ -61,16 +61,15 @@ from conventions.camera import ACTION_DIM
 from worldmodel.config import WorldModelConfig
 from conventions.errors import UserError
 from worldmodel.kv_cache import KVCache
-from worldmodel.model import ROLE_CURRENT, ROLE_SINK, ROLE_WINDOW, WorldModel, from_heads, to_heads
-from worldmodel.runtime import CTX_SEED_OFFSET, MEMORY_PAYLOAD_DTYPE, make_memory_store
+from worldmodel.model import ROLE_CURRENT, ROLE_SINK, ROLE_WINDOW, WorldModel
+from worldmodel.runtime import CTX_SEED_OFFSET, MEMORY_PAYLOAD_DTYPE, make_memory_store, prepare_memory
 from worldmodel.sampler import add_noise, ddim_step, noise_levels
 from worldmodel.text import Tokenizer
 from worldmodel.scalars import ScalarLog
-from worldmodel.train import (PRODUCT_CHECKPOINT, LatentData, TrainBatch, atomic_torch_save, build_sample, collate,
+from worldmodel.train import (load_run_state, PRODUCT_CHECKPOINT, LatentData, TrainBatch, atomic_torch_save, build_sample, collate,
                               update_ema, world_model_loss)
 from conventions.progress import ProgressBar
-from kernels.attention import cached_attention
-from worldmodel.checkpoint import _config_diff, checkpoint_sha256, load_checkpoint, read_checkpoint_metadata, save_checkpoint
+from worldmodel.checkpoint import checkpoint_sha256, load_checkpoint, read_checkpoint_metadata, save_checkpoint
 from worldmodel.train import load_latents, make_validation_set, resolve_device, validate
 
 DISTILL_STATE = "distill_state.pt"
@@ -176,38 +175,6 @@ def student_config(teacher: WorldModelConfig, options: DistillOptions) -> WorldM
 # --------------------------------------------------------------------------------------------------
 # the exit pass: forward_cached for the current frame, with gradients
 # --------------------------------------------------------------------------------------------------
-def forward_current(model: WorldModel, cache: KVCache, latents: torch.Tensor, noise: torch.Tensor,
-                    actions: torch.Tensor, poses: torch.Tensor, tick: int, text_cond: torch.Tensor,
-                    backend: str = GRAD_ATTENTION_BACKEND) -> torch.Tensor:
-    """`WorldModel.forward_cached(..., roles=[ROLE_CURRENT])` with autograd: -> x0 [B, 1, C, h, w].
-
-    latents [B, 1, C, h, w], noise [B, 1], actions [B, 1, 5], poses [B, 1, 5]. The frame's keys and
-    values replace the cache's current slots out of place (`index_copy`), so the graph holds its own
-    copy and the cache can keep rolling in place before backward; the cached context (sink, memory,
-    window) is a constant of the graph. Same operations in the same order as the play pass, so the
-    outputs agree (tests check it); the attention backend is SDPA because it has a backward.
-    """
-    idx = cache.current_index()  # [P]
-    cache.valid[:, idx] = True
-    valid = cache.valid.clone()  # [B, S]: the graph must not see later in-place updates
-    ticks = torch.full((latents.shape[0], 1), tick, dtype=torch.long, device=latents.device)  # [B, 1]
-    cond = model.frame_condition(noise, actions, text_cond)  # [B, 1, cond]
-    x = model.embed_frames(latents)  # [B, 1, P, d]
-    pos = model.pos.positions(poses, ticks)
-
-    for layer, block in enumerate(model.blocks):
-        mods = block.mods(cond)
-        q, k, v = block.qkv_tokens(x, mods[0], mods[1])  # [B, 1, P, H, dh]
-        k_cache, v_cache = cache.layer(layer)  # [B, H, S, dh]
-        q = to_heads(model.pos.per_token(q, pos.q_map)).to(k_cache.dtype)  # [B, H, P, dh]
-        k_all = k_cache.index_copy(2, idx, to_heads(model.pos.per_token(k, pos.k_map)).to(k_cache.dtype))
-        v_all = v_cache.index_copy(2, idx, to_heads(model.pos.per_frame(v, pos.v_map)).to(v_cache.dtype))
-        att = cached_attention(q, k_all, v_all, valid, backend=backend)  # [B, H, P, dh]
-        att = model.pos.per_frame(from_heads(att.to(x.dtype), 1), pos.out_map)
-        x = block.finish(x, att, mods)
-    return model.output(x, cond)
-
-
 # --------------------------------------------------------------------------------------------------
 # Self Forcing rollout
 # --------------------------------------------------------------------------------------------------
@@ -271,41 +238,6 @@ def _cached_pass(model: WorldModel, cache: KVCache, latents: torch.Tensor, level
     return out[:, 0].float()
 
 
-def _prepare_memory(model: WorldModel, cache: KVCache, stores: list, pose: torch.Tensor, tick: int,
-                    use_memory: bool) -> int:
-    """`WorldModelSession._prepare_memory` for B clips (one store each); -> most entries retrieved.
-
-    pose [B, 5]. Entries older than the window only, best view overlap first (`select_memory` inside
-    `MemoryStore.retrieve_batch`), written into the cache's memory slots by `WorldModel.write_memory`.
-    """
-    c = model.config
-    if not c.use_memory:
-        return 0
-    b, e = pose.shape[0], c.memory_entries
-    latents = torch.zeros(b, e, c.latent_channels, c.latent_size, c.latent_size)  # [B, E, C, h, w]
-    poses = torch.zeros(b, e, 5)  # [B, E, 5]
-    valid = torch.zeros(b, e, dtype=torch.bool)  # [B, E]
-    ids: list[tuple] = []
-    most = 0
-    for i, store in enumerate(stores):
-        found, ids_i = 0, ()
-        if use_memory and store is not None and len(store) > 0:
-            got = store.retrieve_batch(pose[i].cpu(), e, current_tick=tick, min_age=c.window_frames + 1)
-            found = min(len(got), e)
-            latents[i, :found] = got.payloads[:found].float().cpu()
-            poses[i, :found] = got.poses[:found]
-            valid[i, :found] = True
-            ids_i = tuple(zip(got.slots[:found].tolist(), got.ticks[:found].tolist()))
-        ids.append(ids_i)
-        most = max(most, found)
-    if most == 0:
-        cache.set_memory_valid(valid.to(cache.device))
-        return 0
-    model.write_memory(cache, latents.to(cache.device, torch.float32), poses.to(cache.device),
-                       valid.to(cache.device), tuple(ids))
-    return most
-
-
 def sample_exit_steps(config: WorldModelConfig, frames: int, mode: str, gen: torch.Generator) -> list[int]:
     """Exit step per frame (ticks 1..frames): the last step of its schedule, or a uniform random one."""
     out = []
@@ -353,7 +285,8 @@ def self_forcing_rollout(model: WorldModel, batch: RolloutBatch, tokenizer: Toke
     for j in range(f):
         tick = j + 1
         action, pose = batch.actions[:, tick].float(), batch.poses[:, tick].float()  # [B, 5] each
-        mem_counts.append(_prepare_memory(model, cache, stores, pose, tick, use_memory))
+        gathered = prepare_memory(model, cache, stores if use_memory else [None] * b, pose, tick)
+        mem_counts.append(max(gathered.found, default=0))
         model.retime_sink(cache, tick)
         levels = noise_levels(c.steps_for_frame(tick), c.schedule_shift)
         n = len(levels) - 1
@@ -363,8 +296,9 @@ def self_forcing_rollout(model: WorldModel, batch: RolloutBatch, tokenizer: Toke
         for i in range(exit_at + 1):
             if grad_from is not None and j >= grad_from and i == exit_at:
                 lv = torch.full((b, 1), levels[i], device=dev)
-                x0 = forward_current(model, cache, x[:, None], lv, action[:, None].to(dev), pose[:, None].to(dev),
-                                     tick, text_grad)[:, 0].float()
+                x0 = model.forward_cached(cache, x[:, None], lv, action[:, None].to(dev), pose[:, None].to(dev),
+                                          [tick], text_grad, [ROLE_CURRENT], grad=True,
+                                          attention_backend=GRAD_ATTENTION_BACKEND)[:, 0].float()
             else:
                 x0 = _cached_pass(model, cache, x, levels[i], action, pose, tick, text_nograd, ROLE_CURRENT)
             if i < exit_at:
@@ -556,19 +490,9 @@ def _optimizer(model: WorldModel, lr: float, opts: DistillOptions) -> torch.opti
 
 def _load_state(path: Path, config: WorldModelConfig, teacher_sha: str, opts: DistillOptions) -> dict[str, Any]:
     """The saved state of a run in OUT; UserError when it belongs to another teacher/config/recipe."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # pickle/zip errors of a damaged file
-        raise UserError(f"{path}: cannot read the distillation state ({type(exc).__name__}: {exc}); "
-                        f"delete it or pass --no-resume") from None
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise UserError(f"{path}: not a distillation state (written by `worldmodel distill`?)")
+    state = load_run_state(path, config, STATE_FORMAT, "distillation state (written by `worldmodel distill`)")
     if state.get("teacher_sha256") != teacher_sha:
         raise UserError(f"{path}: the run there distils another teacher; use another --out or --no-resume")
-    saved = WorldModelConfig.from_json(state["config"], source=str(path))
-    if saved != config:
-        raise UserError(f"{path}: the run there has another student config ("
-                        + "; ".join(_config_diff(saved, config)) + "); use another --out or --no-resume")
     mine = asdict(opts)
     theirs = dict(state.get("options", {}))
     if "betas" in theirs:

@@ -149,3 +149,30 @@ class KVCache:
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.k, self.v, self.sink_raw_k, self.valid))
+
+    # --- saving and restoring (saved worlds) ---
+    _STATE_TENSORS = ("k", "v", "sink_raw_k", "valid", "window_ticks")
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The cache's exact state as named tensors (views of the live storage: clone before keeping)."""
+        state = {name: getattr(self, name) for name in self._STATE_TENSORS}
+        state["window_pos"] = self.window_pos.reshape(1)
+        state["sink_tick"] = torch.tensor([self.sink_tick], dtype=torch.long)
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore `state_dict()` in place; ValueError naming a missing or misshapen tensor. The memory
+        names are forgotten, so the next tick writes its retrieved entries again."""
+        for name in self._STATE_TENSORS + ("window_pos", "sink_tick"):
+            if name not in state:
+                raise ValueError(f"tensor {name} is missing")
+        for name in self._STATE_TENSORS:
+            target = getattr(self, name)
+            if tuple(state[name].shape) != tuple(target.shape):
+                raise ValueError(f"tensor {name} has shape {list(state[name].shape)}, this model needs "
+                                 f"{list(target.shape)}")
+        for name in self._STATE_TENSORS:
+            getattr(self, name).copy_(state[name].to(getattr(self, name).dtype))
+        self.window_pos.fill_(int(state["window_pos"][0]))
+        self.sink_tick = int(state["sink_tick"][0])
+        self.memory_ids = None

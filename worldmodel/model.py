@@ -407,12 +407,6 @@ def build_joint_mask(ticks: torch.Tensor, clean: torch.Tensor, sink: torch.Tenso
     return torch.cat([mask, mem_mask], dim=2)
 
 
-def cache_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor,
-                    extra_mask: torch.Tensor | None) -> torch.Tensor:
-    """q [B, H, Tq, D] against the whole cache k/v [B, H, S, D] with valid [B, S] (+ extra [Tq, S])."""
-    return cached_attention(q, k, v, valid, extra_mask=extra_mask)
-
-
 class WorldModel(nn.Module):
     """Causal latent-video transformer conditioned on actions, camera poses and a prompt."""
 
@@ -533,12 +527,13 @@ class WorldModel(nn.Module):
         return self.output(x, cond, batch.hint)
 
     # --- play: cached passes ---
-    @torch.no_grad()
     def forward_cached(self, cache: KVCache, latents: torch.Tensor, noise: torch.Tensor, actions: torch.Tensor,
                        poses: torch.Tensor, ticks: list[int] | torch.Tensor, text_cond: torch.Tensor, roles: list[str],
                        hint: torch.Tensor | None = None, slots: torch.Tensor | None = None,
-                       keep: torch.Tensor | None = None) -> torch.Tensor:
-        """Run G frames (G = 1 or 2) against the cache, writing their K/V in place.
+                       keep: torch.Tensor | None = None, grad: bool = False,
+                       attention_backend: str = "auto") -> torch.Tensor:
+        """Run G frames (G = 1 or 2) against the cache, writing their K/V in place: the one cached
+        forward path, for play, eval, batched sessions and distillation.
 
         latents [B, G, C, h, w], noise [B, G], actions [B, G, 5], poses [B, G, 5], ticks: G ints,
         roles: per frame ROLE_SINK / ROLE_WINDOW (a clean frame being committed at the ring position)
@@ -552,7 +547,23 @@ class WorldModel(nn.Module):
         frames, and `keep` [B, G] bool the frames whose slots become valid; a frame with keep False is
         a placeholder (a row with nothing to commit, or not stepping): computed and written to a slot
         nobody sees, its output ignored. Rows never write the sink this way (a reset is one row's pass).
+
+        `grad=True` (distillation's exit pass, Self Forcing) runs under autograd: the frames' K/V go into
+        copies of the cache tensors (out of place) and the valid mask is snapshotted, so the graph owns
+        its inputs and the cache can keep rolling in place before backward; the cached context is a
+        constant of the graph. Same operations in the same order, so both modes give the same numbers.
+        `attention_backend` picks the kernel (one with a backward, e.g. "sdpa", for grad).
         """
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            return self._forward_cached(cache, latents, noise, actions, poses, ticks, text_cond, roles, hint,
+                                        slots, keep, grad, attention_backend)
+
+    def _forward_cached(self, cache: KVCache, latents: torch.Tensor, noise: torch.Tensor, actions: torch.Tensor,
+                        poses: torch.Tensor, ticks: list[int] | torch.Tensor, text_cond: torch.Tensor,
+                        roles: list[str], hint: torch.Tensor | None, slots: torch.Tensor | None,
+                        keep: torch.Tensor | None, grad: bool, attention_backend: str) -> torch.Tensor:
+        if grad and any(r != ROLE_CURRENT for r in roles):
+            raise ValueError("forward_cached: grad=True runs the current frame only (commits stay in place)")
         c = self.config
         p = c.tokens_per_frame
         b, g = latents.shape[:2]
@@ -565,6 +576,7 @@ class WorldModel(nn.Module):
         kept = torch.ones_like(slots, dtype=torch.bool) if keep is None else keep.repeat_interleave(p, 1)
         cache.valid.scatter_(1, slots, cache.valid.gather(1, slots) | kept)
         write_at = slots[:, None, :, None].expand(b, c.heads, -1, c.head_dim)  # [B, H, G*P, dh]
+        valid = cache.valid.clone() if grad else cache.valid  # [B, S]: the graph must not see later updates
         extra = None  # frames being denoised see every valid slot
         if any(r != ROLE_CURRENT for r in roles):  # committed frames see only sink + window
             commit_rows = cache.commit_mask()[None].expand(p, -1)
@@ -593,9 +605,15 @@ class WorldModel(nn.Module):
                 k = self.pos.per_frame(k_raw, pos.time_map)
             else:
                 k = self.pos.per_token(k, pos.k_map)
-            k_cache.scatter_(2, write_at, to_heads(k).to(k_cache.dtype))
-            v_cache.scatter_(2, write_at, to_heads(self.pos.per_frame(v, pos.v_map)).to(v_cache.dtype))
-            att = cache_attention(q, k_cache, v_cache, cache.valid, extra)  # [B, H, G*P, dh]
+            k_new = to_heads(k).to(k_cache.dtype)
+            v_new = to_heads(self.pos.per_frame(v, pos.v_map)).to(v_cache.dtype)
+            if grad:  # out of place: the graph keeps its own copy of this layer's K/V
+                k_cache, v_cache = k_cache.scatter(2, write_at, k_new), v_cache.scatter(2, write_at, v_new)
+            else:
+                k_cache.scatter_(2, write_at, k_new)
+                v_cache.scatter_(2, write_at, v_new)
+            att = cached_attention(q, k_cache, v_cache, valid, backend=attention_backend,
+                                   extra_mask=extra)  # [B, H, G*P, dh]
             att = self.pos.per_frame(from_heads(att.to(x.dtype), g), pos.out_map)
             x = block.finish(x, att, mods)
         return _per_frame(self.output, x, cond, hint)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -28,9 +29,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from conventions.camera import ACTION_DIM, CameraPose
+from conventions.camera import ACTION_DIM, PATH_HISTORY, CameraPose
 from worldmodel.config import DEFAULT_PRECISION, PRECISION_NAMES, WorldModelConfig
 from worldmodel.data import LATENT_DTYPE, RGB_CHANNELS, VIEW_DEPTH_DTYPE
+from conventions.depth import check_depth
 from conventions.errors import UserError
 from worldmodel.hint import encode_hint, hint_recent_ticks
 from worldmodel.reproject import Reprojection, reproject
@@ -119,6 +121,53 @@ def unpack_memory_payload(payload: torch.Tensor, config: WorldModelConfig, pose:
     rgb = payload[n: n + RGB_CHANNELS * r * r].float().reshape(RGB_CHANNELS, r, r).permute(1, 2, 0).round()
     depth = payload[n + RGB_CHANNELS * r * r:].float().reshape(r, r)
     return latent, FrameView(rgb.to(torch.uint8), depth, pose.float())
+
+
+@dataclass
+class GatheredMemory:
+    """What `prepare_memory` retrieved for each row: entries found, and their views (hint models)."""
+
+    found: list[int]
+    views: list[list[FrameView]]
+
+
+def prepare_memory(model: WorldModel, cache: KVCache, stores: Sequence, poses: torch.Tensor, tick: int,
+                   dtype: torch.dtype = torch.float32) -> GatheredMemory:
+    """The one memory gathering, for any batch size (a play session, distillation's B clips): for row
+    i, the entries of `stores[i]` (None: no memory) older than the window whose views overlap the
+    camera at poses[i] [B, 5] most (`MemoryStore.retrieve_batch`) go into the cache's memory slots
+    (`WorldModel.write_memory`, which skips the work when the cache already holds the same entries)."""
+    c = model.config
+    b = poses.shape[0]
+    if not c.use_memory:
+        return GatheredMemory([0] * b, [[] for _ in range(b)])
+    e = c.memory_entries
+    latents = torch.zeros(b, e, c.latent_channels, c.latent_size, c.latent_size)  # [B, E, C, h, w]
+    entry_poses = torch.zeros(b, e, 5)  # [B, E, 5]
+    valid = torch.zeros(b, e, dtype=torch.bool)  # [B, E]
+    ids: list[tuple] = []
+    gathered = GatheredMemory([], [])
+    for i, store in enumerate(stores):
+        found, row_ids, views = 0, (), []
+        if store is not None and len(store) > 0:
+            got = store.retrieve_batch(poses[i].cpu(), e, current_tick=tick, min_age=c.window_frames + 1)
+            found = min(len(got), e)
+            for j in range(found):
+                latents[i, j], view = unpack_memory_payload(got.payloads[j].cpu(), c, got.poses[j])
+                if view is not None:
+                    views.append(view)
+            entry_poses[i, :found] = got.poses[:found]
+            valid[i, :found] = True
+            row_ids = tuple(zip(got.slots[:found].tolist(), got.ticks[:found].tolist()))
+        ids.append(row_ids)
+        gathered.found.append(found)
+        gathered.views.append(views)
+    if max(gathered.found, default=0) == 0:
+        cache.set_memory_valid(valid.to(cache.device))
+        return gathered
+    model.write_memory(cache, latents.to(cache.device, dtype), entry_poses.to(cache.device),
+                       valid.to(cache.device), ids[0] if b == 1 else tuple(ids))
+    return gathered
 
 
 def memory_config(config: WorldModelConfig):
@@ -490,6 +539,64 @@ class WorldModelSession:
         if self.memory is not None:
             self.memory.add(pack_memory_payload(x, view, self.config), pose, tick)
 
+    @property
+    def started(self) -> bool:
+        """Whether `reset` has run (there is a session to step or save)."""
+        return self._text_cond is not None
+
+    # --- saving and restoring (saved worlds, worldmodel.world_state) ---
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything the next tick depends on, as named CPU tensors: the KV cache (`cache.*`), tick,
+        pose, the prompt's conditioning, both random generators, the last latent, the frame waiting
+        to be committed (`pending.*`) and, for hint models, the views the next hints reproject
+        (`view.<tick>.*`). Saving the cache itself, not latents to re-derive it from, is what makes a
+        resumed session continue bit-identically: the window's keys came from context kept nowhere else."""
+        if self._text_cond is None:
+            raise RuntimeError("WorldModelSession.state_dict before reset")
+        t: dict[str, torch.Tensor] = {f"cache.{k}": v for k, v in self.cache.state_dict().items()}
+        t.update({"tick": torch.tensor([self.tick], dtype=torch.long), "pose": self.pose,
+                  "text_cond": self._text_cond, "gen_frame": self._gen_frame.get_state(),
+                  "gen_ctx": self._gen_ctx.get_state()})
+        if self.last_latent is not None:
+            t["last_latent"] = self.last_latent
+        if self._pending is not None:
+            p = self._pending
+            t.update({"pending.latent": p.latent, "pending.action": p.action, "pending.pose": p.pose,
+                      "pending.tick": torch.tensor([p.tick], dtype=torch.long)})
+        for tick, view in self.views.items():
+            t.update({f"view.{tick}.rgb": view.rgb, f"view.{tick}.depth": view.depth, f"view.{tick}.pose": view.pose})
+        return {k: v.detach().cpu().clone().contiguous() for k, v in t.items()}  # clone: no shared storage
+
+    def load_state_dict(self, t: dict[str, torch.Tensor], source: str = "state") -> None:
+        """Restore `state_dict()` (after a `reset` of the same model); UserError naming `source` and the
+        tensor for a state this model cannot continue."""
+        try:
+            self.cache.load_state_dict({k[len("cache."):]: v for k, v in t.items() if k.startswith("cache.")})
+        except ValueError as exc:
+            raise UserError(f"{source}: {exc}") from None
+        for name in ("tick", "pose", "text_cond", "gen_frame", "gen_ctx"):
+            if name not in t:
+                raise UserError(f"{source}: tensor {name} is missing")
+        self.tick = int(t["tick"][0])
+        self.pose = t["pose"].float()
+        self._text_cond = t["text_cond"].to(self.device, self.dtype)
+        self._gen_frame.set_state(t["gen_frame"])
+        self._gen_ctx.set_state(t["gen_ctx"])
+        self.last_latent = t.get("last_latent")
+        self._pending = None
+        if "pending.latent" in t:
+            self._pending = _Pending(t["pending.latent"], t["pending.action"], t["pending.pose"],
+                                     int(t["pending.tick"][0]))
+        self.views = {}
+        for name in t:
+            if name.startswith("view.") and name.endswith(".rgb"):
+                tick = int(name.split(".")[1])
+                depth = check_depth(t[f"view.{tick}.depth"].float(), f"{source} (view {tick})")
+                self.views[tick] = FrameView(t[name], depth, t[f"view.{tick}.pose"].float())
+        if self.config.hint and 0 not in self.views:
+            raise UserError(f"{source}: saved without the views the geometric hint reprojects (a world saved "
+                            f"before the hint, or by another model); resume it with the checkpoint that made it")
+
     def set_memory(self, store) -> None:
         """Use a MemoryStore loaded from a saved world (e.g. `MemoryStore.load(dir)`) from now on.
 
@@ -515,32 +622,10 @@ class WorldModelSession:
 
     def _prepare_memory(self, pose: torch.Tensor, tick: int) -> None:
         """Retrieve memory entries for the frame at `tick` and write them into the cache."""
-        c = self.config
-        if not c.use_memory:
-            return
-        e = c.memory_entries
-        latents = torch.zeros(1, e, c.latent_channels, c.latent_size, c.latent_size)
-        poses = torch.zeros(1, e, 5)
-        valid = torch.zeros(1, e, dtype=torch.bool)
-        found = 0
-        ids: tuple = ()
-        self._memory_views = []
-        if self.use_memory and self.memory is not None and len(self.memory) > 0:
-            got = self.memory.retrieve_batch(pose, e, current_tick=tick, min_age=c.window_frames + 1)
-            found = min(len(got), e)
-            for i in range(found):
-                latents[0, i], view = unpack_memory_payload(got.payloads[i].cpu(), c, got.poses[i])
-                if view is not None:
-                    self._memory_views.append(view)
-            poses[0, :found] = got.poses[:found]
-            valid[0, :found] = True
-            ids = tuple(zip(got.slots[:found].tolist(), got.ticks[:found].tolist()))
-        self.timing.memory_entries = found
-        if found == 0:
-            self.cache.set_memory_valid(valid.to(self.device))
-            return
-        self.model.write_memory(self.cache, latents.to(self.device, self.dtype), poses.to(self.device),
-                                valid.to(self.device), ids)
+        got = prepare_memory(self.model, self.cache, [self.memory if self.use_memory else None], pose[None], tick,
+                             self.dtype)
+        self._memory_views = got.views[0]
+        self.timing.memory_entries = got.found[0]
 
     @torch.no_grad()
     def rollout(self, actions: torch.Tensor, poses: torch.Tensor | None = None) -> torch.Tensor:
@@ -555,6 +640,8 @@ class ModelFrameSource:
     """The learned generator as a game FrameSource (see game/frame_source.py): uint8 frames in/out."""
 
     name = "model"
+    saves_worlds = True
+    """Saved worlds (worldmodel.world_state) keep and continue this source's memory and generator state."""
 
     def __init__(self, checkpoint: str | Path | None = None, device: str = "cpu", use_memory: bool = True,
                  dtype: torch.dtype | None = None, sample_steps: int | None = None,
@@ -583,8 +670,8 @@ class ModelFrameSource:
                                          use_hint=config.hint if hint is None else hint)
         self.hint = self.session.use_hint
         """Whether frames are generated with the geometric hint (recorded in action logs)."""
-        self.pose_history: list[list[float]] = []
-        """Poses since the last reset (start pose first), for the memory map."""
+        self.pose_history: deque[list[float]] = deque(maxlen=PATH_HISTORY)
+        """The last PATH_HISTORY poses since the reset (start pose first), for the memory map."""
 
     @property
     def memory(self):
@@ -627,7 +714,7 @@ class ModelFrameSource:
     def reset(self, scene, start_pose: CameraPose, prompt: str, seed: int) -> np.ndarray:
         """Encode the scene's start image (resized to the model resolution) as the sink frame."""
         image = self.reset_session(self.session, scene, start_pose, prompt, seed)
-        self.pose_history = [_pose_tensor(start_pose).tolist()]
+        self.pose_history = deque([_pose_tensor(start_pose).tolist()], maxlen=PATH_HISTORY)
         return image
 
     @torch.no_grad()

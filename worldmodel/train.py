@@ -50,7 +50,7 @@ from worldmodel.config import WorldModelConfig, default_config
 from worldmodel.distributed import (DistContext, ParallelModel, distributed_session, full_state_dict,
                                     load_full_state_dict, load_optimizer_state, optimizer_state,
                                     reduce_weighted_means, shard_model)
-from conventions.errors import UserError
+from conventions.errors import UserError, config_differences
 from worldmodel.hint import HintAugment, build_hint, hint_source_ticks
 from worldmodel.model import JointBatch, WorldModel
 from worldmodel.sampler import add_noise, noise_levels
@@ -62,7 +62,7 @@ from conventions.progress import ProgressBar
 from memory.retrieval import select_memory
 from memory.store import kept_ticks
 from worldmodel.autoencoder import load_autoencoder
-from worldmodel.checkpoint import _config_diff, checkpoint_sha256, load_checkpoint, read_checkpoint_metadata, save_checkpoint
+from worldmodel.checkpoint import CONFIG_LABELS, checkpoint_sha256, load_checkpoint, read_checkpoint_metadata, save_checkpoint
 from worldmodel.data import LatentClips
 from worldmodel.runtime import memory_config, WorldModelSession
 
@@ -375,25 +375,6 @@ def collate(samples: list[dict[str, torch.Tensor]], tokenizer_len: int, targets:
     g = joint.ticks.shape[1]
     hint_src = {k: st(k) for k in HINT_KEYS} if "hint_rgb" in samples[0] else None
     return TrainBatch(joint, st("target_x0"), torch.arange(g - targets, g), st("target_noise"), hint_src)
-
-
-def sample_batch(data: LatentData, config: WorldModelConfig, tokenizer: Tokenizer, batch: int,
-                 gen: torch.Generator, caption_dropout: float = 0.0) -> TrainBatch:
-    """A random training batch (all randomness from `gen`, so a resumed run draws the same batches)."""
-    c = config
-    k = min(c.target_frames, data.ticks - 1)
-    samples = []
-    max_len = 1
-    for _ in range(batch):
-        clip = int(torch.randint(data.clips, (1,), generator=gen))
-        start = int(torch.randint(1, data.ticks - k + 1, (1,), generator=gen))
-        drop = float(torch.rand((), generator=gen)) < caption_dropout
-        ids = torch.tensor(tokenizer.encode("" if drop else data.captions[clip]))
-        max_len = max(max_len, ids.shape[0])
-        tl = sample_target_levels(c, (k,), gen)
-        cl = torch.rand(c.window_frames + k, generator=gen) * c.ctx_noise_max
-        samples.append(build_sample(data, clip, start, c, ids, tl, cl, gen, k))
-    return collate(samples, max_len, k)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -709,18 +690,21 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def _load_state(path: Path, config: WorldModelConfig) -> dict[str, Any]:
+def load_run_state(path: Path, config: WorldModelConfig, state_format: str = TRAIN_STATE_FORMAT,
+                   what: str = "world-model training state") -> dict[str, Any]:
+    """The resumable state of a run (train or distill) at `path`: read, its format and its config
+    checked; UserError naming the file when it is damaged or belongs to another run."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # pickle/zip errors of a damaged file
-        raise UserError(f"{path}: cannot read the training state ({type(exc).__name__}: {exc}); "
+        raise UserError(f"{path}: cannot read the {what} ({type(exc).__name__}: {exc}); "
                         f"delete it or pass --no-resume") from None
-    if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
-        raise UserError(f"{path}: not a world-model training state")
+    if not isinstance(state, dict) or state.get("format") != state_format:
+        raise UserError(f"{path}: not a {what}")
     saved = WorldModelConfig.from_json(state["config"], source=str(path))
     if saved != config:
         raise UserError(f"{path}: the run there was trained with another config ("
-                        + "; ".join(_config_diff(saved, config)) + "); use another --out or --no-resume")
+                        + "; ".join(config_differences(saved, config, CONFIG_LABELS)) + "); use another --out or --no-resume")
     return state
 
 
@@ -857,7 +841,7 @@ def _train(ctx: DistContext, latents_path: str | Path | list[str | Path], out_di
     state_path = out / TRAIN_STATE
     scalars: ScalarLog | None = None
     if resume and state_path.exists():
-        state = _load_state(state_path, config)
+        state = load_run_state(state_path, config)
         load_full_state_dict(model, state["model"], opts.fsdp)
         load_full_state_dict(ema, state["ema"], opts.fsdp)
         load_optimizer_state(model, optim, state["optimizer"], opts.fsdp, str(state_path))

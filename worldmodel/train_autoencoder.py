@@ -14,7 +14,6 @@ in the MSE) + a small L2 penalty on the raw latents (keeps their range tame; no 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import sys
@@ -27,7 +26,7 @@ import torch
 
 from worldmodel.autoencoder import Autoencoder, AutoencoderConfig, describe, save_autoencoder
 from worldmodel.data import ClipDataset, FrameSampler, fixed_frames
-from conventions.errors import UserError
+from conventions.errors import UserError, config_differences
 from conventions.metrics import psnr
 from conventions.progress import ProgressBar
 from worldmodel.scalars import LOG_FILE, ScalarLog
@@ -121,11 +120,6 @@ def evaluate_psnr(model: Autoencoder, frames: torch.Tensor, batch: int = EVAL_BA
     return float(torch.cat(values).mean())
 
 
-def _config_diff(a: Any, b: Any) -> str:
-    return "; ".join(f"{f.name} {getattr(a, f.name)!r} != {getattr(b, f.name)!r}"
-                     for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name))
-
-
 def _load_train_state(path: Path, config: AutoencoderConfig) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
@@ -135,7 +129,7 @@ def _load_train_state(path: Path, config: AutoencoderConfig) -> dict[str, Any]:
         raise UserError(f"{path}: not an autoencoder training state")
     saved = AutoencoderConfig.from_json(state["config"])
     if saved != config:
-        raise UserError(f"{path}: was trained with another autoencoder config ({_config_diff(saved, config)}); "
+        raise UserError(f"{path}: was trained with another autoencoder config ({'; '.join(config_differences(saved, config))}); "
                         f"use another output folder or resume=False")
     return state
 

@@ -18,21 +18,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import deque
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from conventions.atomic import (atomic_write_bytes, atomic_write_text, check_output_path, output_error,
                                remove_stale_temps, TEMP_NAME_GLOB)
 from worldmodel.checkpoint import check_finite_tensors
-from conventions.depth import check_depth
 from conventions.errors import UserError
+from conventions.camera import PATH_HISTORY
 from conventions.limits import number_problem, pose_problem
 from memory.store import MemoryStore
-from worldmodel.runtime import _Pending, FrameView, memory_payload_shape
+from worldmodel.runtime import memory_payload_shape
 
 WORLD_FORMAT = "worldmodel.world"
 WORLD_VERSION = 1
@@ -44,29 +44,6 @@ is empty, or is a world saved before the marker existed)."""
 WORLD_MARKER_TEXT = "a world saved by worldmodel (memory + generator state); see memory.json\n"
 
 
-def _session_tensors(session) -> dict[str, torch.Tensor]:
-    """The generator's exact state as named CPU tensors."""
-    cache = session.cache
-    t: dict[str, torch.Tensor] = {
-        "cache.k": cache.k, "cache.v": cache.v, "cache.sink_raw_k": cache.sink_raw_k,
-        "cache.valid": cache.valid, "cache.window_pos": cache.window_pos.reshape(1),
-        "cache.window_ticks": cache.window_ticks,
-        "cache.sink_tick": torch.tensor([cache.sink_tick], dtype=torch.long),
-        "tick": torch.tensor([session.tick], dtype=torch.long), "pose": session.pose,
-        "text_cond": session._text_cond, "gen_frame": session._gen_frame.get_state(),
-        "gen_ctx": session._gen_ctx.get_state(),
-    }
-    if session.last_latent is not None:
-        t["last_latent"] = session.last_latent
-    if session._pending is not None:
-        p = session._pending
-        t.update({"pending.latent": p.latent, "pending.action": p.action, "pending.pose": p.pose,
-                  "pending.tick": torch.tensor([p.tick], dtype=torch.long)})
-    for tick, view in session.views.items():  # hint models: the views the next hints reproject
-        t.update({f"view.{tick}.rgb": view.rgb, f"view.{tick}.depth": view.depth, f"view.{tick}.pose": view.pose})
-    return {k: v.detach().cpu().clone().contiguous() for k, v in t.items()}  # clone: no shared storage
-
-
 def save_world(source, directory: str | Path, extra: dict[str, Any]) -> Path:
     """Save `source` (a ModelFrameSource after at least one reset) to `directory`.
 
@@ -74,12 +51,12 @@ def save_world(source, directory: str | Path, extra: dict[str, Any]) -> Path:
     sha256 is added so a world is never resumed with another model.
     """
     session = source.session
-    if session._text_cond is None:
+    if not session.started:
         raise UserError(f"{directory}: nothing to save yet (the session has not started)")
     if source.memory is None:
         raise UserError(f"{directory}: this checkpoint has no memory; there is no world to save")
     directory = check_world_target(directory)
-    data = save(_session_tensors(session), metadata={"format": WORLD_FORMAT})
+    data = save(session.state_dict(), metadata={"format": WORLD_FORMAT})
     digest = hashlib.sha256(data).hexdigest()
     name = f"{SESSION_PREFIX}{digest[:HASH_CHARS]}.safetensors"
     what = "cannot save the world"
@@ -191,38 +168,10 @@ def load_world(source, directory: str | Path) -> dict[str, Any]:
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise UserError(f"{path}: not readable as safetensors ({exc})") from exc
     check_finite_tensors(t, str(path))
-    cache = session.cache
-    for name, target in (("cache.k", cache.k), ("cache.v", cache.v), ("cache.sink_raw_k", cache.sink_raw_k),
-                         ("cache.valid", cache.valid), ("cache.window_ticks", cache.window_ticks)):
-        if name not in t or t[name].shape != target.shape:
-            got = None if name not in t else list(t[name].shape)
-            raise UserError(f"{path}: tensor {name} has shape {got}, this model needs {list(target.shape)}")
-        target.copy_(t[name].to(target.dtype))
-    cache.window_pos.fill_(int(t["cache.window_pos"][0]))
-    cache.sink_tick = int(t["cache.sink_tick"][0])
-    cache.memory_ids = None
-    session.tick = int(t["tick"][0])
-    session.pose = t["pose"].float()
-    session._text_cond = t["text_cond"].to(session.device, session.dtype)
-    session._gen_frame.set_state(t["gen_frame"])
-    session._gen_ctx.set_state(t["gen_ctx"])
-    session.last_latent = t.get("last_latent")
-    session._pending = None
-    if "pending.latent" in t:
-        session._pending = _Pending(t["pending.latent"], t["pending.action"], t["pending.pose"],
-                                    int(t["pending.tick"][0]))
-    session.views = {}
-    for name in t:
-        if name.startswith("view.") and name.endswith(".rgb"):
-            tick = int(name.split(".")[1])
-            depth = check_depth(t[f"view.{tick}.depth"].float(), f"{path} (view {tick})")
-            session.views[tick] = FrameView(t[name], depth, t[f"view.{tick}.pose"].float())
-    if session.config.hint and 0 not in session.views:
-        raise UserError(f"{path}: saved without the views the geometric hint reprojects (a world saved "
-                        f"before the hint, or by another model); resume it with the checkpoint that made it")
+    session.load_state_dict(t, str(path))
     session.set_memory(store)
-    cache.memory_ids = None
+    session.cache.memory_ids = None  # set_memory may have named entries: the next tick writes them
     history = meta.get("pose_history")
     if isinstance(history, list) and history:
-        source.pose_history = [list(map(float, p)) for p in history]
+        source.pose_history = deque((list(map(float, p)) for p in history), maxlen=PATH_HISTORY)
     return meta
