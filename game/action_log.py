@@ -303,8 +303,22 @@ _POSE_LIMITS = np.asarray([RANGES[kind].hi for kind in POSE_KINDS], dtype=np.flo
 """|x|, |y|, |z|, |yaw|, |pitch| limits (conventions.limits, symmetric ranges)."""
 
 
+class _HeaderView:
+    """The header fields a replay reads, for a parsed log and a streamed one alike."""
+
+    header: dict[str, Any]
+
+    @property
+    def start_pose(self) -> CameraPose:
+        return CameraPose.from_sequence(self.header["start_pose"])
+
+    @property
+    def tick_hz(self) -> float:
+        return float(self.header["tick_hz"])
+
+
 @dataclass
-class ActionLog:
+class ActionLog(_HeaderView):
     """A parsed log. actions/poses are float64 [T, 5] (the exact logged numbers; `.float()` for models)."""
 
     header: dict[str, Any]
@@ -316,14 +330,6 @@ class ActionLog:
     @property
     def ticks(self) -> int:
         return int(self.actions.shape[0])
-
-    @property
-    def start_pose(self) -> CameraPose:
-        return CameraPose.from_sequence(self.header["start_pose"])
-
-    @property
-    def tick_hz(self) -> float:
-        return float(self.header["tick_hz"])
 
 
 def _reject_constant(name: str) -> float:
@@ -339,7 +345,7 @@ def _short(value: Any, limit: int = 32) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
-class ActionLogReader:
+class ActionLogReader(_HeaderView):
     """Reads a log as a stream: the header when opened, one tick at a time when iterated.
 
     Memory stays constant for any log length (a 2 M-tick log is ~200 MB on disk), and a replay's
@@ -409,14 +415,6 @@ class ActionLogReader:
             else:
                 kind = f"not valid JSON ({_short(str(exc), 80)})"
             raise UserError(f"{self.path}: line {line_no}: {kind}") from None
-
-    @property
-    def start_pose(self) -> CameraPose:
-        return CameraPose.from_sequence(self.header["start_pose"])
-
-    @property
-    def tick_hz(self) -> float:
-        return float(self.header["tick_hz"])
 
     def tick_count(self) -> int:
         """Complete tick lines in the file (a cheap newline count; a torn last line is not one)."""

@@ -24,8 +24,8 @@ from worldmodel.distributed import DistContext, rank_device, read_launch_env, re
 from conventions.errors import UserError
 from worldmodel.model import JointBatch
 from worldmodel.text import Tokenizer
-from worldmodel.train import (LOG_FILE, PRODUCT_CHECKPOINT, TRAIN_STATE, StepSampler, TrainOptions, load_latents,
-                              rank_slots, step_batch, train_world_model)
+from worldmodel.batches import load_latents, rank_slots, step_batch, StepSampler
+from worldmodel.train import LOG_FILE, PRODUCT_CHECKPOINT, TRAIN_STATE, train_world_model, TrainOptions
 
 TICKS = 24
 CLIPS = 6

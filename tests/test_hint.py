@@ -45,7 +45,7 @@ def latent_cache(tmp_path_factory):
 def test_training_hint_equals_play_hint(latent_cache):
     """The hint a training batch builds for a clip's frame is the one a play session builds when it is
     fed the same frames (teacher forcing) and poses: same sources, same views, same function."""
-    from worldmodel.train import hint_sources, load_latents, select_training_memory
+    from worldmodel.batches import hint_sources, load_latents, select_training_memory
 
     path, ae = latent_cache
     config = tiny_config(hint=True, window_frames=3, memory_entries=2, hint_recent=2)
@@ -141,7 +141,7 @@ def test_closed_loop_cache_holds_own_rollouts_and_the_truth(latent_cache, tmp_pa
     and a training sample built from it takes its targets from the truth."""
     from worldmodel.checkpoint import save_checkpoint
     from worldmodel.closed_loop import write_rollout_cache
-    from worldmodel.train import build_sample, load_latents
+    from worldmodel.batches import build_sample, load_latents
 
     path, ae = latent_cache
     config = tiny_config(hint=True, window_frames=3, memory_entries=2)

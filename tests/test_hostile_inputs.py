@@ -307,14 +307,17 @@ def test_stale_temps_of_killed_runs_are_removed_by_the_next_write(tmp_path):
 
 
 def test_sigterm_during_export_leaves_no_temp_file(tmp_path):
-    log = write_log(tmp_path / "long.jsonl", ticks=600)
+    log = write_log(tmp_path / "long.jsonl", ticks=3000)  # far longer than the wait below: still running
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "replay", str(log), "--out",
                              str(tmp_path / "t.mp4"), "--size", "512"], cwd=tmp_path, env=env,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not list(tmp_path.glob(".t.mp4.*")):
-        time.sleep(0.05)  # the export has started writing
+    def video_started() -> bool:  # ffmpeg has written part of the video into the temp file
+        return any(p.exists() and p.stat().st_size > 0 for p in tmp_path.glob(".t.mp4.*"))
+
+    while time.monotonic() < deadline and not video_started():
+        time.sleep(0.05)
     assert list(tmp_path.glob(".t.mp4.*")), "the export never started"
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)

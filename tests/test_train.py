@@ -15,8 +15,8 @@ from worldmodel.checkpoint import (CHECKPOINT_FORMAT, checkpoint_sha256, load_ch
 from worldmodel.config import WorldModelConfig, tiny_config
 from conventions.errors import UserError
 from worldmodel.text import Tokenizer
-from worldmodel.train import (LOG_FILE, TrainOptions, load_latents, step_batch, StepSampler,
-                              train_world_model, world_model_loss)
+from worldmodel.batches import load_latents, step_batch, StepSampler
+from worldmodel.train import LOG_FILE, train_world_model, TrainOptions, world_model_loss
 
 TICKS = 24
 
@@ -232,7 +232,7 @@ def test_training_writes_its_curves_and_plot_train_draws_them(run_files: dict[st
 
 # --- memory curriculum: several caches, revisit-focused segments, fine-tuning ----------------------
 def test_returning_ticks_finds_places_seen_long_before() -> None:
-    from worldmodel.train import returning_ticks
+    from worldmodel.batches import returning_ticks
 
     poses = torch.zeros(60, 5)
     poses[:, 0] = torch.arange(60.0)  # walk away along x (1 m per tick) ...
@@ -253,7 +253,7 @@ def test_training_memory_is_what_the_play_store_would_retrieve() -> None:
     from scenes.trajectories import make_trajectory
     from scenes.world import generate_world
     from worldmodel.runtime import make_memory_store
-    from worldmodel.train import memory_candidates, select_training_memory
+    from worldmodel.batches import memory_candidates, select_training_memory
 
     c = WorldModelConfig()
     world = generate_world(7)
@@ -269,7 +269,7 @@ def test_training_memory_is_what_the_play_store_would_retrieve() -> None:
 
 
 def test_revisit_focus_puts_returning_ticks_among_the_targets(run_files: dict[str, Path]) -> None:
-    from worldmodel.train import segment_start
+    from worldmodel.batches import segment_start
 
     c = tiny_config()
     data = load_latents(run_files["train"], c)
@@ -341,7 +341,7 @@ def test_a_fine_tune_may_change_only_the_training_objective_fields(tmp_path: Pat
 
 
 def test_window_dropout_hides_the_recent_frames_from_the_targets(run_files: dict[str, Path]) -> None:
-    from worldmodel.train import build_sample
+    from worldmodel.batches import build_sample
 
     c = tiny_config()
     data = load_latents(run_files["train"], c)

@@ -37,7 +37,8 @@ from worldmodel.closed_loop import write_rollout_cache
 from worldmodel.config import default_config, tiny_config, WorldModelConfig
 from worldmodel.data import DEFAULT_ENCODE_BATCH, encode_dataset
 from worldmodel.distributed import read_launch_env
-from worldmodel.train import resolve_device, train_world_model, TrainOptions
+from worldmodel.run_io import resolve_device
+from worldmodel.train import train_world_model, TrainOptions
 from worldmodel.train_autoencoder import train_autoencoder
 from worldmodel.train_depth import DepthTrainConfig, train_depth_head
 

@@ -27,7 +27,7 @@ from worldmodel.autoencoder import atomic_save_safetensors, file_sha256
 from worldmodel.data import LATENT_DTYPE, LATENTS_FORMAT, LATENTS_VERSION, VIEW_DEPTH_DTYPE
 from conventions.errors import UserError
 from conventions.progress import ProgressBar
-from worldmodel.train import LatentData, load_latents
+from worldmodel.batches import LatentData, load_latents
 from worldmodel.checkpoint import load_checkpoint, read_checkpoint_metadata
 from worldmodel.runtime import ModelFrameSource
 

@@ -66,11 +66,14 @@ from worldmodel.runtime import CTX_SEED_OFFSET, MEMORY_PAYLOAD_DTYPE, make_memor
 from worldmodel.sampler import add_noise, ddim_step, noise_levels
 from worldmodel.text import Tokenizer
 from worldmodel.scalars import ScalarLog
-from worldmodel.train import (load_run_state, PRODUCT_CHECKPOINT, LatentData, TrainBatch, atomic_torch_save, build_sample, collate,
-                              update_ema, world_model_loss)
+from worldmodel.batches import build_sample, collate, LatentData, TrainBatch
+from worldmodel.run_io import atomic_torch_save, load_run_state, update_ema
+from worldmodel.train import PRODUCT_CHECKPOINT, world_model_loss
 from conventions.progress import ProgressBar
 from worldmodel.checkpoint import checkpoint_sha256, load_checkpoint, read_checkpoint_metadata, save_checkpoint
-from worldmodel.train import load_latents, make_validation_set, resolve_device, validate
+from worldmodel.batches import load_latents
+from worldmodel.run_io import resolve_device
+from worldmodel.validation import make_validation_set, validate
 
 DISTILL_STATE = "distill_state.pt"
 STATE_FORMAT = "worldmodel.distill_state"

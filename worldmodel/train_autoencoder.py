@@ -30,7 +30,7 @@ from conventions.errors import UserError, config_differences
 from conventions.metrics import psnr
 from conventions.progress import ProgressBar
 from worldmodel.scalars import LOG_FILE, ScalarLog
-from worldmodel.train import atomic_torch_save, resolve_device
+from worldmodel.run_io import atomic_torch_save, resolve_device
 
 CHECKPOINT_NAME = "autoencoder.safetensors"
 TRAIN_STATE_NAME = "autoencoder.train.pt"
