@@ -565,3 +565,9 @@ def test_saved_world_metadata_is_bounded(tmp_path):
         _check_meta(tmp_path, {**meta, "pose": [1e39, 1.6, 0, 0, 0]})
     with pytest.raises(UserError, match="field 'seed'"):
         _check_meta(tmp_path, {**meta, "seed": 10 ** 400})
+
+
+def test_rollouts_refuse_settings_they_would_ignore(tmp_path, capsys):
+    rc, err = run_cli(["train", "--stage", "rollouts", "--data", str(tmp_path / "l.safetensors"), "--checkpoint",
+                       str(DEFAULT_CHECKPOINT), "--out", str(tmp_path / "r.safetensors"), "--set", "layers=2"], capsys)
+    assert rc == 2 and len(err) == 1 and "--set layers does not apply" in err[0]

@@ -162,10 +162,19 @@ def _run_latents(args: argparse.Namespace) -> int:
     return 0
 
 
+ROLLOUT_SETTINGS: tuple[str, ...] = ("hint_composite",)
+"""The config fields `--set` may change for --stage rollouts (how the played frames are composited)."""
+
+
 def _run_rollouts(args: argparse.Namespace) -> int:
     if args.checkpoint is None:
         raise UserError("train --stage rollouts: --checkpoint PATH (the model to roll out) is required")
-    composite = _parse_overrides(args.set, WorldModelConfig, "--set").get("hint_composite") if args.set else None
+    overrides = _parse_overrides(args.set, WorldModelConfig, "--set") if args.set else {}
+    other = sorted(set(overrides) - set(ROLLOUT_SETTINGS))
+    if other:
+        raise UserError(f"train --stage rollouts: --set {other[0]} does not apply; the rollouts play the checkpoint "
+                        f"as it is, and only {', '.join(ROLLOUT_SETTINGS)} can be changed for them")
+    composite = overrides.get("hint_composite")
     write_rollout_cache(args.checkpoint, list(args.data), args.out, args.clips, args.ticks, args.seed, composite)
     return 0
 
