@@ -183,3 +183,24 @@ def check_output_path(path: str | os.PathLike, inputs: Iterable[str | os.PathLik
     except OSError as exc:
         raise output_error(shown, exc) from None
     return out
+
+
+MAX_NAMES_SHOWN = 3
+"""How many foreign file names an error about a folder lists."""
+
+
+def check_output_folder(folder: str | os.PathLike, ours: Callable[[Path], bool], flag: str = "--out") -> Path:
+    """A folder an output may fill: new, or holding only entries `ours` recognises as this program's
+    (an earlier export, a saved world, the shards of an interrupted run). Anything else there is
+    refused, not replaced, before any work is done; the place must also be writable."""
+    folder = Path(folder)
+    if folder.exists():
+        if not folder.is_dir():
+            raise UserError(f"{folder}: exists and is not a folder; choose a new or empty folder for {flag}")
+        foreign = sorted(entry.name for entry in folder.iterdir() if not ours(entry))
+        if foreign:
+            shown = ", ".join(foreign[:MAX_NAMES_SHOWN]) + (" ..." if len(foreign) > MAX_NAMES_SHOWN else "")
+            raise UserError(f"{folder}: the folder is not empty and holds files this program did not write "
+                            f"({shown}); choose a new or empty folder for {flag}")
+    check_output_path(folder / ".probe", flag=flag, label=folder)
+    return folder

@@ -606,12 +606,9 @@ def read_action_log(path: str | os.PathLike) -> ActionLog:
     """The whole log in memory (eval, tests, short logs); replay streams with ActionLogReader instead.
     Every problem is a UserError naming the file and line; warnings as ActionLogReader's."""
     with ActionLogReader(path) as reader:
-        actions, poses = [], []
-        for action, pose in reader.ticks():
-            actions.append(action)
-            poses.append(pose)
-        action_t = torch.tensor(actions, dtype=torch.float64).reshape(-1, ACTION_DIM)  # [T, 5]
-        pose_t = torch.tensor(poses, dtype=torch.float64).reshape(-1, POSE_DIM)  # [T, 5]
-        return ActionLog(header=reader.header, actions=action_t, poses=pose_t, warnings=reader.warnings,
-                         path=reader.path)
+        chunks = list(reader.chunks())
+        actions = np.concatenate([a for a, _ in chunks]) if chunks else np.zeros((0, ACTION_DIM))  # [T, 5]
+        poses = np.concatenate([p for _, p in chunks]) if chunks else np.zeros((0, POSE_DIM))  # [T, 5]
+        return ActionLog(header=reader.header, actions=torch.from_numpy(actions), poses=torch.from_numpy(poses),
+                         warnings=reader.warnings, path=reader.path)
 

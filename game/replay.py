@@ -21,8 +21,8 @@ from typing import Iterator, Protocol, TextIO
 import numpy as np
 from PIL import Image
 
-from conventions.atomic import (atomic_write, check_output_path, fsync_file, output_error, remove_stale_temps,
-                               temp_dir_beside, temp_file_beside)
+from conventions.atomic import (atomic_write, check_output_folder, check_output_path, fsync_file, output_error,
+                               remove_stale_temps, temp_dir_beside, temp_file_beside)
 from game.action_log import ActionLogReader, image_sha256
 from game.frame_source import MODEL_BACKEND, make_frame_source
 from game.session import PlaySession, scene_with_image
@@ -417,13 +417,7 @@ class PngFolderWriter:
     """
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        if path.exists():
-            if not path.is_dir():
-                raise UserError(f"{path}: exists and is not a folder")
-            others = [p.name for p in path.iterdir() if not p.match(FRAME_GLOB)]
-            if others:
-                raise UserError(f"{path}: folder is not empty ({others[0]} ...); choose a new or empty folder")
+        self.path = check_output_folder(path, lambda entry: entry.match(FRAME_GLOB))
         try:
             self.tmp = temp_dir_beside(path)
         except OSError as exc:
@@ -505,13 +499,13 @@ def export_replay(log_path: str | os.PathLike, out: str, backend: str | None = N
     target = check_output_path(out, inputs=(log_path, checkpoint))
     replay = load_replay(log_path, backend=backend, checkpoint=checkpoint, device=device, hint=hint, memory=memory)
     try:
-        return _export(replay, target, kind, fps, size, progress, stream, ProgressBar)
+        return _export(replay, target, kind, fps, size, progress, stream)
     finally:
         replay.close()
 
 
 def _export(replay: Replay, target: Path, kind: str, fps: float | None, size: int | None, progress: bool,
-            stream: TextIO, progress_bar) -> ExportResult:
+            stream: TextIO) -> ExportResult:
     for warning in replay.load_warnings:
         print(f"warning: {warning}", file=stream)
     side = size if size is not None else replay.session.source.resolution
@@ -529,7 +523,7 @@ def _export(replay: Replay, target: Path, kind: str, fps: float | None, size: in
     else:
         writer = PngFolderWriter(target)
     try:  # from here on the writer holds a temp file: every exit path aborts it
-        bar = progress_bar(replay.frame_count, "replay", stream=stream) if progress else None
+        bar = ProgressBar(replay.frame_count, "replay", stream=stream) if progress else None
     except BaseException:
         writer.abort()
         raise

@@ -24,7 +24,7 @@ from scenes.world import HELDOUT_SEED_START, generate_world, is_heldout_seed
 from conventions.camera import DEFAULT_FOV_DEG, DEFAULT_RESOLUTION, DEFAULT_TICK_HZ
 from conventions.errors import UserError
 from conventions.progress import ProgressBar
-from conventions.atomic import atomic_write, atomic_write_text, check_output_path, output_error
+from conventions.atomic import atomic_write, atomic_write_text, check_output_folder, output_error
 from conventions.limits import flag_type
 
 DATASET_FORMAT = "worldmodel.dataset"
@@ -76,16 +76,9 @@ def _available_memory_bytes() -> int | None:
 
 def _check_target(out: Path) -> None:
     """A new or empty folder, or one holding only shards of an interrupted run of ours."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a folder; choose a new or empty --out")
     if (out / INDEX_FILE).exists():
         raise UserError(f"{out / INDEX_FILE}: a data set already exists there; choose an empty --out")
-    if out.is_dir():
-        foreign = sorted(p.name for p in out.iterdir() if not (p.match(SHARD_GLOB) or p.name.startswith(".shard-")))
-        if foreign:
-            raise UserError(f"{out}: the folder holds files this program did not write ({', '.join(foreign[:3])}); "
-                            "choose a new or empty --out")
-    check_output_path(out / INDEX_FILE, label=out)
+    check_output_folder(out, lambda entry: entry.match(SHARD_GLOB) or entry.name.startswith(".shard-"))
 
 
 def write_dataset(out: Path, worlds: int, clips_per_world: int, ticks: int, split: str = "train",

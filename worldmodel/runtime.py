@@ -166,7 +166,7 @@ def prepare_memory(model: WorldModel, cache: KVCache, stores: Sequence, poses: t
         cache.set_memory_valid(valid.to(cache.device))
         return gathered
     model.write_memory(cache, latents.to(cache.device, dtype), entry_poses.to(cache.device),
-                       valid.to(cache.device), ids[0] if b == 1 else tuple(ids))
+                       valid.to(cache.device), tuple(ids))
     return gathered
 
 
@@ -472,7 +472,7 @@ class WorldModelSession:
     def _action_pose(self, action: Sequence[float] | torch.Tensor,
                      pose: CameraPose | Sequence[float] | torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The tick's action [5] and the pose after it [5] (integrated from the current pose when None)."""
-        if self._text_cond is None:
+        if not self.started:
             raise RuntimeError("WorldModelSession.step called before reset")
         action_t = torch.as_tensor(action, dtype=torch.float32).reshape(ACTION_DIM)
         pose_t = CameraPose.from_sequence(self.pose.tolist()).step(action_t.tolist()).as_tensor() \
@@ -551,7 +551,7 @@ class WorldModelSession:
         to be committed (`pending.*`) and, for hint models, the views the next hints reproject
         (`view.<tick>.*`). Saving the cache itself, not latents to re-derive it from, is what makes a
         resumed session continue bit-identically: the window's keys came from context kept nowhere else."""
-        if self._text_cond is None:
+        if not self.started:
             raise RuntimeError("WorldModelSession.state_dict before reset")
         t: dict[str, torch.Tensor] = {f"cache.{k}": v for k, v in self.cache.state_dict().items()}
         t.update({"tick": torch.tensor([self.tick], dtype=torch.long), "pose": self.pose,
@@ -778,7 +778,7 @@ class SessionBatch:
         state): -> each stepped row's latent [C, h, w] (None for the others). Every row must be reset."""
         if len(actions) != len(self.rows) or len(poses) != len(self.rows):
             raise ValueError(f"{len(self.rows)} rows, got {len(actions)} actions and {len(poses)} poses")
-        if any(row._text_cond is None for row in self.rows):
+        if not all(row.started for row in self.rows):
             raise RuntimeError("SessionBatch.step before every row was reset")
         plans = [None if action is None else row._begin_tick(*row._action_pose(action, pose))
                  for row, action, pose in zip(self.rows, actions, poses)]

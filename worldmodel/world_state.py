@@ -25,7 +25,7 @@ from typing import Any
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from conventions.atomic import (atomic_write_bytes, atomic_write_text, check_output_path, output_error,
+from conventions.atomic import (atomic_write_bytes, atomic_write_text, check_output_folder, output_error,
                                remove_stale_temps, TEMP_NAME_GLOB)
 from worldmodel.checkpoint import check_finite_tensors
 from conventions.errors import UserError
@@ -65,7 +65,8 @@ def save_world(source, directory: str | Path, extra: dict[str, Any]) -> Path:
     except OSError as exc:
         raise output_error(directory, exc, what) from None
     atomic_write_bytes(directory / name, data, what=what)
-    atomic_write_text(directory / WORLD_MARKER, WORLD_MARKER_TEXT, what=what)
+    if not (directory / WORLD_MARKER).is_file():
+        atomic_write_text(directory / WORLD_MARKER, WORLD_MARKER_TEXT, what=what)
     meta = dict(extra)
     meta.update({"format": WORLD_FORMAT, "version": WORLD_VERSION, "session_file": name, "session_sha256": digest,
                  "checkpoint_sha256": source.checkpoint_sha256, "tick": int(session.tick)})
@@ -99,15 +100,8 @@ def check_world_target(directory: str | Path) -> Path:
     holding someone else's files (a `memory.json` of their own...) or a place that cannot be written.
     """
     directory = Path(directory)
-    if directory.exists():
-        if not directory.is_dir():
-            raise UserError(f"{directory}: exists and is not a folder; cannot save the world there")
-        entries = sorted(p.name for p in directory.iterdir())
-        if entries and not _owned(directory):
-            raise UserError(f"{directory}: the folder holds files this program did not write ({', '.join(entries[:3])}"
-                            f"{' ...' if len(entries) > 3 else ''}); choose a new or empty folder for --save-world")
-    check_output_path(directory / WORLD_MARKER, flag="--save-world", label=directory)
-    return directory
+    owned = directory.is_dir() and _owned(directory)  # a world of ours: everything in it is ours
+    return check_output_folder(directory, lambda _entry: owned, "--save-world")
 
 
 def read_world_meta(directory: str | Path) -> dict[str, Any]:
