@@ -29,13 +29,13 @@ class Range:
     def problem(self, value: object) -> str | None:
         """Why `value` is not in the range, or None."""
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return f"must be {'an integer' if self.integer else 'a number'}, got {_short(value)}"
+            return f"must be {'an integer' if self.integer else 'a number'}, got {short_repr(value)}"
         if self.integer and not isinstance(value, int):
-            return f"must be an integer, got {_short(value)}"
+            return f"must be an integer, got {short_repr(value)}"
         if isinstance(value, float) and not math.isfinite(value):
             return f"must be a finite number, got {value}"
         if not self.lo <= value <= self.hi:
-            return f"{_short(value)} is out of range [{_fmt(self.lo)}, {_fmt(self.hi)}] ({self.why})"
+            return f"{short_repr(value)} is out of range [{_fmt(self.lo)}, {_fmt(self.hi)}] ({self.why})"
         return None
 
 
@@ -43,7 +43,12 @@ def _fmt(x: float) -> str:
     return f"{x:g}" if isinstance(x, float) else str(x)
 
 
-def _short(value: object, limit: int = 24) -> str:
+SHORT_REPR_CHARS = 32
+"""Longest echo of a user's value in a message; a 400-digit number is cut and its length said."""
+
+
+def short_repr(value: object, limit: int = SHORT_REPR_CHARS) -> str:
+    """repr(value) for an error message, cut to `limit` characters with the full length said."""
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
@@ -94,7 +99,7 @@ def check_number(kind: str, value, where: str):
 def pose_problem(values: object, name: str = "pose") -> str | None:
     """Why a [x, y, z, yaw, pitch] list is not a usable pose, or None."""
     if not isinstance(values, (list, tuple)) or len(values) != len(POSE_KINDS):
-        return f"{name} must be {len(POSE_KINDS)} numbers [x, y, z, yaw, pitch], got {_short(values)}"
+        return f"{name} must be {len(POSE_KINDS)} numbers [x, y, z, yaw, pitch], got {short_repr(values)}"
     for i, (kind, value) in enumerate(zip(POSE_KINDS, values)):
         problem = number_problem(kind, value)
         if problem:
@@ -105,7 +110,7 @@ def pose_problem(values: object, name: str = "pose") -> str | None:
 def action_problem(values: object, dim: int, name: str = "action") -> str | None:
     """Why a relative action is not `dim` numbers within the action range, or None."""
     if not isinstance(values, (list, tuple)) or len(values) != dim:
-        return f"{name} must be {dim} numbers, got {_short(values)}"
+        return f"{name} must be {dim} numbers, got {short_repr(values)}"
     for i, value in enumerate(values):
         problem = number_problem("action", value)
         if problem:
@@ -124,7 +129,7 @@ def flag_type(kind: str, integer: bool | None = None):
             value = int(text) if as_int else float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"{_short(text)} is not {'an integer' if as_int else 'a number'}") from None
+                f"{short_repr(text)} is not {'an integer' if as_int else 'a number'}") from None
         problem = rng.problem(value)
         if problem:
             raise argparse.ArgumentTypeError(problem)

@@ -28,7 +28,8 @@ import torch
 from conventions.atomic import atomic_write_text, output_error
 from conventions.camera import ACTION_DIM, POSE_DIM, CameraPose, integrate
 from conventions.errors import UserError
-from conventions.limits import ACTION_LIMIT, POSE_KINDS, RANGES, action_problem, number_problem, pose_problem
+from conventions.limits import (ACTION_LIMIT, POSE_KINDS, RANGES, action_problem, number_problem, pose_problem,
+                                short_repr)
 
 LOG_FORMAT = "worldmodel.actions"
 LOG_VERSION = 1
@@ -174,7 +175,7 @@ def _header_problem(header: Any) -> str | None:
             return f'"{key}" {problem}'
     res = header["resolution"]
     if not (isinstance(res, list) and len(res) == 2 and all(_is_int(r) for r in res)):
-        return f'"resolution" must be [H, W] with integers, got {_short(res)}'
+        return f'"resolution" must be [H, W] with integers, got {short_repr(res)}'
     for r in res:
         problem = number_problem("resolution", r)
         if problem:
@@ -340,11 +341,6 @@ def _parse_json(text: str) -> Any:
     return json.loads(text, parse_constant=_reject_constant)
 
 
-def _short(value: Any, limit: int = 32) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
-
-
 class ActionLogReader(_HeaderView):
     """Reads a log as a stream: the header when opened, one tick at a time when iterated.
 
@@ -413,7 +409,7 @@ class ActionLogReader(_HeaderView):
             elif isinstance(exc, RecursionError):
                 kind = "not valid JSON (nested too deeply)"
             else:
-                kind = f"not valid JSON ({_short(str(exc), 80)})"
+                kind = f"not valid JSON ({short_repr(str(exc), 80)})"
             raise UserError(f"{self.path}: line {line_no}: {kind}") from None
 
     def tick_count(self) -> int:
@@ -558,9 +554,9 @@ class ActionLogReader(_HeaderView):
             if key not in obj:
                 raise fail(f'tick lacks "{key}"')
         if not _is_int(obj["t"]):
-            raise fail(f'"t" must be an integer, got {_short(obj["t"])}')
+            raise fail(f'"t" must be an integer, got {short_repr(obj["t"])}')
         if obj["t"] != expected_t:
-            raise fail(f'"t" is {_short(obj["t"])}, expected {expected_t} (ticks are consecutive from {FIRST_TICK})')
+            raise fail(f'"t" is {short_repr(obj["t"])}, expected {expected_t} (ticks are consecutive from {FIRST_TICK})')
         problem = (_vector_problem(obj["action"], ACTION_DIM, "action")
                    or action_problem(obj["action"], ACTION_DIM, '"action"')
                    or _vector_problem(obj["pose"], POSE_DIM, "pose") or pose_problem(obj["pose"], '"pose"'))

@@ -282,14 +282,17 @@ class Mp4Writer:
         try:
             self._gen.send(np.ascontiguousarray(frame, dtype=np.uint8))
         except OSError as exc:
-            raise UserError(f"{self.path}: writing the video failed ({_writer_cause(self.tmp, exc)})") from None
+            raise self._failed(exc) from None
         self.count += 1
+
+    def _failed(self, exc: OSError) -> UserError:
+        return UserError(f"{self.path}: writing the video failed ({_writer_cause(self.tmp, exc)})")
 
     def commit(self) -> Path:
         try:
             self._gen.close()
         except OSError as exc:
-            raise UserError(f"{self.path}: writing the video failed ({_writer_cause(self.tmp, exc)})") from None
+            raise self._failed(exc) from None
         if self.count == 0:
             raise UserError(f"{self.path}: no frames to write")
         problem = mp4_problem(self.tmp, self.count)
