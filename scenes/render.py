@@ -24,7 +24,9 @@ EPS = 1e-4
 SHADOW_BIAS = 2e-3
 SUN_DISC_COS = math.cos(math.radians(3.0))
 RAY_CHUNK = 32768
-"""Rays intersected per chunk: keeps the [rays, primitives] work tensors inside the CPU caches."""
+"""Rays intersected per chunk on the CPU: keeps the [rays, primitives] work tensors inside its caches."""
+RAY_CHUNK_GPU = 1 << 21
+"""Rays per chunk on a GPU: enough parallel work to fill it, [rays, primitives] tensors of tens of MB."""
 
 
 def _box_slabs(origins: torch.Tensor, dirs: torch.Tensor, world: World
@@ -257,15 +259,19 @@ def shade_rays(world: World, origins: torch.Tensor, dirs: torch.Tensor
 
 @torch.inference_mode()
 def render_views(world: World, poses: torch.Tensor, resolution: int = DEFAULT_RESOLUTION,
-                 fov_deg: float = DEFAULT_FOV_DEG) -> torch.Tensor:
+                 fov_deg: float = DEFAULT_FOV_DEG, device: torch.device | str | None = None) -> torch.Tensor:
     """Render the world from each pose: poses [B, 5] -> uint8 [B, H, W, 3] (H = W = resolution)."""
-    return render_views_with_depth(world, poses, resolution, fov_deg)[0]
+    return render_views_with_depth(world, poses, resolution, fov_deg, device)[0]
 
 
 @torch.inference_mode()
 def render_views_with_depth(world: World, poses: torch.Tensor, resolution: int = DEFAULT_RESOLUTION,
-                            fov_deg: float = DEFAULT_FOV_DEG) -> tuple[torch.Tensor, torch.Tensor]:
+                            fov_deg: float = DEFAULT_FOV_DEG, device: torch.device | str | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Render RGB and depth from each pose: poses [B, 5] -> (uint8 [B, H, W, 3], float32 [B, H, W]).
+
+    `device` (default: where the world's tables are) is where the rays are cast; the images come back
+    on the CPU either way. `World.to(device)` once per world saves copying its tables for every call.
 
     Depth follows the binding convention of conventions.depth: metres along the camera's -z axis (the
     hit distance times the cosine between the ray and the optical axis), SKY_DEPTH (0) where the ray
@@ -279,17 +285,22 @@ def render_views_with_depth(world: World, poses: torch.Tensor, resolution: int =
     if not torch.isfinite(poses).all():
         raise ValueError("poses contain NaN or infinite values")
     B = poses.shape[0]
-    origins, dirs = camera_rays(poses, resolution, resolution, fov_deg)
+    dev = torch.device(device) if device is not None else world.primitives.box_centre.device
+    if world.primitives.box_centre.device != dev:
+        world = world.to(dev)
+    origins, dirs = camera_rays(poses.to(dev), resolution, resolution, fov_deg)
     # cosine between each pixel's ray and the optical axis (-z): hit distance -> z-depth
     axial = -pixel_directions(resolution, resolution, fov_deg)[..., 2].reshape(1, -1).expand(B, -1).reshape(-1)
+    axial = axial.to(dev)
     origins, dirs = origins.reshape(-1, 3), dirs.reshape(-1, 3)
-    out = torch.empty(origins.shape[0], 3)
-    dist = torch.empty(origins.shape[0])
-    for start in range(0, origins.shape[0], RAY_CHUNK):
-        sl = slice(start, start + RAY_CHUNK)
+    out = torch.empty(origins.shape[0], 3, device=dev)
+    dist = torch.empty(origins.shape[0], device=dev)
+    chunk = RAY_CHUNK if dev.type == "cpu" else RAY_CHUNK_GPU
+    for start in range(0, origins.shape[0], chunk):
+        sl = slice(start, start + chunk)
         out[sl], dist[sl] = shade_rays(world, origins[sl], dirs[sl])
     # Display gamma: values are authored in a perceptual space; a mild curve brightens shadows.
     img = out.clamp(0, 1).pow(1 / 1.2)
     depth = torch.where(dist < FAR, dist * axial, torch.full_like(dist, SKY_DEPTH))
-    return ((img * 255 + 0.5).to(torch.uint8).reshape(B, resolution, resolution, 3),
-            depth.reshape(B, resolution, resolution))
+    return ((img * 255 + 0.5).to(torch.uint8).reshape(B, resolution, resolution, 3).cpu(),
+            depth.reshape(B, resolution, resolution).cpu())

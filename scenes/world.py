@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 
@@ -126,6 +126,14 @@ class World:
     @property
     def caption(self) -> str:
         return write_caption(self.describe)
+
+    def to(self, device: torch.device | str) -> "World":
+        """The same world with its primitive and material tables on `device` (the ray caster runs
+        where they are: batched on a GPU it renders training data far faster than on the CPU)."""
+        def moved(table):
+            return replace(table, **{f.name: getattr(table, f.name).to(device) for f in fields(table)})
+
+        return replace(self, primitives=moved(self.primitives), materials=moved(self.materials))
 
     def is_free(self, x: float, z: float, radius: float = 0.4) -> bool:
         """Whether a walker of `radius` can stand at (x, z): inside the walls, touching nothing."""

@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import random
+import time
 from pathlib import Path
 
 import torch
@@ -74,18 +75,57 @@ def _available_memory_bytes() -> int | None:
         return None  # not a POSIX system that says: no estimate
 
 
+PLAN_FILE = ".dataset-plan.json"
+"""What an unfinished data set is being written with; a run with the same plan continues it."""
+
+
 def _check_target(out: Path) -> None:
     """A new or empty folder, or one holding only shards of an interrupted run of ours."""
     if (out / INDEX_FILE).exists():
         raise UserError(f"{out / INDEX_FILE}: a data set already exists there; choose an empty --out")
-    check_output_folder(out, lambda entry: entry.match(SHARD_GLOB) or entry.name.startswith(".shard-"))
+    check_output_folder(out, lambda entry: (entry.match(SHARD_GLOB) or entry.name.startswith(".shard-")
+                                            or entry.name == PLAN_FILE))
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}.safetensors"
+
+
+SHARD_WAIT_S = 2.0
+"""How often rank 0 looks for the other ranks' shards."""
+
+
+def _wait_for(out: Path, names: list[str]) -> None:
+    """Block until every shard in `names` exists (the other ranks write them atomically)."""
+    while not all((out / n).is_file() for n in names):
+        time.sleep(SHARD_WAIT_S)
+
+
+def _resumable_shards(out: Path, plan: dict) -> bool:
+    """Whether the shards in `out` were written with `plan` (then they are kept, not rendered again).
+
+    Shards are written atomically, so one that exists is whole; one of another plan is not mixed in."""
+    path = out / PLAN_FILE
+    if not path.exists():
+        return False
+    try:
+        return json.loads(path.read_text()) == plan
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
 
 
 def write_dataset(out: Path, worlds: int, clips_per_world: int, ticks: int, split: str = "train",
                   seed_start: int = 0, policy: str = "mix", resolution: int = DEFAULT_RESOLUTION,
                   fov_deg: float = DEFAULT_FOV_DEG, tick_hz: float = DEFAULT_TICK_HZ,
-                  shard_clips: int = 64, progress: bool = True) -> dict:
-    """Write the data set and return its index (the content of dataset.json)."""
+                  shard_clips: int = 64, progress: bool = True, device: torch.device | str = "cpu",
+                  resume: bool = True, rank: int = 0, world_size: int = 1) -> dict:
+    """Write the data set and return its index (the content of dataset.json).
+
+    The oracle renders on `device` (a GPU renders far faster). An interrupted run leaves whole shards
+    behind; run again with the same arguments and `resume` keeps them and renders only the rest.
+    Several processes (`rank` of `world_size`, e.g. under torchrun) share the work shard by shard:
+    each renders the shards i with i % world_size == rank into the same folder, rank 0 writes the
+    index when all are there, and the others return {}."""
     if worlds < 1 or clips_per_world < 1 or ticks < 2 or shard_clips < 1 or resolution < 8:
         raise UserError("dataset: --worlds, --clips-per-world, --shard-clips must be >= 1, --ticks >= 2, "
                         "--resolution >= 8")
@@ -103,10 +143,16 @@ def write_dataset(out: Path, worlds: int, clips_per_world: int, ticks: int, spli
         raise UserError(f"{out}: a shard of {min(shard_clips, len(jobs))} clips x {ticks} ticks at {resolution} px "
                         f"needs {needed / 2**30:.1f} GiB of memory, {available / 2**30:.1f} GiB are free; "
                         "pass a smaller --shard-clips, --ticks or --resolution")
+    plan = {"worlds": worlds, "clips_per_world": clips_per_world, "ticks": ticks, "split": split,
+            "seed_start": seed_start, "policy": policy, "resolution": resolution, "fov_deg": fov_deg,
+            "tick_hz": tick_hz, "shard_clips": shard_clips}
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise output_error(out, exc) from None
+    keep = resume and _resumable_shards(out, plan)
+    if not keep:
+        _atomic_json(plan, out / PLAN_FILE)
     shards: list[str] = []
     buf: dict[str, list] = {"frames": [], "depth": [], "actions": [], "poses": [], "seeds": [], "captions": [],
                             "policies": []}
@@ -115,7 +161,7 @@ def write_dataset(out: Path, worlds: int, clips_per_world: int, ticks: int, spli
     def flush() -> None:
         if not buf["frames"]:
             return
-        name = f"shard-{len(shards):05d}.safetensors"
+        name = shard_name(len(shards))
         _atomic_save({
             "frames": torch.stack(buf["frames"]), "depth": torch.stack(buf["depth"]),
             "actions": torch.stack(buf["actions"]),
@@ -126,9 +172,17 @@ def write_dataset(out: Path, worlds: int, clips_per_world: int, ticks: int, spli
             v.clear()
 
     world = None
-    for seed, clip in jobs:
+    for job, (seed, clip) in enumerate(jobs):
+        shard = job // shard_clips
+        if job % shard_clips == 0 and len(shards) == shard and (
+                (keep and (out / shard_name(shard)).is_file()) or shard % world_size != rank):
+            shards.append(shard_name(shard))  # written by the interrupted run, or another rank's
+        if len(shards) > shard:
+            if bar:
+                bar.update(1)
+            continue
         if world is None or world.seed != seed:
-            world = generate_world(seed)
+            world = generate_world(seed).to(device)
         rng = random.Random(seed * CLIP_SEED_STRIDE + clip)
         pol = rng.choices(POLICIES, weights=POLICY_WEIGHTS)[0] if policy == "mix" else policy
         traj = make_trajectory(world, ticks, pol, rng, tick_hz)
@@ -147,10 +201,15 @@ def write_dataset(out: Path, worlds: int, clips_per_world: int, ticks: int, spli
     flush()
     if bar:
         bar.close()
+    if world_size > 1:  # rank 0 writes the index once every rank's shards are there
+        if rank != 0:
+            return {}
+        _wait_for(out, shards)
     index = {"format": DATASET_FORMAT, "version": DATASET_VERSION, "resolution": [resolution, resolution],
              "fov_deg": fov_deg, "tick_hz": tick_hz, "split": split, "ticks": ticks, "shards": shards,
              "clips": len(jobs), "world_seeds": [seeds[0], seeds[-1]], "policy": policy}
     _atomic_json(index, out / INDEX_FILE)
+    (out / PLAN_FILE).unlink(missing_ok=True)
     return index
 
 

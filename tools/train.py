@@ -1,5 +1,7 @@
-"""`worldmodel train`: train the autoencoder (stage ae), cache latents (stage latents), train the world
-model (stage world).
+"""`worldmodel train`: everything from nothing in one command (stage all, tools/train_all.py), or one
+stage: train the autoencoder (stage ae), cache latents (stage latents), train the world model (stage world).
+
+    worldmodel train --stage all --preset cpu --budget-minutes 60 --out runs/cpu60
 
     worldmodel train --stage ae      --data data/train --val data/heldout --out runs/ae --steps 3000
     worldmodel train --stage latents --data data/train --autoencoder runs/ae/autoencoder.safetensors \\
@@ -41,23 +43,26 @@ from worldmodel.run_io import resolve_device
 from worldmodel.train import train_world_model, TrainOptions
 from worldmodel.train_autoencoder import train_autoencoder
 from worldmodel.train_depth import DepthTrainConfig, train_depth_head
+from tools.train_all import add_arguments as add_all_arguments, run_from_args as run_all_from_args
 
 PRESETS = ("default", "tiny")
-STAGES = ("ae", "depth", "latents", "world", "rollouts")
+"""--preset of --stage world: the model config. --stage all takes a recipe preset (tools/recipe.py)."""
+STAGES = ("all", "ae", "depth", "latents", "world", "rollouts")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stage", choices=STAGES, required=True,
-                   help="ae: the autoencoder; depth: its depth head (everything else frozen); latents: "
+                   help="all: every stage from nothing within --budget-minutes (tools/train_all.py); "
+                        "ae: the autoencoder; depth: its depth head (everything else frozen); latents: "
                         "encode a data set with it; world: the world model; rollouts: a closed-loop cache of "
                         "a checkpoint's own rollouts (then --stage world on it)")
-    p.add_argument("--data", type=Path, required=True, nargs="+",
+    p.add_argument("--data", type=Path, default=None, nargs="+",
                    help="ae, latents: a clip data set folder; world: one or more latent caches (.safetensors), "
                         "trained on together")
     p.add_argument("--val", type=Path, default=None,
                    help="held-out data of the same kind (ae: folder, world: latent cache)")
-    p.add_argument("--out", type=Path, required=True,
-                   help="ae, world: run folder (checkpoints, log.jsonl); latents: the cache file to write")
+    p.add_argument("--out", type=Path, default=None,
+                   help="all, ae, world: run folder (checkpoints, log.jsonl); latents: the cache file to write")
     p.add_argument("--steps", type=flag_type("count"), default=None, help="total optimisation steps")
     p.add_argument("--batch", type=flag_type("count"), default=None,
                    help="batch size (world: the global batch, split over the torchrun processes)")
@@ -69,7 +74,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--autoencoder", type=Path, default=None,
                    help="latents: the autoencoder to encode with; world: the one the latents were encoded "
                         "with (bundled into the checkpoint)")
-    p.add_argument("--preset", choices=PRESETS, default="default", help="world: model config preset")
+    p.add_argument("--preset", default=None,
+                   help="world: model config preset (default, tiny; default default); all: the recipe "
+                        "(tiny, cpu, gpu, or a .toml file written like tools/presets/*.toml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="world: override a WorldModelConfig field (JSON value), e.g. --set layers=6")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
@@ -82,6 +89,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clips", type=flag_type("count"), default=120, help="rollouts: clips to roll out (default 120)")
     p.add_argument("--ticks", type=flag_type("count"), default=48, help="rollouts: ticks per rollout (default 48)")
     p.add_argument("--seed", type=flag_type("seed"), default=0, help="rollouts: sampler seed offset (default 0)")
+    add_all_arguments(p)
     p.add_argument("--fsdp", action="store_true",
                    help="world, under torchrun: shard parameters, gradients and optimizer state across the "
                         "processes (FSDP) instead of replicating the model (DDP)")
@@ -184,7 +192,8 @@ def _run_depth(args: argparse.Namespace) -> int:
         raise UserError("train --stage depth: --autoencoder PATH is required (an autoencoder, or a world-model "
                         "checkpoint whose autoencoder gets the depth head)")
     over = {k: v for k, v in (("steps", args.steps), ("batch", args.batch), ("lr", args.lr)) if v is not None}
-    path = train_depth_head(args.data, args.out, args.autoencoder, args.val, DepthTrainConfig(**over))
+    path = train_depth_head(args.data, args.out, args.autoencoder, args.val, DepthTrainConfig(**over),
+                            device=args.device, resume=not args.no_resume)
     print(f"autoencoder with depth head: {path}")
     return 0
 
@@ -204,6 +213,15 @@ def _run_ae(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     apply_threads(args)
+    if args.stage == "all":
+        return run_all_from_args(args)
+    if args.budget_minutes is not None or args.max_steps is not None or args.resume is not None:
+        raise UserError("--budget-minutes, --max-steps and --resume belong to --stage all")
+    if args.preset is not None and args.preset not in PRESETS:
+        raise UserError(f"--preset {args.preset}: --stage {args.stage} takes {' or '.join(PRESETS)} "
+                        f"(the recipe presets tiny, cpu, gpu are for --stage all)")
+    if args.data is None or args.out is None:
+        raise UserError(f"train --stage {args.stage}: --data and --out are required")
     if args.stage == "rollouts":
         _refuse_multi_process(args.stage)
         return _run_rollouts(args)

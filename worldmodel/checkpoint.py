@@ -196,7 +196,8 @@ def check_finite_tensors(tensors: dict[str, torch.Tensor], source: str) -> None:
                             "(NaN or inf); the checkpoint is damaged")
 
 
-def average_checkpoints(paths: list[str | Path], out: str | Path, weights: list[float] | None = None) -> Path:
+def average_checkpoints(paths: list[str | Path], out: str | Path, weights: list[float] | None = None,
+                        dtype: torch.dtype = torch.float32, extra_summary: dict[str, Any] | None = None) -> Path:
     """Write the weighted mean of checkpoints' world-model weights to `out` (atomically; returns it).
 
     Why: two fine-tunes of one model (e.g. one that leans on its memory, one that follows actions
@@ -205,7 +206,7 @@ def average_checkpoints(paths: list[str | Path], out: str | Path, weights: list[
     must be identical, else UserError naming the file; only the training-only config fields
     (`WorldModelConfig.TRAINING_ONLY_FIELDS`, e.g. the context noise a fine-tune used) may differ, and
     the result keeps the first checkpoint's. The train summary records every input (path, sha256,
-    weight, and its own summary).
+    weight, and its own summary). `dtype` is the storage type of the floating-point weights.
     """
     if len(paths) < 2:
         raise UserError("average needs at least two checkpoints")
@@ -234,4 +235,4 @@ def average_checkpoints(paths: list[str | Path], out: str | Path, weights: list[
     state = first_model.state_dict()
     state.update({k: v.to(state[k].dtype) for k, v in total.items()})
     first_model.load_state_dict(state)
-    return save_checkpoint(out, first_model, first_ae, {"average_of": inputs})
+    return save_checkpoint(out, first_model, first_ae, {"average_of": inputs, **(extra_summary or {})}, dtype=dtype)

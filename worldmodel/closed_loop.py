@@ -34,12 +34,13 @@ from worldmodel.runtime import ModelFrameSource
 
 @torch.no_grad()
 def generate_rollouts(checkpoint: str | Path, data: LatentData, clips: list[int], ticks: int,
-                      seed: int = 0, composite: float | None = None) -> dict[str, torch.Tensor]:
+                      seed: int = 0, composite: float | None = None, device: str = "cpu"
+                      ) -> dict[str, torch.Tensor]:
     """Roll the checkpoint's play session along `clips` of `data` for `ticks` ticks each.
 
     -> tensors of a latent cache: latents [N, ticks + 1, C, h, w] (generated; tick 0 the true start),
     target_latents (the truth), actions, poses, world_seeds, view_rgb, view_depth (generated views)."""
-    source = ModelFrameSource(checkpoint)
+    source = ModelFrameSource(checkpoint, device=device)
     session = source.session
     if composite is not None:  # play with another compositing weight than the checkpoint's
         session.composite = float(composite)
@@ -72,15 +73,25 @@ def generate_rollouts(checkpoint: str | Path, data: LatentData, clips: list[int]
     return out
 
 
-def write_rollout_cache(checkpoint: str | Path, latents_path: list[str | Path], out: str | Path, clips: int,
-                        ticks: int, seed: int = 0, composite: float | None = None) -> Path:
-    """Generate rollouts of `clips` clips (spread evenly over the caches' clips) and write the cache."""
-    config = load_checkpoint(checkpoint)[2]
-    data = load_latents(latents_path if len(latents_path) > 1 else latents_path[0], config)
+def rollout_clips(total: int, clips: int) -> list[int]:
+    """`clips` clip indices spread evenly over `total` clips (all of them when clips >= total)."""
     if clips < 1:
         raise UserError("rollouts: --clips must be >= 1")
-    chosen = torch.linspace(0, data.clips - 1, min(clips, data.clips)).round().long().unique().tolist()
-    tensors = generate_rollouts(checkpoint, data, chosen, ticks, seed, composite)
+    return torch.linspace(0, total - 1, min(clips, total)).round().long().unique().tolist()
+
+
+def write_rollout_cache(checkpoint: str | Path, latents_path: list[str | Path], out: str | Path, clips: int,
+                        ticks: int, seed: int = 0, composite: float | None = None,
+                        chosen: list[int] | None = None, device: str = "cpu") -> Path:
+    """Generate rollouts of `clips` clips (spread evenly over the caches' clips, or the clip indices
+    `chosen`) and write the cache."""
+    config = load_checkpoint(checkpoint)[2]
+    data = load_latents(latents_path if len(latents_path) > 1 else latents_path[0], config)
+    if chosen is None:
+        chosen = rollout_clips(data.clips, clips)
+    elif not chosen or min(chosen) < 0 or max(chosen) >= data.clips:
+        raise UserError(f"rollouts: clip indices must lie in [0, {data.clips - 1}]")
+    tensors = generate_rollouts(checkpoint, data, chosen, ticks, seed, composite, device)
     captions = [data.captions[c] for c in chosen]
     meta_ckpt = read_checkpoint_metadata(checkpoint)
     ae_sha = json.loads(meta_ckpt.get("train", "{}")).get("autoencoder_sha256", data.autoencoder_sha256 or "")

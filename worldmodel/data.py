@@ -318,14 +318,15 @@ def fixed_frames(dataset: ClipDataset, count: int, seed: int = 0) -> torch.Tenso
 def encode_dataset(autoencoder: Any, dataset_dir: str | os.PathLike, out_path: str | os.PathLike,
                    batch: int = DEFAULT_ENCODE_BATCH, autoencoder_sha256: str | None = None,
                    progress: Callable[[int, int], None] | bool | None = True,
-                   bf16_autocast: bool = False) -> Path:
+                   bf16_autocast: bool = False, clip_range: range | None = None) -> Path:
     """Encode every frame of a clip data set once and write the latent cache (atomically).
 
     `autoencoder` is an `Autoencoder` or a path to its checkpoint; its sha256 goes into the cache so
     a world model trained on it can refuse latents of another autoencoder. Encoding runs under
     inference mode on the model's device, in fp32 unless `bf16_autocast` (about 1.5x faster on a
     CPU with AVX512-BF16; the difference is of the order of the bf16 rounding the stored latents
-    get anyway); latents are stored as bf16 [N, T, C, h, w].
+    get anyway); latents are stored as bf16 [N, T, C, h, w]. `clip_range` encodes only those clips
+    (a big data set in several caches, each a short job that an interruption loses at most).
     """
     if isinstance(autoencoder, (str, os.PathLike)):
         autoencoder_sha256 = autoencoder_sha256 or file_sha256(autoencoder)
@@ -336,7 +337,11 @@ def encode_dataset(autoencoder: Any, dataset_dir: str | os.PathLike, out_path: s
         raise UserError(f"encode_dataset: batch must be >= 1, got {batch}")
     cfg = autoencoder.config
     ds = ClipDataset(dataset_dir, expected_resolution=cfg.resolution)
-    n, t = len(ds), ds.ticks
+    chosen = range(len(ds)) if clip_range is None else clip_range
+    if chosen.step != 1 or len(chosen) < 1 or chosen.start < 0 or chosen.stop > len(ds):
+        raise UserError(f"{ds.path}: clips {chosen.start}..{chosen.stop - 1} are not a range of its {len(ds)} clips")
+    first = chosen.start
+    n, t = len(chosen), ds.ticks
     latents = torch.empty(n, t, *cfg.latent_shape, dtype=LATENT_DTYPE)  # [N, T, C, h, w]
     views = autoencoder.has_depth
     if views:  # what play has of every frame for the geometric hint: decoded RGB and depth
@@ -354,7 +359,7 @@ def encode_dataset(autoencoder: Any, dataset_dir: str | os.PathLike, out_path: s
     device_type = autoencoder.latent_mean.device.type
     with torch.inference_mode(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16_autocast):
         for start in range(0, n, clips_per_batch):
-            clips = [ds[i] for i in range(start, min(n, start + clips_per_batch))]
+            clips = [ds[first + i] for i in range(start, min(n, start + clips_per_batch))]
             frames = torch.cat([c.frames for c in clips])  # [k*T, H, W, 3]
             for j in range(0, frames.shape[0], batch):
                 z = autoencoder.encode(frames[j:j + batch]).float().to("cpu", LATENT_DTYPE)
@@ -375,7 +380,8 @@ def encode_dataset(autoencoder: Any, dataset_dir: str | os.PathLike, out_path: s
     if bar is not None:
         bar.close()
     meta = {"format": LATENTS_FORMAT, "version": LATENTS_VERSION,
-            "captions": json.dumps(ds.captions), "policies": json.dumps(ds.policies),
+            "captions": json.dumps(ds.captions[chosen.start:chosen.stop]),
+            "policies": json.dumps(ds.policies[chosen.start:chosen.stop]),
             "autoencoder_sha256": autoencoder_sha256 or "", "autoencoder_config": cfg.to_json(),
             "resolution": json.dumps(list(ds.info.resolution)), "fov_deg": repr(ds.info.fov_deg),
             "tick_hz": repr(ds.info.tick_hz), "split": ds.info.split,

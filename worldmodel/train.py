@@ -135,6 +135,8 @@ class TrainOptions:
     """Hint models: share of targets whose hint is empty (the model must still work with --hint off)."""
     hint_noise: float = 0.03
     """Hint models: the warped RGB gets Gaussian noise of std U[0, hint_noise] before it is encoded."""
+    compile: bool = False
+    """torch.compile the joint training pass (GPU runs; the first steps pay for the compilation)."""
     fsdp: bool = False
     """Shard parameters, gradients and optimizer state across the torchrun processes (FSDP2) instead
     of replicating the model in each (DDP): for models that do not fit one GPU. Needs torchrun."""
@@ -269,6 +271,8 @@ def _train(ctx: DistContext, latents_path: str | Path | list[str | Path], out_di
     else:
         model.to(dev)
         ema.to(dev)
+    if opts.compile:  # an instance attribute: the state dict and the EMA copy above are unaffected
+        model.forward_joint = torch.compile(model.forward_joint)
     net = ParallelModel(model, ctx, fsdp=opts.fsdp)  # DDP / FSDP wrapping (in place for FSDP)
     decay, no_decay = [], []
     for name, p in model.named_parameters():

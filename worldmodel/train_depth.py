@@ -11,8 +11,9 @@ L1 of log-depth finite differences (sharp depth edges make sharp reprojected edg
 
 What a run leaves in OUT_DIR: autoencoder.safetensors (the autoencoder with its depth head, written
 atomically at the end and at every validation), log.jsonl (loss terms, validation abs-rel,
-delta<1.25, sky accuracy). A depth stage is minutes long; a run interrupted before its end starts
-over (it writes no optimizer state).
+delta<1.25, sky accuracy) and train_state.pt (the head, its optimizer, the step and the sampler's
+RNG, written atomically every `ckpt_every` steps): a run started again with the same arguments
+continues from it and takes the steps an uninterrupted run would have taken.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from conventions.depth import depth_errors, sky_mask
 from conventions.errors import UserError
 from conventions.progress import ProgressBar
 from worldmodel.scalars import LOG_FILE, ScalarLog
-from worldmodel.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, read_checkpoint_metadata
+from worldmodel.checkpoint import CHECKPOINT_FORMAT, checkpoint_sha256, load_checkpoint, read_checkpoint_metadata
+from worldmodel.run_io import atomic_torch_save, resolve_device
 
 CHECKPOINT_NAME = "autoencoder.safetensors"
 LOG_NAME = LOG_FILE
@@ -53,6 +55,8 @@ class DepthTrainConfig:
     edge_weight: float = 0.5
     val_every: int = 500
     seed: int = 0
+    ckpt_every: int = 250
+    """Steps between resumable states (train_state.pt)."""
 
 
 def load_base_autoencoder(path: str | Path) -> Autoencoder:
@@ -98,13 +102,39 @@ def depth_loss(ae: Autoencoder, latents: torch.Tensor, truth: torch.Tensor, cfg:
 @torch.inference_mode()
 def evaluate_depth(ae: Autoencoder, frames: torch.Tensor, depth: torch.Tensor) -> dict[str, float]:
     """Depth metrics (conventions.depth.depth_errors) of the head on frames uint8 [N, H, W, 3]."""
-    preds = [ae.decode_depth(ae.encode(frames[i:i + EVAL_BATCH])) for i in range(0, frames.shape[0], EVAL_BATCH)]
+    dev = ae.latent_mean.device
+    preds = [ae.decode_depth(ae.encode(frames[i:i + EVAL_BATCH].to(dev))).cpu()
+             for i in range(0, frames.shape[0], EVAL_BATCH)]
     return depth_errors(torch.cat(preds), depth)
 
 
+DEPTH_STATE_NAME = "train_state.pt"
+DEPTH_STATE_FORMAT = "worldmodel.depth_train_state"
+
+
+def _load_depth_state(path: Path, cfg: DepthTrainConfig, base_sha: str) -> dict | None:
+    """The resumable state at `path` if it belongs to this run (same settings, same base), else None."""
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # pickle/zip errors of a damaged file
+        raise UserError(f"{path}: cannot read the depth-head training state ({type(exc).__name__}: {exc}); "
+                        f"delete it to start over") from None
+    if not isinstance(state, dict) or state.get("format") != DEPTH_STATE_FORMAT:
+        raise UserError(f"{path}: not a depth-head training state")
+    if state.get("config") != dataclasses.asdict(cfg) or state.get("base_sha256") != base_sha:
+        raise UserError(f"{path}: a depth-head run with other settings or another base autoencoder; "
+                        f"use another output folder")
+    return state
+
+
 def train_depth_head(data_dir: str | Path, out_dir: str | Path, base_autoencoder: str | Path,
-                     val_dir: str | Path | None = None, cfg: DepthTrainConfig = DepthTrainConfig()) -> Path:
-    """Train the depth head of `base_autoencoder` on a data set with depth; returns the checkpoint."""
+                     val_dir: str | Path | None = None, cfg: DepthTrainConfig = DepthTrainConfig(),
+                     device: str = "cpu", resume: bool = True) -> Path:
+    """Train the depth head of `base_autoencoder` on a data set with depth; returns the checkpoint.
+
+    Resumes from OUT/train_state.pt when it holds a run of the same settings (`resume`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ds = ClipDataset(data_dir)
@@ -113,7 +143,8 @@ def train_depth_head(data_dir: str | Path, out_dir: str | Path, base_autoencoder
     val_ds = ClipDataset(val_dir) if val_dir is not None else ds
     if not val_ds.has_depth:
         raise UserError(f"{val_ds.path}: this data set stores no depth")
-    ae = with_depth_head(load_base_autoencoder(base_autoencoder))
+    dev = resolve_device(device)
+    ae = with_depth_head(load_base_autoencoder(base_autoencoder)).to(dev)
     if ae.config.resolution != ds.resolution:
         raise UserError(f"{ds.path}: frames are {ds.resolution} px, the autoencoder's {ae.config.resolution}")
     for name, p in ae.named_parameters():
@@ -122,18 +153,28 @@ def train_depth_head(data_dir: str | Path, out_dir: str | Path, base_autoencoder
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     sampler = FrameSampler(ds, seed=cfg.seed)
     val_frames, val_depth = FrameSampler(val_ds, seed=VAL_SEED).sample_with_depth(VAL_FRAMES)
-    scalars = ScalarLog(out)  # log.jsonl (+ TensorBoard events when installed); the head trains from scratch
+    state_path = out / DEPTH_STATE_NAME
+    base_sha = checkpoint_sha256(base_autoencoder)
+    state = _load_depth_state(state_path, cfg, base_sha) if resume else None
+    start = 0
+    if state is not None:
+        ae.depth_decoder.load_state_dict(state["head"])
+        opt.load_state_dict(state["optimizer"])
+        sampler.set_state(state["sampler"])
+        start = int(state["step"])
+    scalars = ScalarLog(out, resume_step=start)  # log.jsonl (+ TensorBoard events when installed)
     ckpt = out / CHECKPOINT_NAME
-    bar = ProgressBar(cfg.steps, "depth head")
+    bar = ProgressBar(cfg.steps, "depth head", start=start)
     t0 = time.perf_counter()
     log = scalars.write
 
     ae.eval()  # GroupNorm only: eval/train are the same; keeps the frozen parts frozen
-    for step in range(1, cfg.steps + 1):
+    for step in range(start + 1, cfg.steps + 1):
         lr = cfg.lr * min(1.0, step / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / cfg.steps)))
         for g in opt.param_groups:
             g["lr"] = lr
         frames, depth = sampler.sample_with_depth(cfg.batch)
+        frames, depth = frames.to(dev), depth.to(dev)
         with torch.no_grad():
             latents = ae.encode(frames)
         loss, terms = depth_loss(ae, latents, depth, cfg)
@@ -142,13 +183,21 @@ def train_depth_head(data_dir: str | Path, out_dir: str | Path, base_autoencoder
         opt.step()
         bar.update(1)
         if step % 50 == 0:
-            log({"step": step, "lr": lr, **terms, "it_s": step / (time.perf_counter() - t0)})
+            log({"step": step, "lr": lr, **terms, "it_s": (step - start) / (time.perf_counter() - t0)})
         if step % cfg.val_every == 0 or step == cfg.steps:
             metrics = evaluate_depth(ae, val_frames, val_depth)
             log({"step": step, "val": metrics})
             print(f"\nstep {step}: held-out abs-rel {metrics['abs_rel']:.4f}, delta<1.25 "
                   f"{metrics['delta_1_25']:.4f}, sky accuracy {metrics['sky_accuracy']:.4f}", file=sys.stderr)
             save_autoencoder(ae, ckpt, {"depth_val": json.dumps(metrics), "depth_steps": str(step)})
+        if step % cfg.ckpt_every == 0 or step == cfg.steps:
+            atomic_torch_save({"format": DEPTH_STATE_FORMAT, "config": dataclasses.asdict(cfg),
+                                "base_sha256": base_sha, "step": step,
+                                "head": {k: v.detach().cpu() for k, v in ae.depth_decoder.state_dict().items()},
+                                "optimizer": opt.state_dict(), "sampler": sampler.state()}, state_path)
+    if not ckpt.exists():  # resumed a finished run whose checkpoint was removed
+        save_autoencoder(ae, ckpt, {"depth_val": json.dumps(evaluate_depth(ae, val_frames, val_depth)),
+                                    "depth_steps": str(cfg.steps)})
     bar.close()
     scalars.close()
     return ckpt

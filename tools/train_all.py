@@ -1,0 +1,744 @@
+"""`worldmodel train --stage all`: a world model from nothing in one command, within a time budget.
+
+    worldmodel train --stage all --preset cpu --budget-minutes 60 --out runs/cpu60
+    worldmodel train --stage all --resume runs/cpu60          # after an interruption
+    worldmodel train --stage all --preset gpu --device cuda --budget-minutes 6 --out runs/h200
+
+The stages, in order (docs/training.md "One command"):
+  data         the oracle renders worlds and clips on the training device: mixed walks, retrace clips
+               (the memory curriculum's returns) and held-out clips, into RUN_DIR/data
+  ae           the autoencoder (RGB), then depth: its depth head (everything else frozen)
+  latents      every clip encoded once, with the views the geometric hint is built from
+  world        the hint + memory world model from scratch (revisit-focused segments)
+  memory       from it: returns with the recent frames hidden (window dropout)
+  rollouts     the memory model's own closed-loop rollouts through the play session
+  closed_loop  from the memory model: its rollouts as context, the truth as targets
+  export       the mean of the memory and closed-loop weights, as a bf16 RUN_DIR/world_model.safetensors
+  eval         the reduced suites (action, revisit, a short drift probe): RUN_DIR/eval.json, eval.md
+
+The budget rule: `--budget-minutes` covers the stages up to the export (the eval after it is sized by
+the preset, not the budget). When a stage starts it gets the budget left times its share
+(`[budget]` in the preset) over the shares of the stages still to run, so time one stage did not use
+goes to the later ones. A training stage times a few steps of its real batch first (the probe) and
+takes as many steps as fit; the data stage renders as many clips as fit with their encoding.
+
+Resuming: RUN_DIR/run.json records the preset, the budget and each stage's plan (steps, clips) and
+whether it is done. Every stage writes resumable state at least once a minute (training states,
+data shards, latent chunks, rollout chunks), so `--resume RUN_DIR` (or the same command again)
+loses at most a minute and takes the same steps. Under torchrun the world-model stages train with
+DDP, every rank renders its share of the data shards, and rank 0 alone runs the other stages while
+the other ranks wait for run.json to say they are done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors import safe_open
+from torch.utils.flop_counter import FlopCounterMode
+
+from conventions.atomic import atomic_write_text, check_output_folder
+from conventions.camera import DEFAULT_FOV_DEG
+from conventions.errors import UserError
+from conventions.metrics import detail_ratio, drift_scores
+from scenes.render import render_views_with_depth
+from scenes.trajectories import make_trajectory
+from scenes.world import generate_world
+from tools.dataset import write_dataset
+from tools.eval import DRIFT_SUITE_SEEDS, evaluate_log, long_log, suite_logs, summarise
+from tools.recipe import Recipe, STAGE_NAMES, load_recipe, recipe_from_json, recipe_to_json
+from worldmodel.autoencoder import Autoencoder, AutoencoderConfig, file_sha256, load_autoencoder
+from worldmodel.batches import attach_hints, load_latents, step_batch, StepSampler
+from worldmodel.checkpoint import average_checkpoints, checkpoint_sha256
+from worldmodel.closed_loop import rollout_clips, write_rollout_cache
+from worldmodel.config import WorldModelConfig, default_config, tiny_config
+from worldmodel.data import ClipDataset, encode_dataset, FrameSampler
+from worldmodel.distributed import rank_device, read_launch_env
+from worldmodel.hint import HintAugment
+from worldmodel.model import WorldModel
+from worldmodel.run_io import resolve_device
+from worldmodel.runtime import ModelFrameSource
+from worldmodel.text import Tokenizer
+from worldmodel.train import TrainOptions, train_world_model, world_model_loss
+from worldmodel.train_autoencoder import AutoencoderLossConfig, reconstruction_loss, train_autoencoder
+from worldmodel.train_depth import DepthTrainConfig, depth_loss, train_depth_head, with_depth_head
+
+RUN_FILE = "run.json"
+RUN_FORMAT = "worldmodel.run"
+FINAL_CHECKPOINT = "world_model.safetensors"
+EVAL_JSON = "eval.json"
+EVAL_MD = "eval.md"
+SAVE_INTERVAL_S = 60.0
+"""The most wall time between two resumable states of a stage: what an interruption can lose."""
+PROBE_STEPS = 3
+"""Timed steps of a stage's probe (after one untimed warm-up step)."""
+STEP_OVERHEAD = 0.9
+"""Share of a training stage's time spent in steps; the rest goes to checkpoints and validation."""
+WAIT_POLL_S = 2.0
+"""How often ranks other than 0 look at run.json while rank 0 runs a one-process stage."""
+ALL_STAGES = STAGE_NAMES + ("export", "eval")
+DDP_STAGES = ("world", "memory", "closed_loop")
+DRIFT_EARLY_SHARE = 1 / 3
+"""The drift probe compares its first third of ticks with its last third (1-100 vs 201-300 of 300)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# the run's record
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    """RUN_DIR and its run.json: the recipe, the budget, each stage's plan and state."""
+
+    root: Path
+    recipe: Recipe
+    budget_s: float
+    max_steps: int | None
+    device: str
+    stages: dict[str, dict[str, Any]]
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    def save(self) -> None:
+        if not self.main:
+            return
+        doc = {"format": RUN_FORMAT, "recipe": recipe_to_json(self.recipe), "budget_minutes": self.budget_s / 60,
+               "max_steps": self.max_steps, "device": self.device, "stages": self.stages}
+        atomic_write_text(self.root / RUN_FILE, json.dumps(doc, indent=1))
+
+    def reload_stages(self) -> None:
+        self.stages = _read_run_file(self.root)["stages"]
+
+    def done(self, stage: str) -> bool:
+        return bool(self.stages.get(stage, {}).get("done"))
+
+    def used_s(self) -> float:
+        return sum(float(v.get("seconds", 0.0)) for v in self.stages.values())
+
+    def allotment(self, stage: str, also: tuple[str, ...] = ()) -> float:
+        """Seconds for `stage` (and the stages in `also` it sizes): the budget left times their shares
+        over the shares of every stage of the budget still to run."""
+        shares = self.recipe.shares()
+        todo = [s for s in STAGE_NAMES if not self.done(s)]
+        rest = sum(shares[s] for s in todo)
+        mine = sum(shares[s] for s in (stage,) + also)
+        left = max(0.0, self.budget_s - self.used_s())
+        return left * mine / rest if rest > 0 else 0.0
+
+    def cap(self, steps: int) -> int:
+        return steps if self.max_steps is None else min(steps, self.max_steps)
+
+
+def _read_run_file(root: Path) -> dict[str, Any]:
+    path = root / RUN_FILE
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{root}: no run here ({RUN_FILE} not found); start one with --preset and --out") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: cannot read the run record ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("format") != RUN_FORMAT or not isinstance(doc.get("stages"), dict):
+        raise UserError(f"{path}: not a run record of `worldmodel train --stage all`")
+    return doc
+
+
+def open_run(out: Path, preset: str | None, budget_minutes: float | None, device: str, max_steps: int | None,
+             resume: bool) -> Run:
+    """A new run in `out` (an empty or new folder), or the run recorded there (`resume`, or the
+    same preset and budget given again)."""
+    launch = read_launch_env()
+    rank, world = (launch.rank, launch.world_size) if launch else (0, 1)
+    if (out / RUN_FILE).exists():
+        doc = _read_run_file(out)
+        recipe = recipe_from_json(doc["recipe"], str(out / RUN_FILE))
+        if not resume:
+            asked = load_recipe(preset) if preset else None
+            if asked is not None and recipe_to_json(dataclasses.replace(asked, source=recipe.source)) != \
+                    recipe_to_json(recipe):
+                raise UserError(f"{out}: holds a run of another preset ({recipe.name}); use --resume {out} to "
+                                f"continue it, or another --out")
+            if budget_minutes is not None and abs(budget_minutes - doc["budget_minutes"]) > 1e-9:
+                raise UserError(f"{out}: holds a run with a budget of {doc['budget_minutes']:g} minutes; "
+                                f"use --resume {out} to continue it, or another --out")
+        return Run(out, recipe, float(doc["budget_minutes"]) * 60, doc.get("max_steps"), doc.get("device", device),
+                   doc["stages"], rank, world)
+    if resume:
+        raise UserError(f"{out}: no run here ({RUN_FILE} not found); start one with --preset and --out")
+    if preset is None:
+        raise UserError("train --stage all: --preset tiny|cpu|gpu (or a .toml file) is required for a new run")
+    recipe = load_recipe(preset)
+    if rank == 0:
+        check_output_folder(out, lambda entry: False)
+        out.mkdir(parents=True, exist_ok=True)
+    run = Run(out, recipe, (budget_minutes if budget_minutes is not None else recipe.budget_minutes) * 60,
+              max_steps, device, {}, rank, world)
+    if run.budget_s <= 0:
+        raise UserError(f"--budget-minutes must be > 0, got {run.budget_s / 60:g}")
+    run.save()
+    return run
+
+
+# --------------------------------------------------------------------------------------------------
+# probes: time a few real steps, count their FLOPs and the memory they need
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class Probe:
+    seconds_per_step: float
+    flops_per_step: float
+    activation_bytes: int
+    state_bytes: int
+
+    def estimate(self, recipe: Recipe, seconds: float) -> str:
+        """The device the preset is sized for: estimated time per step and steps in `seconds`."""
+        d = recipe.device
+        if d.peak_tflops <= 0:
+            return ""
+        est = self.flops_per_step / (d.peak_tflops * 1e12 * d.utilisation)
+        mem = (self.activation_bytes + self.state_bytes) / 2**30
+        return (f"on {d.name} (assumed {d.peak_tflops:g} TFLOPS x {d.utilisation:g}): ~{est * 1e3:.2f} ms/step, "
+                f"~{int(seconds / max(est, 1e-9))} steps in {seconds:.0f} s; memory ~{mem:.2f} GiB "
+                f"of {d.memory_gib:g}")
+
+
+def probe_steps(step: Callable[[], None], params: list[torch.nn.Parameter], device: torch.device) -> Probe:
+    """Time PROBE_STEPS calls of `step` (one full optimisation step) after a warm-up, count one step's
+    FLOPs and the bytes autograd saves for backward (the activation memory the step needs)."""
+    saved = [0]
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()  # warm-up (allocations, autotuning)
+    with FlopCounterMode(display=False) as counter:
+        step()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(PROBE_STEPS):
+        step()
+    _sync(device)
+    n = sum(p.numel() for p in params)
+    # weights, gradients and two AdamW moments in fp32, plus the EMA copy
+    return Probe((time.perf_counter() - t0) / PROBE_STEPS, float(counter.get_total_flops()), saved[0], n * 4 * 5)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _steps_for(run: Run, probe: Probe, seconds: float, lo: int, hi: int) -> int:
+    return run.cap(max(lo, min(hi, int(seconds * STEP_OVERHEAD / max(probe.seconds_per_step, 1e-9)))))
+
+
+def _save_every(probe: Probe, steps: int) -> int:
+    return max(1, min(steps, int(SAVE_INTERVAL_S / max(probe.seconds_per_step, 1e-9))))
+
+
+# --------------------------------------------------------------------------------------------------
+# the stages
+# --------------------------------------------------------------------------------------------------
+def _ae_config(recipe: Recipe, depth: bool = False) -> AutoencoderConfig:
+    a = recipe.autoencoder
+    return AutoencoderConfig(resolution=recipe.resolution, latent_channels=a.latent_channels,
+                             encoder_widths=a.encoder_widths, decoder_widths=a.decoder_widths,
+                             depth_widths=a.depth_widths if depth else ())
+
+
+def world_config(recipe: Recipe) -> WorldModelConfig:
+    base = tiny_config if recipe.world.config_base == "tiny" else default_config
+    ae = _ae_config(recipe)
+    factor = ae.stem_factor * 2 ** (len(ae.encoder_widths) - 1)
+    fields = {"resolution": recipe.resolution, "latent_channels": ae.latent_channels,
+              "latent_size": recipe.resolution // factor, "hint": True, **recipe.world.config}
+    try:
+        return base(**fields)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{recipe.source} [world] config: {exc}") from None
+
+
+def _data_dirs(run: Run) -> dict[str, Path]:
+    return {split: run.path("data", split) for split in ("train", "retrace", "heldout")}
+
+
+def stage_data(run: Run, dev: torch.device) -> None:
+    """Render the clips. Size: as many clips as the data (and latents) share of the budget renders
+    and encodes, at the time per clip measured on one clip here."""
+    r, d = run.recipe, run.recipe.data
+    plan = run.stages.setdefault("data", {}).get("plan")
+    if plan is None:
+        seconds = run.allotment("data", also=("latents",))
+        world = generate_world(d.seed_start).to(dev)
+        traj = make_trajectory(world, d.ticks, "walk", random.Random(0))
+        t0 = time.perf_counter()
+        frames, _ = render_views_with_depth(world, traj.poses, r.resolution, DEFAULT_FOV_DEG)
+        render_s = time.perf_counter() - t0
+        ae = Autoencoder(_ae_config(r, depth=True)).to(dev).eval()
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            z = ae.encode(frames.to(dev))
+            ae.decode_uint8(z), ae.decode_depth(z)
+            _sync(dev)
+            encode_s = time.perf_counter() - t0
+        per_clip = (render_s + encode_s) * (1 + d.retrace_share)
+        clips = max(d.train_clips_min, min(d.train_clips_max, int(seconds / per_clip) - d.heldout_clips))
+        if run.max_steps is not None:
+            clips = d.train_clips_min
+        worlds = max(1, math.ceil(clips / d.clips_per_world))
+        retrace = max(1, round(worlds * d.clips_per_world * d.retrace_share))
+        plan = {"train_worlds": worlds, "retrace_clips": retrace, "heldout_clips": d.heldout_clips,
+                "render_s_per_clip": render_s, "encode_s_per_clip": encode_s, "seconds": seconds}
+        run.stages["data"]["plan"] = plan
+        run.save()
+        print(f"data: {render_s * 1e3 / d.ticks:.1f} ms/frame to render, {encode_s * 1e3 / d.ticks:.1f} ms/frame "
+              f"to encode here -> {worlds * d.clips_per_world} mixed + {retrace} retrace + {d.heldout_clips} "
+              f"held-out clips of {d.ticks} ticks in {seconds:.0f} s", file=sys.stderr)
+    dirs = _data_dirs(run)
+    common = dict(ticks=d.ticks, resolution=r.resolution, shard_clips=d.shard_clips, device=dev, rank=run.rank,
+                  world_size=run.world_size)
+    jobs = [(dirs["train"], dict(worlds=plan["train_worlds"], clips_per_world=d.clips_per_world, split="train",
+                                 seed_start=d.seed_start, policy="mix")),
+            (dirs["retrace"], dict(worlds=plan["retrace_clips"], clips_per_world=1, split="train",
+                                   seed_start=d.seed_start + plan["train_worlds"], policy="retrace")),
+            (dirs["heldout"], dict(worlds=max(1, plan["heldout_clips"] // d.clips_per_world),
+                                   clips_per_world=d.clips_per_world, split="heldout", seed_start=d.seed_start,
+                                   policy="mix"))]
+    for folder, kwargs in jobs:
+        if not (folder / "dataset.json").exists():
+            write_dataset(folder, **kwargs, **common)
+        if run.world_size > 1 and not run.main:
+            continue
+
+
+def _probe_autoencoder(run: Run, dev: torch.device, depth: bool) -> Probe:
+    r = run.recipe
+    ds = ClipDataset(_data_dirs(run)["train"])
+    sampler = FrameSampler(ds, seed=0)
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        model = Autoencoder(_ae_config(r, depth=depth)).to(dev)
+        if depth:
+            params = list(model.depth_decoder.parameters())
+            cfg = DepthTrainConfig()
+            frames, truth = sampler.sample_with_depth(r.autoencoder.depth_batch)
+            frames, truth = frames.to(dev), truth.to(dev)
+        else:
+            params = list(model.parameters())
+            frames = sampler.sample(r.autoencoder.batch).to(dev)
+        opt = torch.optim.AdamW(params, lr=1e-4)
+        autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=not depth)
+
+        def step() -> None:
+            with autocast:
+                if depth:
+                    with torch.no_grad():
+                        z = model.encode(frames)
+                    loss = depth_loss(model, z, truth, cfg)[0]
+                else:
+                    loss = reconstruction_loss(model, frames, AutoencoderLossConfig())[0]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        return probe_steps(step, params, dev)
+
+
+def _report(run: Run, stage: str, probe: Probe, steps: int, seconds: float) -> None:
+    line = (f"{stage}: {probe.seconds_per_step * 1e3:.0f} ms/step measured here -> {steps} steps "
+            f"in its {seconds:.0f} s")
+    est = probe.estimate(run.recipe, seconds)
+    print(line + (f"; {est}" if est else ""), file=sys.stderr)
+    run.stages[stage]["estimate"] = est
+    d = run.recipe.device
+    need = (probe.activation_bytes + probe.state_bytes) / 2**30
+    if d.memory_gib > 0 and need > d.memory_gib:
+        raise UserError(f"{run.recipe.source}: stage {stage} needs ~{need:.1f} GiB, more than the "
+                        f"{d.memory_gib:g} GiB of {d.name}; lower its batch")
+
+
+def stage_ae(run: Run, dev: torch.device) -> None:
+    r, a = run.recipe, run.recipe.autoencoder
+    st = run.stages.setdefault("ae", {})
+    if "plan" not in st:
+        seconds = run.allotment("ae")
+        probe = _probe_autoencoder(run, dev, depth=False)
+        steps = _steps_for(run, probe, seconds, a.steps_min, a.steps_max)
+        st["plan"] = {"steps": steps, "ckpt_every": _save_every(probe, steps), "seconds": seconds,
+                      "s_per_step": probe.seconds_per_step, "flops_per_step": probe.flops_per_step}
+        _report(run, "ae", probe, steps, seconds)
+        run.save()
+    plan = st["plan"]
+    dirs = _data_dirs(run)
+    train_autoencoder(dirs["train"], run.path("ae"), steps=plan["steps"], batch_size=a.batch, lr=a.lr,
+                      val_dir=dirs["heldout"], device=str(dev), ckpt_every=plan["ckpt_every"],
+                      log_every=max(1, min(50, plan["steps"] // 10)), config=_ae_config(r),
+                      val_frames=256, stats_frames=1024)
+
+
+def stage_depth(run: Run, dev: torch.device) -> None:
+    r, a = run.recipe, run.recipe.autoencoder
+    st = run.stages.setdefault("depth", {})
+    if "plan" not in st:
+        seconds = run.allotment("depth")
+        probe = _probe_autoencoder(run, dev, depth=True)
+        steps = _steps_for(run, probe, seconds, a.depth_steps_min, a.depth_steps_max)
+        st["plan"] = {"steps": steps, "ckpt_every": _save_every(probe, steps), "seconds": seconds,
+                      "s_per_step": probe.seconds_per_step, "flops_per_step": probe.flops_per_step}
+        _report(run, "depth", probe, steps, seconds)
+        run.save()
+    plan = st["plan"]
+    dirs = _data_dirs(run)
+    cfg = DepthTrainConfig(steps=plan["steps"], batch=a.depth_batch, lr=a.depth_lr,
+                           warmup=max(1, min(50, plan["steps"] // 10)), val_every=plan["steps"],
+                           ckpt_every=plan["ckpt_every"])
+    train_depth_head(dirs["train"], run.path("depth"), run.path("ae", "autoencoder.safetensors"), dirs["heldout"],
+                     cfg, device=str(dev))
+
+
+def _autoencoder_path(run: Run) -> Path:
+    return run.path("depth", "autoencoder.safetensors")
+
+
+def latent_chunks(run: Run, split: str) -> list[Path]:
+    """The latent caches of a data set: one per `shard_clips` clips (each a short, resumable job)."""
+    n = ClipDataset(_data_dirs(run)[split]).info.clips
+    per = run.recipe.data.shard_clips if split != "heldout" else n
+    return [run.path("latents", f"{split}-{i:05d}.safetensors") for i in range(math.ceil(n / per))]
+
+
+def stage_latents(run: Run, dev: torch.device) -> None:
+    ae_path = _autoencoder_path(run)
+    sha = file_sha256(ae_path)
+    ae = load_autoencoder(ae_path).to(dev)
+    run.path("latents").mkdir(exist_ok=True)
+    for split in ("train", "retrace", "heldout"):
+        folder = _data_dirs(run)[split]
+        n = ClipDataset(folder).info.clips
+        chunks = latent_chunks(run, split)
+        per = math.ceil(n / len(chunks))
+        for i, path in enumerate(chunks):
+            if not path.exists():
+                encode_dataset(ae, folder, path, autoencoder_sha256=sha, progress=False,
+                               bf16_autocast=dev.type == "cuda", clip_range=range(i * per, min(n, (i + 1) * per)))
+    print(f"latents: {sum(len(latent_chunks(run, s)) for s in ('train', 'retrace', 'heldout'))} caches",
+          file=sys.stderr)
+
+
+def _probe_world(run: Run, dev: torch.device, config: WorldModelConfig, caches: list[Path]) -> Probe:
+    w = run.recipe.world
+    data = load_latents(caches, config)
+    ae = load_autoencoder(_autoencoder_path(run)).to(dev).eval()
+    batch = max(1, w.batch // run.world_size)  # what one rank builds per step
+    sampler = StepSampler(data.clips, batch, 0)
+    tokenizer = Tokenizer(config.vocab, config.max_text_tokens)
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        model = WorldModel(config).to(dev)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        counter = [0]
+
+        def step() -> None:
+            b = step_batch(data, config, tokenizer, sampler, counter[0], 0, 1, 0.1, w.revisit_focus, 40, 0.0,
+                           HintAugment(0.15, 0.1, 0.03)).to(dev)
+            attach_hints(b, ae, config)
+            counter[0] += 1
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=w.amp):
+                loss = world_model_loss(model, b, config)[0]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        return probe_steps(step, list(model.parameters()), dev)
+
+
+def _world_run(run: Run, dev: torch.device, stage: str, caches: list[Path], init_from: Path | None,
+               lr: float, revisit_focus: float, window_dropout: float, config: WorldModelConfig,
+               probe_from: str | None = None) -> Path:
+    """One world-model training stage: plan it (a probe, or another stage's measured step time),
+    then train (DDP under torchrun)."""
+    w = run.recipe.world
+    st = run.stages.setdefault(stage, {})
+    if "plan" not in st:
+        if run.main:
+            seconds = run.allotment(stage)
+            if probe_from is not None and "probe" in run.stages.get(probe_from, {}):
+                probe = Probe(**run.stages[probe_from]["probe"])
+            else:
+                probe = _probe_world(run, dev, config, caches)
+            steps = _steps_for(run, probe, seconds, w.steps_min, w.steps_max)
+            st["plan"] = {"steps": steps, "ckpt_every": _save_every(probe, steps), "seconds": seconds,
+                          "s_per_step": probe.seconds_per_step, "flops_per_step": probe.flops_per_step}
+            st["probe"] = dataclasses.asdict(probe)
+            _report(run, stage, probe, steps, seconds)
+            run.save()
+        else:
+            _wait(run, lambda: "plan" in run.stages.get(stage, {}))
+            st = run.stages[stage]
+    plan = st["plan"]
+    steps = plan["steps"]
+    opts = TrainOptions(steps=steps, batch=w.batch, lr=lr, warmup_steps=max(1, min(w.warmup_steps, steps // 10)),
+                        revisit_focus=revisit_focus, window_dropout=window_dropout,
+                        init_from=str(init_from) if init_from else "", ckpt_every=plan["ckpt_every"],
+                        val_every=steps, val_clips=w.val_clips, log_every=max(1, min(10, steps // 10)),
+                        amp=w.amp, compile=w.compile)
+    return train_world_model(caches, run.path(stage), _autoencoder_path(run), opts, config,
+                             val_latents_path=latent_chunks(run, "heldout")[0], device=run.device)
+
+
+def _train_caches(run: Run) -> list[Path]:
+    return latent_chunks(run, "train") + latent_chunks(run, "retrace")
+
+
+def stage_world(run: Run, dev: torch.device) -> None:
+    w = run.recipe.world
+    _world_run(run, dev, "world", _train_caches(run), None, w.lr, w.revisit_focus, 0.0, world_config(run.recipe))
+
+
+def stage_memory(run: Run, dev: torch.device) -> None:
+    w = run.recipe.world
+    _world_run(run, dev, "memory", _train_caches(run), run.path("world", "world_model.safetensors"), w.memory_lr,
+               w.memory_revisit_focus, w.memory_window_dropout, world_config(run.recipe), probe_from="world")
+
+
+def rollout_chunks(run: Run) -> list[Path]:
+    return sorted(run.path("rollouts").glob("chunk-*.safetensors"))
+
+
+def stage_rollouts(run: Run, dev: torch.device) -> None:
+    """Closed-loop rollouts of the memory model, a chunk of clips at a time until the stage's time
+    is spent (at least `clips_min` clips); each chunk is a file, so an interruption loses one."""
+    ro = run.recipe.rollouts
+    st = run.stages.setdefault("rollouts", {})
+    if "plan" not in st:
+        ticks = min(ro.ticks, run.recipe.data.ticks - 1)
+        if run.max_steps is not None:
+            ticks = min(ticks, max(2, run.max_steps))
+        st["plan"] = {"seconds": run.allotment("rollouts"), "ticks": ticks}
+        run.save()
+    plan = st["plan"]
+    caches = _train_caches(run)
+    total = sum(len(json.loads(_cache_meta(p)["captions"])) for p in caches)
+    chosen = rollout_clips(total, ro.clips_max if run.max_steps is None else ro.chunk_clips)
+    chunks = [chosen[i:i + ro.chunk_clips] for i in range(0, len(chosen), ro.chunk_clips)]
+    need = math.ceil(min(ro.clips_min, len(chosen)) / ro.chunk_clips)
+    out = run.path("rollouts")
+    out.mkdir(exist_ok=True)
+    t0 = time.perf_counter()
+    spent = float(st.get("spent_s", 0.0))
+    ckpt = run.path("memory", "world_model.safetensors")
+    for i, clips in enumerate(chunks):
+        path = out / f"chunk-{i:05d}.safetensors"
+        if path.exists():
+            continue
+        if i >= need and spent + (time.perf_counter() - t0) >= plan["seconds"]:
+            break
+        write_rollout_cache(ckpt, caches, path, len(clips), plan["ticks"], seed=i, composite=ro.composite,
+                            chosen=clips, device=str(dev))
+        st["spent_s"] = spent + (time.perf_counter() - t0)
+        run.save()
+
+
+def _cache_meta(path: Path) -> dict[str, str]:
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def stage_closed_loop(run: Run, dev: torch.device) -> None:
+    w, ro = run.recipe.world, run.recipe.rollouts
+    config = world_config(run.recipe).replace(hint_composite=ro.composite)
+    _world_run(run, dev, "closed_loop", rollout_chunks(run), run.path("memory", "world_model.safetensors"),
+               w.closed_loop_lr, w.closed_loop_revisit_focus, 0.0, config, probe_from="world")
+
+
+def stage_export(run: Run, dev: torch.device) -> None:
+    """The mean of the closed-loop and memory weights (the shipped recipe's last step), stored as
+    the preset's dtype; refused when over the preset's size limit."""
+    out = run.path(FINAL_CHECKPOINT)
+    dtype = torch.bfloat16 if run.recipe.export.dtype == "bf16" else torch.float32
+    average_checkpoints([run.path("closed_loop", "world_model.safetensors"), run.path("memory", "world_model.safetensors")],
+                        out, dtype=dtype, extra_summary={"recipe": run.recipe.name,
+                                                         "budget_minutes": run.budget_s / 60})
+    mib = out.stat().st_size / 2**20
+    if mib > run.recipe.export.max_mib:
+        raise UserError(f"{out}: {mib:.1f} MiB is over the preset's {run.recipe.export.max_mib:g} MiB; "
+                        f"use a smaller [world] config (sharded exports are not written)")
+    run.stages["export"]["mib"] = round(mib, 2)
+    print(f"export: {out} ({mib:.1f} MiB, {run.recipe.export.dtype})", file=sys.stderr)
+
+
+def reduced_eval(checkpoint: Path, recipe: Recipe, device: str = "cpu") -> dict[str, Any]:
+    """The reduced suites on held-out worlds: action (with the hold-start baseline), revisit without
+    prefill (memory on and off), and a drift probe (first third vs last third of its ticks)."""
+    probe = ModelFrameSource(checkpoint=checkpoint, device=device)
+    res, fov = probe.resolution, probe.config.fov_deg
+    e = recipe.eval
+
+    def make_source(mem: bool) -> ModelFrameSource:
+        return ModelFrameSource(checkpoint=checkpoint, use_memory=mem, device=device)
+
+    out: dict[str, Any] = {"checkpoint": str(checkpoint), "checkpoint_sha256": checkpoint_sha256(checkpoint),
+                           "recipe": recipe.name, "suites": {}}
+    t0 = time.perf_counter()
+    action = [evaluate_log(make_source, log, [True], 0, True)
+              for log in suite_logs("action", res, fov, e.action_worlds)]
+    revisit = [evaluate_log(make_source, log, [True, False], 0, False)
+               for log in suite_logs("revisit", res, fov, e.revisit_worlds)]
+    drift_logs = [long_log(f"drift:{s}", generate_world(s), e.drift_ticks, res, fov)
+                  for s in DRIFT_SUITE_SEEDS[:e.drift_worlds]]
+    drift = [evaluate_log(make_source, log, [True], 0, True) for log in drift_logs]
+    third = max(1, int(e.drift_ticks * DRIFT_EARLY_SHARE))
+    early, late = (1, third), (e.drift_ticks - third + 1, e.drift_ticks)
+    probes = []
+    for r, log in zip(drift, drift_logs):
+        run_ = r["runs"]["memory_on"]
+        scores = drift_scores(run_["psnr"], run_["ssim"], early, late) or {}
+        hold = r["baselines"]["hold_start_frame"]["psnr"]
+        frames = r["_frames"]
+        scores["late_detail"] = detail_ratio(frames[late[0] - 1:late[1]], log.truth[late[0]:late[1] + 1])
+        scores["late_hold_psnr"] = sum(hold[late[0] - 1:late[1]]) / third
+        probes.append(scores)
+    for name, results in (("action", action), ("revisit", revisit), ("drift_probe", drift)):
+        out["suites"][name] = {"logs": len(results), "summary": summarise(results)}
+    out["suites"]["drift_probe"]["windows"] = {"early": list(early), "late": list(late)}
+    out["suites"]["drift_probe"]["scores"] = {k: sum(p[k] for p in probes) / len(probes) for k in probes[0]} \
+        if probes and probes[0] else {}
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+EVAL_ROWS = (("action", "memory_on.psnr_16", "action following, PSNR at 16 ticks (dB)"),
+             ("action", "hold_start_frame.psnr_16", "  hold the start frame, 16 ticks (dB)"),
+             ("action", "memory_on.psnr_64", "action following, PSNR at 64 ticks (dB)"),
+             ("action", "hold_start_frame.psnr_64", "  hold the start frame, 64 ticks (dB)"),
+             ("action", "memory_on.detail", "detail (mean gradient / truth's)"),
+             ("revisit", "memory_on.revisit.psnr_vs_first_visit", "revisit, returns vs own first visit, memory on (dB)"),
+             ("revisit", "memory_off.revisit.psnr_vs_first_visit", "revisit, memory off (dB)"),
+             ("revisit", "memory_on.revisit.psnr_vs_truth", "revisit, returns vs truth, memory on (dB)"))
+
+
+def eval_markdown(doc: dict[str, Any], run: Run | None = None) -> str:
+    lines = [f"# Reduced eval of `{doc['checkpoint']}`", "",
+             f"sha256 `{doc['checkpoint_sha256'][:16]}...`, recipe `{doc['recipe']}`; held-out worlds, closed loop, "
+             f"no teacher forcing ({doc['seconds']:.0f} s).", "", "| metric | value |", "|---|---|"]
+    for suite, key, label in EVAL_ROWS:
+        v = doc["suites"][suite]["summary"].get(key)
+        lines.append(f"| {label} | {'n/a' if v is None else f'{v:.2f}'} |")
+    dp = doc["suites"]["drift_probe"]
+    w = dp["windows"]
+    for key, label in (("early_psnr", f"drift probe, ticks {w['early'][0]}-{w['early'][1]} (dB)"),
+                       ("late_psnr", f"drift probe, ticks {w['late'][0]}-{w['late'][1]} (dB)"),
+                       ("late_hold_psnr", "  hold the start frame, late ticks (dB)"),
+                       ("late_detail", "drift probe, late detail (mean gradient / truth's)")):
+        v = dp["scores"].get(key)
+        lines.append(f"| {label} | {'n/a' if v is None else f'{v:.2f}'} |")
+    if run is not None:
+        lines += ["", "| stage | plan | wall time (s) |", "|---|---|---|"]
+        for s in ALL_STAGES:
+            info = run.stages.get(s, {})
+            plan = {k: v for k, v in info.get("plan", {}).items() if k in ("steps", "train_worlds", "ticks")}
+            lines.append(f"| {s} | {json.dumps(plan) if plan else ''} | {info.get('seconds', 0):.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def stage_eval(run: Run, dev: torch.device) -> None:
+    doc = reduced_eval(run.path(FINAL_CHECKPOINT), run.recipe, str(dev))
+    atomic_write_text(run.path(EVAL_JSON), json.dumps({k: v for k, v in doc.items()}, indent=1, default=_no_tensors))
+    atomic_write_text(run.path(EVAL_MD), eval_markdown(doc, run))
+    print(eval_markdown(doc), file=sys.stderr)
+
+
+def _no_tensors(obj: Any) -> Any:
+    return None  # the per-log frames and sources (keys starting with _) are not written
+
+
+STAGE_FUNCTIONS: dict[str, Callable[[Run, torch.device], None]] = {
+    "data": stage_data, "ae": stage_ae, "depth": stage_depth, "latents": stage_latents, "world": stage_world,
+    "memory": stage_memory, "rollouts": stage_rollouts, "closed_loop": stage_closed_loop, "export": stage_export,
+    "eval": stage_eval}
+
+
+def _wait(run: Run, ready: Callable[[], bool]) -> None:
+    """Ranks other than 0: poll run.json until `ready()` (rank 0 runs a one-process stage)."""
+    while True:
+        run.reload_stages()
+        if ready():
+            return
+        time.sleep(WAIT_POLL_S)
+
+
+def run_all(run: Run) -> Path:
+    """Run every stage not yet done, in order; returns the final checkpoint."""
+    if run.recipe.threads and run.device == "cpu":
+        torch.set_num_threads(run.recipe.threads)
+    dev = resolve_device(run.device) if run.world_size == 1 else _rank_device(run)
+    t_run = time.perf_counter()
+    for stage in ALL_STAGES:
+        if run.done(stage):
+            continue
+        everyone = stage in DDP_STAGES or stage == "data"
+        if not everyone and not run.main:
+            _wait(run, lambda s=stage: run.done(s))
+            continue
+        t0 = time.perf_counter()
+        st = run.stages.setdefault(stage, {})
+        before = float(st.get("seconds", 0.0))
+        STAGE_FUNCTIONS[stage](run, dev)
+        if run.main:
+            st = run.stages[stage]
+            st["seconds"] = before + time.perf_counter() - t0
+            st["done"] = True
+            run.save()
+        elif everyone:
+            _wait(run, lambda s=stage: run.done(s))
+        if run.main and stage in STAGE_NAMES:
+            print(f"[{stage} done: {run.stages[stage]['seconds']:.0f} s; {run.used_s() / 60:.1f} of "
+                  f"{run.budget_s / 60:g} budget minutes used]", file=sys.stderr)
+    if run.main:
+        print(f"run: {run.path(FINAL_CHECKPOINT)} ({(time.perf_counter() - t_run) / 60:.1f} min in this call)",
+              file=sys.stderr)
+    return run.path(FINAL_CHECKPOINT)
+
+
+def _rank_device(run: Run) -> torch.device:
+    return rank_device(run.device, read_launch_env())
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of --stage all (added to `worldmodel train`)."""
+    p.add_argument("--budget-minutes", type=float, default=None,
+                   help="all: wall-time budget of the stages up to the export (default: the preset's)")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="all: at most this many steps per training stage and the smallest data (a smoke run "
+                        "that checks a preset's shapes, dtypes and memory estimate)")
+    p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                   help="all: continue the run in RUN_DIR with its recorded preset and budget")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    out = args.resume if args.resume is not None else args.out
+    if out is None:
+        raise UserError("train --stage all: --out RUN_DIR (a new run) or --resume RUN_DIR is required")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise UserError(f"--max-steps must be >= 1, got {args.max_steps}")
+    if args.budget_minutes is not None and not (math.isfinite(args.budget_minutes) and args.budget_minutes > 0):
+        raise UserError(f"--budget-minutes must be a positive number, got {args.budget_minutes}")
+    run = open_run(out, args.preset, args.budget_minutes, args.device, args.max_steps, args.resume is not None)
+    path = run_all(run)
+    if run.main:
+        print(f"world model checkpoint: {path}")
+    return 0
