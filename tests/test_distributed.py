@@ -256,3 +256,17 @@ def test_fsdp_two_processes_resume_a_one_process_run_and_match_it(files: dict[st
                "--data", str(files["train"]), "--val", str(files["val"]), "--autoencoder", str(files["ae"]),
                "--out", str(out), "--steps", "3", "--batch", "4", "--lr", str(OPTIONS["lr"]), *opt_flags], d)
     _assert_same_run(out, single_run, exact=False)
+
+
+@pytest.mark.slow
+def test_stage_all_under_torchrun_renders_by_rank_and_trains_with_ddp(tmp_path: Path) -> None:
+    """`worldmodel train --stage all` under torchrun: both ranks render data shards, the world-model
+    stages train with 2 processes, rank 0 alone runs the rest, and the run finishes with its eval."""
+    out = tmp_path / "all"
+    _torchrun(["-m", "tools.cli", "train", "--stage", "all", "--preset", "tiny", "--device", "cpu",
+               "--max-steps", "2", "--out", str(out)], Path(__file__).resolve().parent.parent)
+    record = json.loads((out / "run.json").read_text())
+    assert all(v.get("done") for v in record["stages"].values()) and "eval" in record["stages"]
+    summary = json.loads(read_checkpoint_metadata(out / "world" / "world_model.safetensors")["train"])
+    assert summary["world_size"] == 2 and summary["step"] == 2
+    assert (out / "eval.json").exists() and (out / "world_model.safetensors").exists()

@@ -135,7 +135,10 @@ def write_dataset(out: Path, worlds: int, clips_per_world: int, ticks: int, spli
     seeds = list(range(first, first + worlds))
     if split == "train" and is_heldout_seed(seeds[-1]):
         raise UserError(f"dataset: train seeds must stay below {HELDOUT_SEED_START} (held-out worlds)")
-    _check_target(out)
+    if rank == 0:  # rank 0 checks the folder; the others only add their shards to it
+        _check_target(out)
+    elif (out / INDEX_FILE).exists():
+        return {}
     jobs = [(s, c) for s in seeds for c in range(clips_per_world)]
     needed = min(shard_clips, len(jobs)) * ticks * resolution * resolution * BYTES_PER_PIXEL
     available = _available_memory_bytes()
@@ -151,7 +154,7 @@ def write_dataset(out: Path, worlds: int, clips_per_world: int, ticks: int, spli
     except OSError as exc:
         raise output_error(out, exc) from None
     keep = resume and _resumable_shards(out, plan)
-    if not keep:
+    if not keep and rank == 0:
         _atomic_json(plan, out / PLAN_FILE)
     shards: list[str] = []
     buf: dict[str, list] = {"frames": [], "depth": [], "actions": [], "poses": [], "seeds": [], "captions": [],

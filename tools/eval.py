@@ -20,8 +20,10 @@ import math
 import random
 import sys
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,6 +36,7 @@ from conventions.camera import CameraPose, integrate_sequence
 from worldmodel.config import DEFAULT_PRECISION, PRECISION_NAMES
 from conventions.errors import UserError
 from conventions.metrics import DRIFT_EARLY_TICKS, DRIFT_LATE_TICKS, detail_ratio, drift_scores, psnr, ssim
+from tools.recipe import EvalRecipe
 from tools.common import add_threads_flag, apply_threads
 from conventions.atomic import atomic_write_text, check_output_path
 from conventions.limits import flag_type
@@ -55,8 +58,12 @@ REVISIT_OUTBOUND_FRACTION = 0.5
 """Suite revisit: prefill covers the first half of the clip (the outbound walk and the turn)."""
 DRIFT_SUITE_SEEDS = tuple(HELDOUT_SEED_START + 300 + i for i in range(4))
 DRIFT_WINDOWS = (DRIFT_EARLY_TICKS, DRIFT_LATE_TICKS)
+DRIFT_EARLY_SHARE = 1 / 3
+"""The reduced suite's drift probe compares its first third of ticks with its last third."""
 """Tick windows (early, late) of the drift score; docs/architecture.md §Metrics's, changed only by tests."""
-SUITES = ("action", "revisit", "drift")
+SUITES = ("action", "revisit", "drift", "reduced")
+"""reduced: a few worlds of each of the others (action, revisit without prefill, a 300-tick drift
+probe), as `worldmodel train --stage all` ends with; --limit does not apply to it."""
 SHUFFLE_SEED_OFFSET = 7777
 """'Another log' for the shuffled baseline: a walk in the same world from this RNG offset."""
 
@@ -293,6 +300,94 @@ def _print_summary(summary: dict) -> None:
             print(f"  {k:56s} {v:8.3f}")
 
 
+# --- the reduced suite ------------------------------------------------------------------------------
+def reduced_eval(checkpoint: Path, e: EvalRecipe, name: str = "", device: str = "cpu", parts: Path | None = None
+                 ) -> dict[str, Any]:
+    """The reduced suites on held-out worlds: action (with the hold-start baseline), revisit without
+    prefill (memory on and off), and a drift probe (first third vs last third of its ticks, beside
+    holding the start frame). With `parts`, each suite's result is kept there as it is done, so an
+    interrupted eval redoes one suite at most."""
+    probe = ModelFrameSource(checkpoint=checkpoint, device=device)
+    res, fov = probe.resolution, probe.config.fov_deg
+    sha = checkpoint_sha256(checkpoint)
+
+    def make_source(mem: bool) -> ModelFrameSource:
+        return ModelFrameSource(checkpoint=checkpoint, use_memory=mem, device=device)
+
+    def action() -> dict[str, Any]:
+        results = [evaluate_log(make_source, log, [True], 0, True)
+                   for log in suite_logs("action", res, fov, e.action_worlds)]
+        return {"logs": len(results), "summary": summarise(results)}
+
+    def revisit() -> dict[str, Any]:
+        results = [evaluate_log(make_source, log, [True, False], 0, False)
+                   for log in suite_logs("revisit", res, fov, e.revisit_worlds)]
+        return {"logs": len(results), "summary": summarise(results)}
+
+    def drift() -> dict[str, Any]:
+        third = max(1, int(e.drift_ticks * DRIFT_EARLY_SHARE))
+        early, late = (1, third), (e.drift_ticks - third + 1, e.drift_ticks)
+        results, probes = [], []
+        for seed in DRIFT_SUITE_SEEDS[:e.drift_worlds]:
+            log = long_log(f"drift:{seed}", generate_world(seed), e.drift_ticks, res, fov)
+            r = evaluate_log(make_source, log, [True], 0, False)
+            p, ss = r["runs"]["memory_on"]["psnr"], r["runs"]["memory_on"]["ssim"]
+            scores = drift_scores(p, ss, early, late) or {}
+            hold = frame_scores(log.truth[:1].expand_as(log.truth[1:]), log.truth[1:])[0]
+            scores["late_detail"] = detail_ratio(r["_frames"][late[0] - 1:late[1]], log.truth[late[0]:late[1] + 1])
+            scores["late_hold_psnr"] = sum(hold[late[0] - 1:late[1]]) / third
+            results.append(r)
+            probes.append(scores)
+        return {"logs": len(results), "summary": summarise(results), "windows": {"early": list(early), "late": list(late)},
+                "scores": {k: sum(q[k] for q in probes) / len(probes) for k in probes[0]}}
+
+    out: dict[str, Any] = {"checkpoint": str(checkpoint), "checkpoint_sha256": sha, "recipe": name,
+                           "eval": dataclasses.asdict(e), "suites": {}}
+    t0 = time.perf_counter()
+    for name, suite in (("action", action), ("revisit", revisit), ("drift_probe", drift)):
+        part = parts / f"{name}.json" if parts is not None else None
+        if part is not None and part.exists():
+            kept = json.loads(part.read_text())
+            if kept.get("checkpoint_sha256") == sha and kept.get("eval") == out["eval"]:
+                out["suites"][name] = kept["result"]
+                continue
+        out["suites"][name] = suite()
+        if part is not None:
+            part.parent.mkdir(exist_ok=True)
+            atomic_write_text(part, json.dumps({"checkpoint_sha256": sha, "eval": out["eval"],
+                                                "result": out["suites"][name]}))
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+EVAL_ROWS = (("action", "memory_on.psnr_16", "action following, PSNR at 16 ticks (dB)"),
+             ("action", "hold_start_frame.psnr_16", "  hold the start frame, 16 ticks (dB)"),
+             ("action", "memory_on.psnr_64", "action following, PSNR at 64 ticks (dB)"),
+             ("action", "hold_start_frame.psnr_64", "  hold the start frame, 64 ticks (dB)"),
+             ("action", "memory_on.detail", "detail (mean gradient / truth's)"),
+             ("revisit", "memory_on.revisit.psnr_vs_first_visit", "revisit, returns vs own first visit, memory on (dB)"),
+             ("revisit", "memory_off.revisit.psnr_vs_first_visit", "revisit, memory off (dB)"),
+             ("revisit", "memory_on.revisit.psnr_vs_truth", "revisit, returns vs truth, memory on (dB)"))
+
+
+def reduced_markdown(doc: dict[str, Any]) -> str:
+    lines = [f"# Reduced eval of `{doc['checkpoint']}`", "",
+             f"sha256 `{doc['checkpoint_sha256'][:16]}...`, recipe `{doc['recipe']}`; held-out worlds, closed loop, "
+             f"no teacher forcing ({doc['seconds']:.0f} s).", "", "| metric | value |", "|---|---|"]
+    for suite, key, label in EVAL_ROWS:
+        v = doc["suites"][suite]["summary"].get(key)
+        lines.append(f"| {label} | {'n/a' if v is None else f'{v:.2f}'} |")
+    dp = doc["suites"]["drift_probe"]
+    w = dp["windows"]
+    for key, label in (("early_psnr", f"drift probe, ticks {w['early'][0]}-{w['early'][1]} (dB)"),
+                       ("late_psnr", f"drift probe, ticks {w['late'][0]}-{w['late'][1]} (dB)"),
+                       ("late_hold_psnr", "  hold the start frame, late ticks (dB)"),
+                       ("late_detail", "drift probe, late detail (mean gradient / truth's)")):
+        v = dp["scores"].get(key)
+        lines.append(f"| {label} | {'n/a' if v is None else f'{v:.2f}'} |")
+    return "\n".join(lines) + "\n"
+
+
 def run(args: argparse.Namespace) -> int:
     apply_threads(args)
     if (args.log is None) == (args.suite is None):
@@ -301,6 +396,16 @@ def run(args: argparse.Namespace) -> int:
     for flag, out in (("--json", args.json), ("--plot", args.plot)):  # refused now, not after the eval
         if out is not None:
             check_output_path(out, inputs=(args.log, ckpt), flag=flag)
+    if args.suite == "reduced":
+        if args.log is not None or args.memory or args.prefill is not None or args.hint or args.precision \
+                or args.steps or args.limit or args.plot:
+            raise UserError("eval --suite reduced: runs each checkpoint as it plays by default; only "
+                            "--checkpoint, --json and --threads apply")
+        doc = reduced_eval(ckpt, EvalRecipe(), "reduced")
+        print(reduced_markdown(doc))
+        if args.json:
+            atomic_write_text(args.json, json.dumps(doc, indent=1))
+        return 0
     hint = None if args.hint is None else args.hint == "on"
     probe = ModelFrameSource(checkpoint=ckpt, hint=hint)
     resolution, fov = probe.resolution, probe.config.fov_deg

@@ -50,16 +50,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from conventions.atomic import atomic_write_text, check_output_folder
 from conventions.camera import DEFAULT_FOV_DEG
 from conventions.errors import UserError
-from conventions.metrics import detail_ratio, drift_scores
 from scenes.render import render_views_with_depth
 from scenes.trajectories import make_trajectory
 from scenes.world import generate_world
 from tools.dataset import write_dataset
-from tools.eval import DRIFT_SUITE_SEEDS, evaluate_log, long_log, suite_logs, summarise
-from tools.recipe import Recipe, STAGE_NAMES, load_recipe, recipe_from_json, recipe_to_json
+from tools.eval import reduced_eval, reduced_markdown
+from tools.recipe import EvalRecipe, Recipe, STAGE_NAMES, load_recipe, recipe_from_json, recipe_to_json
 from worldmodel.autoencoder import Autoencoder, AutoencoderConfig, file_sha256, load_autoencoder
 from worldmodel.batches import attach_hints, load_latents, step_batch, StepSampler
-from worldmodel.checkpoint import average_checkpoints, checkpoint_sha256
+from worldmodel.checkpoint import average_checkpoints
 from worldmodel.closed_loop import rollout_clips, write_rollout_cache
 from worldmodel.config import WorldModelConfig, default_config, tiny_config
 from worldmodel.data import ClipDataset, encode_dataset, FrameSampler
@@ -67,11 +66,10 @@ from worldmodel.distributed import rank_device, read_launch_env
 from worldmodel.hint import HintAugment
 from worldmodel.model import WorldModel
 from worldmodel.run_io import resolve_device
-from worldmodel.runtime import ModelFrameSource
 from worldmodel.text import Tokenizer
 from worldmodel.train import TrainOptions, train_world_model, world_model_loss
 from worldmodel.train_autoencoder import AutoencoderLossConfig, reconstruction_loss, train_autoencoder
-from worldmodel.train_depth import DepthTrainConfig, depth_loss, train_depth_head, with_depth_head
+from worldmodel.train_depth import DepthTrainConfig, depth_loss, train_depth_head
 
 RUN_FILE = "run.json"
 RUN_FORMAT = "worldmodel.run"
@@ -88,9 +86,6 @@ WAIT_POLL_S = 2.0
 """How often ranks other than 0 look at run.json while rank 0 runs a one-process stage."""
 ALL_STAGES = STAGE_NAMES + ("export", "eval")
 DDP_STAGES = ("world", "memory", "closed_loop")
-DRIFT_EARLY_SHARE = 1 / 3
-"""The drift probe compares its first third of ticks with its last third (1-100 vs 201-300 of 300)."""
-
 
 # --------------------------------------------------------------------------------------------------
 # the run's record
@@ -164,6 +159,13 @@ def open_run(out: Path, preset: str | None, budget_minutes: float | None, device
     same preset and budget given again)."""
     launch = read_launch_env()
     rank, world = (launch.rank, launch.world_size) if launch else (0, 1)
+    if rank != 0:  # rank 0 checks the arguments and writes run.json; the others follow it
+        # (torchrun ends every rank when one fails, so no rank waits for a run that was refused)
+        while not (out / RUN_FILE).exists():
+            time.sleep(WAIT_POLL_S)
+        doc = _read_run_file(out)
+        return Run(out, recipe_from_json(doc["recipe"], str(out / RUN_FILE)), float(doc["budget_minutes"]) * 60,
+                   doc.get("max_steps"), doc.get("device", device), doc["stages"], rank, world)
     if (out / RUN_FILE).exists():
         doc = _read_run_file(out)
         recipe = recipe_from_json(doc["recipe"], str(out / RUN_FILE))
@@ -204,20 +206,24 @@ class Probe:
     activation_bytes: int
     state_bytes: int
 
-    def estimate(self, recipe: Recipe, seconds: float) -> str:
-        """The device the preset is sized for: estimated time per step and steps in `seconds`."""
+    @property
+    def memory_gib(self) -> float:
+        return (self.activation_bytes + self.state_bytes) / 2**30
+
+    def estimate(self, recipe: Recipe, seconds: float) -> dict[str, float] | None:
+        """On the device the preset is sized for (its [device] table): time per step from the FLOPs
+        and steps that fit in `seconds` (the stage's share of the preset's nominal budget)."""
         d = recipe.device
         if d.peak_tflops <= 0:
-            return ""
+            return None
         est = self.flops_per_step / (d.peak_tflops * 1e12 * d.utilisation)
-        mem = (self.activation_bytes + self.state_bytes) / 2**30
-        return (f"on {d.name} (assumed {d.peak_tflops:g} TFLOPS x {d.utilisation:g}): ~{est * 1e3:.2f} ms/step, "
-                f"~{int(seconds / max(est, 1e-9))} steps in {seconds:.0f} s; memory ~{mem:.2f} GiB "
-                f"of {d.memory_gib:g}")
+        return {"seconds": seconds, "s_per_step": est, "steps": int(seconds * STEP_OVERHEAD / max(est, 1e-12)),
+                "memory_gib": self.memory_gib}
 
 
-def probe_steps(step: Callable[[], None], params: list[torch.nn.Parameter], device: torch.device) -> Probe:
-    """Time PROBE_STEPS calls of `step` (one full optimisation step) after a warm-up, count one step's
+def probe_steps(step: Callable[[], None], params: list[torch.nn.Parameter], device: torch.device,
+                timed: int = PROBE_STEPS) -> Probe:
+    """Time `timed` calls of `step` (one full optimisation step) after a warm-up, count one step's
     FLOPs and the bytes autograd saves for backward (the activation memory the step needs)."""
     saved = [0]
 
@@ -231,12 +237,12 @@ def probe_steps(step: Callable[[], None], params: list[torch.nn.Parameter], devi
         step()
     _sync(device)
     t0 = time.perf_counter()
-    for _ in range(PROBE_STEPS):
+    for _ in range(timed):
         step()
     _sync(device)
     n = sum(p.numel() for p in params)
     # weights, gradients and two AdamW moments in fp32, plus the EMA copy
-    return Probe((time.perf_counter() - t0) / PROBE_STEPS, float(counter.get_total_flops()), saved[0], n * 4 * 5)
+    return Probe((time.perf_counter() - t0) / timed, float(counter.get_total_flops()), saved[0], n * 4 * 5)
 
 
 def _sync(device: torch.device) -> None:
@@ -282,12 +288,14 @@ def stage_data(run: Run, dev: torch.device) -> None:
     """Render the clips. Size: as many clips as the data (and latents) share of the budget renders
     and encodes, at the time per clip measured on one clip here."""
     r, d = run.recipe, run.recipe.data
+    if not run.main:  # every rank renders its shards of rank 0's plan
+        _wait(run, lambda: "plan" in run.stages.get("data", {}))
     plan = run.stages.setdefault("data", {}).get("plan")
     if plan is None:
         seconds = run.allotment("data", also=("latents",))
+        t0 = time.perf_counter()
         world = generate_world(d.seed_start).to(dev)
         traj = make_trajectory(world, d.ticks, "walk", random.Random(0))
-        t0 = time.perf_counter()
         frames, _ = render_views_with_depth(world, traj.poses, r.resolution, DEFAULT_FOV_DEG)
         render_s = time.perf_counter() - t0
         ae = Autoencoder(_ae_config(r, depth=True)).to(dev).eval()
@@ -323,8 +331,6 @@ def stage_data(run: Run, dev: torch.device) -> None:
     for folder, kwargs in jobs:
         if not (folder / "dataset.json").exists():
             write_dataset(folder, **kwargs, **common)
-        if run.world_size > 1 and not run.main:
-            continue
 
 
 def _probe_autoencoder(run: Run, dev: torch.device, depth: bool) -> Probe:
@@ -356,17 +362,26 @@ def _probe_autoencoder(run: Run, dev: torch.device, depth: bool) -> Probe:
             loss.backward()
             opt.step()
 
-        return probe_steps(step, params, dev)
+        return probe_steps(step, params, dev, _probe_timed(run))
+
+
+def _probe_timed(run: Run) -> int:
+    """Timed probe steps: fewer in a --max-steps smoke run, whose plan is capped anyway."""
+    return PROBE_STEPS if run.max_steps is None else 1
 
 
 def _report(run: Run, stage: str, probe: Probe, steps: int, seconds: float) -> None:
     line = (f"{stage}: {probe.seconds_per_step * 1e3:.0f} ms/step measured here -> {steps} steps "
             f"in its {seconds:.0f} s")
-    est = probe.estimate(run.recipe, seconds)
-    print(line + (f"; {est}" if est else ""), file=sys.stderr)
-    run.stages[stage]["estimate"] = est
+    nominal = run.budget_s * run.recipe.shares()[stage]
+    est = probe.estimate(run.recipe, nominal)
     d = run.recipe.device
-    need = (probe.activation_bytes + probe.state_bytes) / 2**30
+    if est is not None:
+        line += (f"; on {d.name} ~{est['s_per_step'] * 1e3:.1f} ms/step (estimated), ~{est['steps']} steps in "
+                 f"its {nominal:.0f} s; memory ~{est['memory_gib']:.2f} GiB of {d.memory_gib:g}")
+    print(line, file=sys.stderr)
+    run.stages[stage]["estimate"] = est
+    need = probe.memory_gib
     if d.memory_gib > 0 and need > d.memory_gib:
         raise UserError(f"{run.recipe.source}: stage {stage} needs ~{need:.1f} GiB, more than the "
                         f"{d.memory_gib:g} GiB of {d.name}; lower its batch")
@@ -463,7 +478,7 @@ def _probe_world(run: Run, dev: torch.device, config: WorldModelConfig, caches: 
             loss.backward()
             opt.step()
 
-        return probe_steps(step, list(model.parameters()), dev)
+        return probe_steps(step, list(model.parameters()), dev, _probe_timed(run))
 
 
 def _world_run(run: Run, dev: torch.device, stage: str, caches: list[Path], init_from: Path | None,
@@ -581,89 +596,26 @@ def stage_export(run: Run, dev: torch.device) -> None:
     print(f"export: {out} ({mib:.1f} MiB, {run.recipe.export.dtype})", file=sys.stderr)
 
 
-def reduced_eval(checkpoint: Path, recipe: Recipe, device: str = "cpu") -> dict[str, Any]:
-    """The reduced suites on held-out worlds: action (with the hold-start baseline), revisit without
-    prefill (memory on and off), and a drift probe (first third vs last third of its ticks)."""
-    probe = ModelFrameSource(checkpoint=checkpoint, device=device)
-    res, fov = probe.resolution, probe.config.fov_deg
-    e = recipe.eval
-
-    def make_source(mem: bool) -> ModelFrameSource:
-        return ModelFrameSource(checkpoint=checkpoint, use_memory=mem, device=device)
-
-    out: dict[str, Any] = {"checkpoint": str(checkpoint), "checkpoint_sha256": checkpoint_sha256(checkpoint),
-                           "recipe": recipe.name, "suites": {}}
-    t0 = time.perf_counter()
-    action = [evaluate_log(make_source, log, [True], 0, True)
-              for log in suite_logs("action", res, fov, e.action_worlds)]
-    revisit = [evaluate_log(make_source, log, [True, False], 0, False)
-               for log in suite_logs("revisit", res, fov, e.revisit_worlds)]
-    drift_logs = [long_log(f"drift:{s}", generate_world(s), e.drift_ticks, res, fov)
-                  for s in DRIFT_SUITE_SEEDS[:e.drift_worlds]]
-    drift = [evaluate_log(make_source, log, [True], 0, True) for log in drift_logs]
-    third = max(1, int(e.drift_ticks * DRIFT_EARLY_SHARE))
-    early, late = (1, third), (e.drift_ticks - third + 1, e.drift_ticks)
-    probes = []
-    for r, log in zip(drift, drift_logs):
-        run_ = r["runs"]["memory_on"]
-        scores = drift_scores(run_["psnr"], run_["ssim"], early, late) or {}
-        hold = r["baselines"]["hold_start_frame"]["psnr"]
-        frames = r["_frames"]
-        scores["late_detail"] = detail_ratio(frames[late[0] - 1:late[1]], log.truth[late[0]:late[1] + 1])
-        scores["late_hold_psnr"] = sum(hold[late[0] - 1:late[1]]) / third
-        probes.append(scores)
-    for name, results in (("action", action), ("revisit", revisit), ("drift_probe", drift)):
-        out["suites"][name] = {"logs": len(results), "summary": summarise(results)}
-    out["suites"]["drift_probe"]["windows"] = {"early": list(early), "late": list(late)}
-    out["suites"]["drift_probe"]["scores"] = {k: sum(p[k] for p in probes) / len(probes) for k in probes[0]} \
-        if probes and probes[0] else {}
-    out["seconds"] = time.perf_counter() - t0
-    return out
-
-
-EVAL_ROWS = (("action", "memory_on.psnr_16", "action following, PSNR at 16 ticks (dB)"),
-             ("action", "hold_start_frame.psnr_16", "  hold the start frame, 16 ticks (dB)"),
-             ("action", "memory_on.psnr_64", "action following, PSNR at 64 ticks (dB)"),
-             ("action", "hold_start_frame.psnr_64", "  hold the start frame, 64 ticks (dB)"),
-             ("action", "memory_on.detail", "detail (mean gradient / truth's)"),
-             ("revisit", "memory_on.revisit.psnr_vs_first_visit", "revisit, returns vs own first visit, memory on (dB)"),
-             ("revisit", "memory_off.revisit.psnr_vs_first_visit", "revisit, memory off (dB)"),
-             ("revisit", "memory_on.revisit.psnr_vs_truth", "revisit, returns vs truth, memory on (dB)"))
-
-
-def eval_markdown(doc: dict[str, Any], run: Run | None = None) -> str:
-    lines = [f"# Reduced eval of `{doc['checkpoint']}`", "",
-             f"sha256 `{doc['checkpoint_sha256'][:16]}...`, recipe `{doc['recipe']}`; held-out worlds, closed loop, "
-             f"no teacher forcing ({doc['seconds']:.0f} s).", "", "| metric | value |", "|---|---|"]
-    for suite, key, label in EVAL_ROWS:
-        v = doc["suites"][suite]["summary"].get(key)
-        lines.append(f"| {label} | {'n/a' if v is None else f'{v:.2f}'} |")
-    dp = doc["suites"]["drift_probe"]
-    w = dp["windows"]
-    for key, label in (("early_psnr", f"drift probe, ticks {w['early'][0]}-{w['early'][1]} (dB)"),
-                       ("late_psnr", f"drift probe, ticks {w['late'][0]}-{w['late'][1]} (dB)"),
-                       ("late_hold_psnr", "  hold the start frame, late ticks (dB)"),
-                       ("late_detail", "drift probe, late detail (mean gradient / truth's)")):
-        v = dp["scores"].get(key)
-        lines.append(f"| {label} | {'n/a' if v is None else f'{v:.2f}'} |")
-    if run is not None:
-        lines += ["", "| stage | plan | wall time (s) |", "|---|---|---|"]
-        for s in ALL_STAGES:
-            info = run.stages.get(s, {})
-            plan = {k: v for k, v in info.get("plan", {}).items() if k in ("steps", "train_worlds", "ticks")}
-            lines.append(f"| {s} | {json.dumps(plan) if plan else ''} | {info.get('seconds', 0):.0f} |")
+def eval_markdown(doc: dict[str, Any], run: Run) -> str:
+    """The reduced eval's table, then the run's stages: their plans and wall times."""
+    lines = [reduced_markdown(doc).rstrip("\n"), "", "| stage | plan | wall time (s) |", "|---|---|---|"]
+    for s in ALL_STAGES:
+        info = run.stages.get(s, {})
+        plan = {k: v for k, v in info.get("plan", {}).items() if k in ("steps", "train_worlds", "ticks")}
+        lines.append(f"| {s} | {json.dumps(plan) if plan else ''} | {info.get('seconds', 0):.0f} |")
     return "\n".join(lines) + "\n"
 
 
+SMOKE_EVAL = EvalRecipe(action_worlds=1, revisit_worlds=1, drift_worlds=1, drift_ticks=30)
+"""The eval of a --max-steps smoke run: it checks that the result plays, not how well."""
+
+
 def stage_eval(run: Run, dev: torch.device) -> None:
-    doc = reduced_eval(run.path(FINAL_CHECKPOINT), run.recipe, str(dev))
-    atomic_write_text(run.path(EVAL_JSON), json.dumps({k: v for k, v in doc.items()}, indent=1, default=_no_tensors))
+    recipe = run.recipe if run.max_steps is None else dataclasses.replace(run.recipe, eval=SMOKE_EVAL)
+    doc = reduced_eval(run.path(FINAL_CHECKPOINT), recipe.eval, recipe.name, str(dev), parts=run.path("eval"))
+    atomic_write_text(run.path(EVAL_JSON), json.dumps(doc, indent=1))
     atomic_write_text(run.path(EVAL_MD), eval_markdown(doc, run))
-    print(eval_markdown(doc), file=sys.stderr)
-
-
-def _no_tensors(obj: Any) -> Any:
-    return None  # the per-log frames and sources (keys starting with _) are not written
+    print(reduced_markdown(doc), file=sys.stderr)
 
 
 STAGE_FUNCTIONS: dict[str, Callable[[Run, torch.device], None]] = {
@@ -695,23 +647,50 @@ def run_all(run: Run) -> Path:
             _wait(run, lambda s=stage: run.done(s))
             continue
         t0 = time.perf_counter()
-        st = run.stages.setdefault(stage, {})
-        before = float(st.get("seconds", 0.0))
-        STAGE_FUNCTIONS[stage](run, dev)
-        if run.main:
-            st = run.stages[stage]
-            st["seconds"] = before + time.perf_counter() - t0
-            st["done"] = True
-            run.save()
-        elif everyone:
+        before = float(run.stages.setdefault(stage, {}).get("seconds", 0.0))
+        try:
+            STAGE_FUNCTIONS[stage](run, dev)
+            if run.main:
+                run.stages[stage]["done"] = True
+        finally:  # an interrupted stage's time still counts against the budget when it resumes
+            if run.main:
+                run.stages[stage]["seconds"] = before + time.perf_counter() - t0
+                run.save()
+        if not run.main:  # rank 0 finishes the stage (the data index, the checkpoint) and says so
             _wait(run, lambda s=stage: run.done(s))
         if run.main and stage in STAGE_NAMES:
             print(f"[{stage} done: {run.stages[stage]['seconds']:.0f} s; {run.used_s() / 60:.1f} of "
                   f"{run.budget_s / 60:g} budget minutes used]", file=sys.stderr)
     if run.main:
+        table = estimate_table(run)
+        if table:
+            print(table, file=sys.stderr)
         print(f"run: {run.path(FINAL_CHECKPOINT)} ({(time.perf_counter() - t_run) / 60:.1f} min in this call)",
               file=sys.stderr)
     return run.path(FINAL_CHECKPOINT)
+
+
+def estimate_table(run: Run) -> str:
+    """Per stage: its share of the preset's budget and, for the training stages, the estimated time
+    per step, steps and memory on the preset's device (FLOPs of the probe's real step over the
+    assumed throughput). Empty for presets without a [device] estimate."""
+    d = run.recipe.device
+    if d.peak_tflops <= 0:
+        return ""
+    shares = run.recipe.shares()
+    lines = [f"estimated on {d.name} ({d.peak_tflops:g} TFLOPS bf16 x {d.utilisation:g} assumed, "
+             f"{d.memory_gib:g} GiB), budget {run.budget_s / 60:g} min:",
+             f"  {'stage':12s} {'share s':>8s} {'ms/step':>8s} {'steps':>7s} {'GiB':>6s}  measured here"]
+    for stage in STAGE_NAMES:
+        info = run.stages.get(stage, {})
+        est, plan = info.get("estimate"), info.get("plan", {})
+        here = f"{plan['s_per_step'] * 1e3:.0f} ms/step" if "s_per_step" in plan else f"{info.get('seconds', 0):.0f} s"
+        if est:
+            lines.append(f"  {stage:12s} {run.budget_s * shares[stage]:8.0f} {est['s_per_step'] * 1e3:8.2f} "
+                         f"{est['steps']:7d} {est['memory_gib']:6.2f}  {here}")
+        else:
+            lines.append(f"  {stage:12s} {run.budget_s * shares[stage]:8.0f} {'':>8s} {'':>7s} {'':>6s}  {here}")
+    return "\n".join(lines)
 
 
 def _rank_device(run: Run) -> torch.device:

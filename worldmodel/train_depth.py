@@ -144,7 +144,9 @@ def train_depth_head(data_dir: str | Path, out_dir: str | Path, base_autoencoder
     if not val_ds.has_depth:
         raise UserError(f"{val_ds.path}: this data set stores no depth")
     dev = resolve_device(device)
-    ae = with_depth_head(load_base_autoencoder(base_autoencoder)).to(dev)
+    with torch.random.fork_rng(devices=[]):  # the head's initial weights belong to cfg.seed, not to the caller
+        torch.manual_seed(cfg.seed)
+        ae = with_depth_head(load_base_autoencoder(base_autoencoder)).to(dev)
     if ae.config.resolution != ds.resolution:
         raise UserError(f"{ds.path}: frames are {ds.resolution} px, the autoencoder's {ae.config.resolution}")
     for name, p in ae.named_parameters():
