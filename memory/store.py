@@ -642,6 +642,22 @@ def _read_data(path: Path, sha256: str) -> dict[str, torch.Tensor]:
         raise UserError(f"{path}: not a readable safetensors file ({exc})") from exc
 
 
+def _kept_ticks_first(poses: torch.Tensor, config: MemoryConfig) -> torch.Tensor:
+    """kept_ticks for dedup_keep "first" without eviction: a frame is added unless a near-duplicate
+    (the store's own `near_duplicates` test, same arithmetic) is held already, and nothing held ever
+    leaves. About 10x faster than running a store (no grid, no slots), which training needs once per
+    clip; tests/test_memory_store.py checks it against the store on random paths."""
+    poses = poses.detach().to("cpu", torch.float32)
+    kept = torch.zeros(poses.shape[0], dtype=torch.bool)
+    held: list[int] = []
+    for t in range(1, poses.shape[0]):
+        if not held or not bool(near_duplicates(poses[t], poses[held], config.dedup_distance,
+                                                config.dedup_angle_deg).any()):
+            held.append(t)
+            kept[t] = True
+    return kept
+
+
 def kept_ticks(poses: torch.Tensor, config: MemoryConfig) -> torch.Tensor:
     """bool [T]: which frames of a path (poses [T, 5]; tick 0 is the start image, which the runtime keeps
     in the attention sink and never adds) a store with `config` holds once ticks 1..T-1 were added in
@@ -651,6 +667,8 @@ def kept_ticks(poses: torch.Tensor, config: MemoryConfig) -> torch.Tensor:
     the store held at tick t exactly the kept frames up to t: training uses this to give each target
     the memory candidates play would have had.
     """
+    if config.dedup_keep == "first" and poses.shape[0] - 1 <= config.budget_entries:
+        return _kept_ticks_first(poses, config)
     store = MemoryStore(dataclasses.replace(config, payload_shape=(1,), payload_dtype="float32"))
     one = torch.zeros(1)
     for t in range(1, poses.shape[0]):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -13,8 +15,10 @@ import torch
 from safetensors.torch import save as save_safetensors_bytes
 
 import memory.store as store_mod
+from scenes.trajectories import make_trajectory
+from scenes.world import generate_world
 from memory.retrieval import select_memory
-from memory.store import STATE_FILE, MemoryConfig, MemoryStore
+from memory.store import STATE_FILE, MemoryConfig, MemoryStore, kept_ticks
 from conventions.errors import UserError
 
 PAYLOAD = (2, 3, 4)
@@ -345,3 +349,19 @@ def test_a_return_visit_retrieves_the_first_visit() -> None:
     assert not bool(back.any()), got.ticks  # ... and nothing from the walk back, which looked the other way
     # (the rest may be views from the final turn on this spot, which partly share the view)
     assert bool(((got.ticks < 30) | (got.ticks >= 220)).all())
+
+
+def test_kept_ticks_fast_path_equals_running_the_store():
+    """kept_ticks' dedup_keep='first' shortcut holds exactly the frames a real store holds, on paths
+    that wander, stand still, turn in place and come back (many near-duplicate tests at the edge)."""
+    config = MemoryConfig(budget_entries=512, dedup_keep="first")
+    for seed in range(12):
+        world = generate_world(seed)
+        policy = ("walk", "look", "revisit", "retrace")[seed % 4]
+        poses = make_trajectory(world, 160, policy, random.Random(seed)).poses
+        store = MemoryStore(dataclasses.replace(config, payload_shape=(1,), payload_dtype="float32"))
+        for t in range(1, poses.shape[0]):
+            store.add(torch.zeros(1), poses[t], t)
+        expected = torch.zeros(poses.shape[0], dtype=torch.bool)
+        expected[store.ticks()] = True
+        assert torch.equal(kept_ticks(poses, config), expected), (seed, policy)

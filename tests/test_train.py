@@ -176,6 +176,19 @@ def test_resume_reproduces_the_next_step_exactly(run_files: dict[str, Path]) -> 
     assert all(a[s] == b[s] for s in a), (a, b)
 
 
+def test_loader_workers_train_on_the_same_batches(run_files: dict[str, Path]) -> None:
+    """Batches built ahead by worker processes (a GPU run's setting) are the loop's own batches:
+    the same losses step for step, and a run resumed with workers continues the one without."""
+    c = tiny_config()
+    plain, ahead = run_files["dir"] / "plain", run_files["dir"] / "ahead"
+    train_world_model(run_files["train"], plain, run_files["ae"], _opts(), c, progress=False)
+    train_world_model(run_files["train"], ahead, run_files["ae"], _opts(), c, progress=False, stop_after=2)
+    train_world_model(run_files["train"], ahead, run_files["ae"], _opts(loader_workers=2), c, progress=False)
+    a = {r["step"]: r["loss"] for r in _log(plain)}
+    b = {r["step"]: r["loss"] for r in _log(ahead)}
+    assert a.keys() == b.keys() and all(a[s] == b[s] for s in a), (a, b)
+
+
 def test_training_refuses_mismatched_data_and_runs(run_files: dict[str, Path]) -> None:
     c = tiny_config()
     wrong = write_latent_clips(run_files["dir"] / "wrong.safetensors", 2, TICKS, c, 0, latent_size=4)

@@ -81,6 +81,8 @@ class WorldRecipe:
     steps_max: int = 200_000
     val_clips: int = 8
     amp: bool = True
+    loader_workers: int = 0
+    """Processes building batches ahead of the training loop (a GPU needs them; see TrainOptions)."""
     compile: bool = False
     """torch.compile the joint forward (GPU presets; needs a working compiler toolchain)."""
 

@@ -465,11 +465,15 @@ def _probe_world(run: Run, dev: torch.device, config: WorldModelConfig, caches: 
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         model = WorldModel(config).to(dev)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        timed = _probe_timed(run)
+        t0 = time.perf_counter()
+        built = [step_batch(data, config, tokenizer, sampler, i, 0, 1, 0.1, w.revisit_focus, 40, 0.0,
+                            HintAugment(0.15, 0.1, 0.03)) for i in range(2 + timed)]
+        build_s = (time.perf_counter() - t0) / len(built)
         counter = [0]
 
         def step() -> None:
-            b = step_batch(data, config, tokenizer, sampler, counter[0], 0, 1, 0.1, w.revisit_focus, 40, 0.0,
-                           HintAugment(0.15, 0.1, 0.03)).to(dev)
+            b = built[counter[0] % len(built)].to(dev)
             attach_hints(b, ae, config)
             counter[0] += 1
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=w.amp):
@@ -478,7 +482,13 @@ def _probe_world(run: Run, dev: torch.device, config: WorldModelConfig, caches: 
             loss.backward()
             opt.step()
 
-        return probe_steps(step, list(model.parameters()), dev, _probe_timed(run))
+        probe = probe_steps(step, list(model.parameters()), dev, timed)
+    # batches are built in the loop (adding to the step) or by loader workers beside it (overlapping)
+    workers = w.loader_workers
+    per_step = probe.seconds_per_step + build_s if workers == 0 else max(probe.seconds_per_step, build_s / workers)
+    print(f"world probe: {build_s * 1e3:.0f} ms to build a batch, {probe.seconds_per_step * 1e3:.0f} ms to train "
+          f"on it, {workers} loader workers", file=sys.stderr)
+    return dataclasses.replace(probe, seconds_per_step=per_step)
 
 
 def _world_run(run: Run, dev: torch.device, stage: str, caches: list[Path], init_from: Path | None,
@@ -510,7 +520,7 @@ def _world_run(run: Run, dev: torch.device, stage: str, caches: list[Path], init
                         revisit_focus=revisit_focus, window_dropout=window_dropout,
                         init_from=str(init_from) if init_from else "", ckpt_every=plan["ckpt_every"],
                         val_every=steps, val_clips=w.val_clips, log_every=max(1, min(10, steps // 10)),
-                        amp=w.amp, compile=w.compile)
+                        amp=w.amp, compile=w.compile, loader_workers=w.loader_workers)
     return train_world_model(caches, run.path(stage), _autoencoder_path(run), opts, config,
                              val_latents_path=latent_chunks(run, "heldout")[0], device=run.device)
 

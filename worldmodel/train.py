@@ -44,7 +44,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -135,6 +135,11 @@ class TrainOptions:
     """Hint models: share of targets whose hint is empty (the model must still work with --hint off)."""
     hint_noise: float = 0.03
     """Hint models: the warped RGB gets Gaussian noise of std U[0, hint_noise] before it is encoded."""
+    loader_workers: int = 0
+    """Processes that build the next batches while the device trains (0: built in the loop). A batch
+    depends only on its step (StepSampler), so the workers give the same batches in the same order;
+    a GPU needs them, since building 128 samples with their memory and hint sources takes the CPU
+    longer than the GPU takes for the step."""
     compile: bool = False
     """torch.compile the joint training pass (GPU runs; the first steps pay for the compilation)."""
     fsdp: bool = False
@@ -177,6 +182,36 @@ def initial_weights(path: str | Path, config: WorldModelConfig) -> dict[str, tor
         factor = 4  # positions of a 2x2 patch; pixel_unshuffle orders features as channel * 4 + position
         state["mem_in.weight"] = state["mem_in.weight"].repeat_interleave(factor, dim=1) / factor
     return state
+
+
+class _StepBatches(torch.utils.data.Dataset):
+    """Step t -> its batch, for a DataLoader whose workers build batches ahead of the loop."""
+
+    def __init__(self, build: Callable[[int], TrainBatch], start: int, end: int) -> None:
+        self.build, self.start, self.end = build, start, end
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+    def __getitem__(self, i: int) -> TrainBatch:
+        return self.build(self.start + i)
+
+
+def _as_is(batch: TrainBatch) -> TrainBatch:
+    return batch
+
+
+LOADER_PREFETCH = 4
+"""Batches each loader worker builds ahead."""
+
+
+def step_batches(build: Callable[[int], TrainBatch], start: int, end: int, workers: int) -> Iterator[TrainBatch]:
+    """The batches of steps start..end-1 in order: built in the loop, or by `workers` processes."""
+    if workers <= 0:
+        return (build(t) for t in range(start, end))
+    loader = torch.utils.data.DataLoader(_StepBatches(build, start, end), batch_size=None, shuffle=False,
+                                         num_workers=workers, prefetch_factor=LOADER_PREFETCH, collate_fn=_as_is)
+    return iter(loader)
 
 
 def _plain_model(config: WorldModelConfig, state: dict[str, torch.Tensor], device: torch.device) -> WorldModel:
@@ -353,10 +388,13 @@ def _train(ctx: DistContext, latents_path: str | Path | list[str | Path], out_di
     bar = ProgressBar(opts.steps, "train world", start=step) if progress and main else None
     net.train()
     end = opts.steps if stop_after is None else min(opts.steps, step + max(0, stop_after))
+    def build(at: int) -> TrainBatch:
+        return step_batch(data, config, tokenizer, sampler, at, ctx.rank, ctx.world_size, opts.caption_dropout,
+                          opts.revisit_focus, opts.revisit_min_gap, opts.window_dropout, hint_augment)
+
+    batches = step_batches(build, step, end, opts.loader_workers)
     while step < end:
-        batch = step_batch(data, config, tokenizer, sampler, step, ctx.rank, ctx.world_size,
-                           opts.caption_dropout, opts.revisit_focus, opts.revisit_min_gap,
-                           opts.window_dropout, hint_augment).to(dev)
+        batch = next(batches).to(dev)
         attach_hints(batch, autoencoder, config)
         lr = learning_rate(step, opts)
         for group in optim.param_groups:
