@@ -293,12 +293,15 @@ def stage_data(run: Run, dev: torch.device) -> None:
     plan = run.stages.setdefault("data", {}).get("plan")
     if plan is None:
         seconds = run.allotment("data", also=("latents",))
+        ae = Autoencoder(_ae_config(r, depth=True)).to(dev).eval()
+        warm = render_views_with_depth(generate_world(d.seed_start).to(dev), torch.zeros(2, 5), r.resolution)[0]
+        with torch.inference_mode():  # warm-up (a GPU's first kernels are slow)
+            ae.decode_depth(ae.encode(warm.to(dev)))
         t0 = time.perf_counter()
         world = generate_world(d.seed_start).to(dev)
         traj = make_trajectory(world, d.ticks, "walk", random.Random(0))
         frames, _ = render_views_with_depth(world, traj.poses, r.resolution, DEFAULT_FOV_DEG)
         render_s = time.perf_counter() - t0
-        ae = Autoencoder(_ae_config(r, depth=True)).to(dev).eval()
         with torch.inference_mode():
             t0 = time.perf_counter()
             z = ae.encode(frames.to(dev))
@@ -339,18 +342,17 @@ def _probe_autoencoder(run: Run, dev: torch.device, depth: bool) -> Probe:
     sampler = FrameSampler(ds, seed=0)
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         model = Autoencoder(_ae_config(r, depth=depth)).to(dev)
-        if depth:
-            params = list(model.depth_decoder.parameters())
-            cfg = DepthTrainConfig()
-            frames, truth = sampler.sample_with_depth(r.autoencoder.depth_batch)
-            frames, truth = frames.to(dev), truth.to(dev)
-        else:
-            params = list(model.parameters())
-            frames = sampler.sample(r.autoencoder.batch).to(dev)
+        params = list(model.depth_decoder.parameters() if depth else model.parameters())
+        cfg = DepthTrainConfig()
         opt = torch.optim.AdamW(params, lr=1e-4)
         autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=not depth)
 
-        def step() -> None:
+        def step() -> None:  # the frames are read in the step, as the training loops read them
+            if depth:
+                frames, truth = sampler.sample_with_depth(r.autoencoder.depth_batch)
+                frames, truth = frames.to(dev), truth.to(dev)
+            else:
+                frames = sampler.sample(r.autoencoder.batch).to(dev)
             with autocast:
                 if depth:
                     with torch.no_grad():
@@ -387,18 +389,24 @@ def _report(run: Run, stage: str, probe: Probe, steps: int, seconds: float) -> N
                         f"{d.memory_gib:g} GiB of {d.name}; lower its batch")
 
 
+def _plan_steps(run: Run, stage: str, probe: Callable[[], Probe], lo: int, hi: int) -> dict[str, Any]:
+    """The stage's plan, made once (at its first start) from its probe and its share of the budget."""
+    st = run.stages.setdefault(stage, {})
+    if "plan" not in st:
+        seconds = run.allotment(stage)
+        measured = probe()
+        steps = _steps_for(run, measured, seconds, lo, hi)
+        st["plan"] = {"steps": steps, "ckpt_every": _save_every(measured, steps), "seconds": seconds,
+                      "s_per_step": measured.seconds_per_step, "flops_per_step": measured.flops_per_step}
+        st["probe"] = dataclasses.asdict(measured)
+        _report(run, stage, measured, steps, seconds)
+        run.save()
+    return st["plan"]
+
+
 def stage_ae(run: Run, dev: torch.device) -> None:
     r, a = run.recipe, run.recipe.autoencoder
-    st = run.stages.setdefault("ae", {})
-    if "plan" not in st:
-        seconds = run.allotment("ae")
-        probe = _probe_autoencoder(run, dev, depth=False)
-        steps = _steps_for(run, probe, seconds, a.steps_min, a.steps_max)
-        st["plan"] = {"steps": steps, "ckpt_every": _save_every(probe, steps), "seconds": seconds,
-                      "s_per_step": probe.seconds_per_step, "flops_per_step": probe.flops_per_step}
-        _report(run, "ae", probe, steps, seconds)
-        run.save()
-    plan = st["plan"]
+    plan = _plan_steps(run, "ae", lambda: _probe_autoencoder(run, dev, depth=False), a.steps_min, a.steps_max)
     dirs = _data_dirs(run)
     train_autoencoder(dirs["train"], run.path("ae"), steps=plan["steps"], batch_size=a.batch, lr=a.lr,
                       val_dir=dirs["heldout"], device=str(dev), ckpt_every=plan["ckpt_every"],
@@ -407,17 +415,9 @@ def stage_ae(run: Run, dev: torch.device) -> None:
 
 
 def stage_depth(run: Run, dev: torch.device) -> None:
-    r, a = run.recipe, run.recipe.autoencoder
-    st = run.stages.setdefault("depth", {})
-    if "plan" not in st:
-        seconds = run.allotment("depth")
-        probe = _probe_autoencoder(run, dev, depth=True)
-        steps = _steps_for(run, probe, seconds, a.depth_steps_min, a.depth_steps_max)
-        st["plan"] = {"steps": steps, "ckpt_every": _save_every(probe, steps), "seconds": seconds,
-                      "s_per_step": probe.seconds_per_step, "flops_per_step": probe.flops_per_step}
-        _report(run, "depth", probe, steps, seconds)
-        run.save()
-    plan = st["plan"]
+    a = run.recipe.autoencoder
+    plan = _plan_steps(run, "depth", lambda: _probe_autoencoder(run, dev, depth=True), a.depth_steps_min,
+                       a.depth_steps_max)
     dirs = _data_dirs(run)
     cfg = DepthTrainConfig(steps=plan["steps"], batch=a.depth_batch, lr=a.depth_lr,
                            warmup=max(1, min(50, plan["steps"] // 10)), val_every=plan["steps"],
@@ -467,8 +467,10 @@ def _probe_world(run: Run, dev: torch.device, config: WorldModelConfig, caches: 
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         timed = _probe_timed(run)
         t0 = time.perf_counter()
-        built = [step_batch(data, config, tokenizer, sampler, i, 0, 1, 0.1, w.revisit_focus, 40, 0.0,
-                            HintAugment(0.15, 0.1, 0.03)) for i in range(2 + timed)]
+        o = TrainOptions()  # the stages' batches use its defaults for everything but revisit_focus
+        augment = HintAugment(o.hint_drop_source, o.hint_empty, o.hint_noise)
+        built = [step_batch(data, config, tokenizer, sampler, i, 0, 1, o.caption_dropout, w.revisit_focus,
+                            o.revisit_min_gap, o.window_dropout, augment) for i in range(2 + timed)]
         build_s = (time.perf_counter() - t0) / len(built)
         counter = [0]
 
@@ -497,24 +499,17 @@ def _world_run(run: Run, dev: torch.device, stage: str, caches: list[Path], init
     """One world-model training stage: plan it (a probe, or another stage's measured step time),
     then train (DDP under torchrun)."""
     w = run.recipe.world
-    st = run.stages.setdefault(stage, {})
-    if "plan" not in st:
-        if run.main:
-            seconds = run.allotment(stage)
-            if probe_from is not None and "probe" in run.stages.get(probe_from, {}):
-                probe = Probe(**run.stages[probe_from]["probe"])
-            else:
-                probe = _probe_world(run, dev, config, caches)
-            steps = _steps_for(run, probe, seconds, w.steps_min, w.steps_max)
-            st["plan"] = {"steps": steps, "ckpt_every": _save_every(probe, steps), "seconds": seconds,
-                          "s_per_step": probe.seconds_per_step, "flops_per_step": probe.flops_per_step}
-            st["probe"] = dataclasses.asdict(probe)
-            _report(run, stage, probe, steps, seconds)
-            run.save()
-        else:
-            _wait(run, lambda: "plan" in run.stages.get(stage, {}))
-            st = run.stages[stage]
-    plan = st["plan"]
+
+    def probe() -> Probe:
+        if probe_from is not None and "probe" in run.stages.get(probe_from, {}):
+            return Probe(**run.stages[probe_from]["probe"])
+        return _probe_world(run, dev, config, caches)
+
+    if run.main:
+        plan = _plan_steps(run, stage, probe, w.steps_min, w.steps_max)
+    else:  # the ranks train on rank 0's plan
+        _wait(run, lambda: "plan" in run.stages.get(stage, {}))
+        plan = run.stages[stage]["plan"]
     steps = plan["steps"]
     opts = TrainOptions(steps=steps, batch=w.batch, lr=lr, warmup_steps=max(1, min(w.warmup_steps, steps // 10)),
                         revisit_focus=revisit_focus, window_dropout=window_dropout,
