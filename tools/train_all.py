@@ -62,7 +62,7 @@ from worldmodel.checkpoint import average_checkpoints
 from worldmodel.closed_loop import rollout_clips, write_rollout_cache
 from worldmodel.config import WorldModelConfig, default_config, tiny_config
 from worldmodel.data import ClipDataset, encode_dataset, FrameSampler
-from worldmodel.distributed import rank_device, read_launch_env
+from worldmodel.distributed import distributed_session, read_launch_env
 from worldmodel.hint import HintAugment
 from worldmodel.model import WorldModel
 from worldmodel.run_io import resolve_device
@@ -84,6 +84,8 @@ STEP_OVERHEAD = 0.9
 """Share of a training stage's time spent in steps; the rest goes to checkpoints and validation."""
 WAIT_POLL_S = 2.0
 """How often ranks other than 0 look at run.json while rank 0 runs a one-process stage."""
+SMOKE_CLIPS = 8
+"""Mixed clips a --max-steps smoke run renders (its batches repeat clips; only the shapes matter)."""
 ALL_STAGES = STAGE_NAMES + ("export", "eval")
 DDP_STAGES = ("world", "memory", "closed_loop")
 
@@ -224,7 +226,8 @@ class Probe:
 def probe_steps(step: Callable[[], None], params: list[torch.nn.Parameter], device: torch.device,
                 timed: int = PROBE_STEPS) -> Probe:
     """Time `timed` calls of `step` (one full optimisation step) after a warm-up, count one step's
-    FLOPs and the bytes autograd saves for backward (the activation memory the step needs)."""
+    FLOPs and the bytes autograd saves for backward (the activation memory the step needs); with
+    `timed` 0 the counted step's own time is the estimate."""
     saved = [0]
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -233,16 +236,19 @@ def probe_steps(step: Callable[[], None], params: list[torch.nn.Parameter], devi
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         step()  # warm-up (allocations, autotuning)
+    t0 = time.perf_counter()
     with FlopCounterMode(display=False) as counter:
         step()
     _sync(device)
+    counted_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(timed):
         step()
     _sync(device)
     n = sum(p.numel() for p in params)
+    seconds = (time.perf_counter() - t0) / timed if timed else counted_s
     # weights, gradients and two AdamW moments in fp32, plus the EMA copy
-    return Probe((time.perf_counter() - t0) / timed, float(counter.get_total_flops()), saved[0], n * 4 * 5)
+    return Probe(seconds, float(counter.get_total_flops()), saved[0], n * 4 * 5)
 
 
 def _sync(device: torch.device) -> None:
@@ -310,16 +316,17 @@ def stage_data(run: Run, dev: torch.device) -> None:
             encode_s = time.perf_counter() - t0
         per_clip = (render_s + encode_s) * (1 + d.retrace_share)
         clips = max(d.train_clips_min, min(d.train_clips_max, int(seconds / per_clip) - d.heldout_clips))
-        if run.max_steps is not None:
-            clips = d.train_clips_min
+        heldout = d.heldout_clips
+        if run.max_steps is not None:  # a smoke run: the preset's clip length and batches, little data
+            clips, heldout = min(d.train_clips_min, SMOKE_CLIPS), min(heldout, d.clips_per_world)
         worlds = max(1, math.ceil(clips / d.clips_per_world))
         retrace = max(1, round(worlds * d.clips_per_world * d.retrace_share))
-        plan = {"train_worlds": worlds, "retrace_clips": retrace, "heldout_clips": d.heldout_clips,
+        plan = {"train_worlds": worlds, "retrace_clips": retrace, "heldout_clips": heldout,
                 "render_s_per_clip": render_s, "encode_s_per_clip": encode_s, "seconds": seconds}
         run.stages["data"]["plan"] = plan
         run.save()
         print(f"data: {render_s * 1e3 / d.ticks:.1f} ms/frame to render, {encode_s * 1e3 / d.ticks:.1f} ms/frame "
-              f"to encode here -> {worlds * d.clips_per_world} mixed + {retrace} retrace + {d.heldout_clips} "
+              f"to encode here -> {worlds * d.clips_per_world} mixed + {retrace} retrace + {heldout} "
               f"held-out clips of {d.ticks} ticks in {seconds:.0f} s", file=sys.stderr)
     dirs = _data_dirs(run)
     common = dict(ticks=d.ticks, resolution=r.resolution, shard_clips=d.shard_clips, device=dev, rank=run.rank,
@@ -368,8 +375,9 @@ def _probe_autoencoder(run: Run, dev: torch.device, depth: bool) -> Probe:
 
 
 def _probe_timed(run: Run) -> int:
-    """Timed probe steps: fewer in a --max-steps smoke run, whose plan is capped anyway."""
-    return PROBE_STEPS if run.max_steps is None else 1
+    """Timed probe steps: none beyond the counted one in a --max-steps smoke run (its plan is capped
+    anyway, and the counted step's time is a fair, slightly high, estimate)."""
+    return PROBE_STEPS if run.max_steps is None else 0
 
 
 def _report(run: Run, stage: str, probe: Probe, steps: int, seconds: float) -> None:
@@ -639,10 +647,19 @@ def _wait(run: Run, ready: Callable[[], bool]) -> None:
 
 
 def run_all(run: Run) -> Path:
-    """Run every stage not yet done, in order; returns the final checkpoint."""
+    """Run every stage not yet done, in order; returns the final checkpoint.
+
+    Under torchrun one process group serves the whole run (the world-model stages use it; a second
+    group in the same torchrun job would read the first one's addresses from the launcher's store)."""
     if run.recipe.threads and run.device == "cpu":
         torch.set_num_threads(run.recipe.threads)
-    dev = resolve_device(run.device) if run.world_size == 1 else _rank_device(run)
+    if run.world_size == 1:
+        return _run_stages(run, resolve_device(run.device))
+    with distributed_session(run.device) as ctx:
+        return _run_stages(run, ctx.device)
+
+
+def _run_stages(run: Run, dev: torch.device) -> Path:
     t_run = time.perf_counter()
     for stage in ALL_STAGES:
         if run.done(stage):
@@ -696,10 +713,6 @@ def estimate_table(run: Run) -> str:
         else:
             lines.append(f"  {stage:12s} {run.budget_s * shares[stage]:8.0f} {'':>8s} {'':>7s} {'':>6s}  {here}")
     return "\n".join(lines)
-
-
-def _rank_device(run: Run) -> torch.device:
-    return rank_device(run.device, read_launch_env())
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

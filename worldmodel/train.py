@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -207,6 +208,7 @@ LOADER_PREFETCH = 4
 
 def step_batches(build: Callable[[int], TrainBatch], start: int, end: int, workers: int) -> Iterator[TrainBatch]:
     """The batches of steps start..end-1 in order: built in the loop, or by `workers` processes."""
+    workers = min(workers, os.cpu_count() or 1)  # more processes than cores only adds switching
     if workers <= 0:
         return (build(t) for t in range(start, end))
     loader = torch.utils.data.DataLoader(_StepBatches(build, start, end), batch_size=None, shuffle=False,
