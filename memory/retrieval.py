@@ -218,8 +218,21 @@ def near_duplicates(pose: torch.Tensor, poses: torch.Tensor, dedup_distance: flo
     close = (poses[:, :3] - pose[None, :3]).pow(2).sum(-1) <= dedup_distance * dedup_distance
     if not bool(close.any()):
         return close  # the common case at add time: skip the trigonometry
-    # cos(angle) >= cos(limit) is acos-free and identical for angles in [0, pi].
-    aligned = forward_vector(poses) @ forward_vector(pose) >= math.cos(math.radians(dedup_angle_deg))
+    # cos(angle) >= cos(limit) is acos-free and identical for angles in [0, pi]; an elementwise
+    # product and sum (not a matrix product) so that duplicate_matrix computes the same numbers
+    aligned = (forward_vector(poses) * forward_vector(pose)[None]).sum(-1) >= math.cos(math.radians(dedup_angle_deg))
+    return close & aligned
+
+
+def duplicate_matrix(poses: torch.Tensor, dedup_distance: float = DEFAULT_DEDUP_DISTANCE,
+                     dedup_angle_deg: float = DEFAULT_DEDUP_ANGLE_DEG) -> torch.Tensor:
+    """bool [T, T]: entry [t, s] = whether `poses[s]` is a near-duplicate of `poses[t]`
+    (`near_duplicates`, every pair at once, the same arithmetic)."""
+    _check_poses("poses", poses, 2)
+    poses = poses.detach().to("cpu", torch.float32)
+    close = (poses[None, :, :3] - poses[:, None, :3]).pow(2).sum(-1) <= dedup_distance * dedup_distance
+    f = forward_vector(poses)  # [T, 3]
+    aligned = (f[None, :, :] * f[:, None, :]).sum(-1) >= math.cos(math.radians(dedup_angle_deg))
     return close & aligned
 
 

@@ -354,8 +354,9 @@ def test_a_return_visit_retrieves_the_first_visit() -> None:
 def test_kept_ticks_fast_path_equals_running_the_store():
     """kept_ticks' dedup_keep='first' shortcut holds exactly the frames a real store holds, on paths
     that wander, stand still, turn in place and come back (many near-duplicate tests at the edge)."""
-    config = MemoryConfig(budget_entries=512, dedup_keep="first")
-    for seed in range(12):
+    for seed in range(16):
+        config = MemoryConfig(budget_entries=512, dedup_keep="first", dedup_distance=(0.3, 0.5, 1.0)[seed % 3],
+                              dedup_angle_deg=(10.0, 15.0, 30.0)[seed % 3])
         world = generate_world(seed)
         policy = ("walk", "look", "revisit", "retrace")[seed % 4]
         poses = make_trajectory(world, 160, policy, random.Random(seed)).poses
