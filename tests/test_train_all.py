@@ -55,6 +55,14 @@ def test_preset_typos_and_bad_values_are_refused_with_the_file(tmp_path):
         load_recipe(str(tmp_path / "missing.toml"))
 
 
+def test_stage_all_refuses_flags_of_the_single_stages(tmp_path):
+    assert main(["train", "--stage", "all", "--preset", "tiny", "--set", "layers=3", "--out", str(tmp_path / "r")]) == 2
+    assert main(["train", "--stage", "all", "--out", str(tmp_path / "r")]) == 2  # no preset for a new run
+    assert main(["train", "--stage", "all", "--resume", str(tmp_path / "none")]) == 2
+    assert main(["train", "--stage", "ae", "--budget-minutes", "3", "--data", "x", "--out", "y"]) == 2
+    assert not (tmp_path / "r").exists()
+
+
 def _run(tmp_path, budget_s=100.0, done=()):
     recipe = load_recipe("tiny")
     run = train_all.Run(tmp_path, recipe, budget_s, None, "cpu", {s: {"done": True, "seconds": 10.0} for s in done})

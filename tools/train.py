@@ -214,6 +214,14 @@ def _run_ae(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     apply_threads(args)
     if args.stage == "all":
+        given = [flag for flag, value in (("--data", args.data), ("--val", args.val), ("--steps", args.steps),
+                                          ("--batch", args.batch), ("--lr", args.lr), ("--set", args.set),
+                                          ("--opt", args.opt), ("--autoencoder", args.autoencoder),
+                                          ("--checkpoint", args.checkpoint), ("--export", args.export),
+                                          ("--stop-after", args.stop_after)) if value]
+        if given:
+            raise UserError(f"train --stage all: {given[0]} does not apply; the recipe comes from the preset "
+                            f"(copy tools/presets/cpu.toml, change it, pass --preset my.toml)")
         return run_all_from_args(args)
     if args.budget_minutes is not None or args.max_steps is not None or args.resume is not None:
         raise UserError("--budget-minutes, --max-steps and --resume belong to --stage all")
