@@ -4,6 +4,8 @@ end to end at the tiny preset (then played and evaluated like any checkpoint).""
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -61,6 +63,24 @@ def test_stage_all_refuses_flags_of_the_single_stages(tmp_path):
     assert main(["train", "--stage", "all", "--resume", str(tmp_path / "none")]) == 2
     assert main(["train", "--stage", "ae", "--budget-minutes", "3", "--data", "x", "--out", "y"]) == 2
     assert not (tmp_path / "r").exists()
+
+
+def test_a_waiting_rank_stops_when_rank_0_goes_silent(tmp_path):
+    run, _ = _run(tmp_path)
+    run.save()  # as rank 0 would
+    run.rank, run.world_size = 1, 2
+    beat = tmp_path / train_all.HEARTBEAT_FILE
+    beat.touch()
+    stale = time.time() - train_all.HEARTBEAT_STALE_S - 1
+    os.utime(beat, (stale, stale))
+    with pytest.raises(UserError, match="not been heard from"):
+        train_all._wait(run, lambda: False)
+    beat.touch()  # alive, and the stage is done: the wait ends
+    run.stages["ae"] = {"done": True}
+    run.rank = 0
+    run.save()
+    run.rank = 1
+    train_all._wait(run, lambda: run.done("ae"))
 
 
 def _run(tmp_path, budget_s=100.0, done=()):

@@ -38,6 +38,7 @@ import json
 import math
 import random
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,11 @@ STEP_OVERHEAD = 0.9
 """Share of a training stage's time spent in steps; the rest goes to checkpoints and validation."""
 WAIT_POLL_S = 2.0
 """How often ranks other than 0 look at run.json while rank 0 runs a one-process stage."""
+HEARTBEAT_FILE = ".rank0-heartbeat"
+HEARTBEAT_S = 10.0
+"""Under torchrun rank 0 touches RUN_DIR/HEARTBEAT_FILE this often, so the waiting ranks know it lives."""
+HEARTBEAT_STALE_S = 300.0
+"""A waiting rank stops when rank 0's heartbeat is this old (rank 0 died without torchrun ending it)."""
 SMOKE_CLIPS = 8
 """Mixed clips a --max-steps smoke run renders (its batches repeat clips; only the shapes matter)."""
 ALL_STAGES = STAGE_NAMES + ("export", "eval")
@@ -638,12 +644,23 @@ STAGE_FUNCTIONS: dict[str, Callable[[Run, torch.device], None]] = {
 
 
 def _wait(run: Run, ready: Callable[[], bool]) -> None:
-    """Ranks other than 0: poll run.json until `ready()` (rank 0 runs a one-process stage)."""
+    """Ranks other than 0: poll run.json until `ready()` (rank 0 runs a one-process stage). Rank 0's
+    heartbeat file says it is alive; a rank whose rank 0 went silent stops instead of waiting forever."""
+    beat = run.path(HEARTBEAT_FILE)
     while True:
         run.reload_stages()
         if ready():
             return
+        if beat.exists() and time.time() - beat.stat().st_mtime > HEARTBEAT_STALE_S:
+            raise UserError(f"{beat}: rank 0 has not been heard from for {HEARTBEAT_STALE_S:.0f} s; "
+                            f"rank {run.rank} stops (resume the run with --resume {run.root})")
         time.sleep(WAIT_POLL_S)
+
+
+def _heartbeat(path: Path, stop: threading.Event) -> None:
+    """Rank 0: touch `path` every HEARTBEAT_S until `stop` (a daemon thread beside the stages)."""
+    while not stop.wait(HEARTBEAT_S):
+        path.touch()
 
 
 def run_all(run: Run) -> Path:
@@ -655,8 +672,15 @@ def run_all(run: Run) -> Path:
         torch.set_num_threads(run.recipe.threads)
     if run.world_size == 1:
         return _run_stages(run, resolve_device(run.device))
-    with distributed_session(run.device) as ctx:
-        return _run_stages(run, ctx.device)
+    stop = threading.Event()
+    if run.main:
+        run.path(HEARTBEAT_FILE).touch()
+        threading.Thread(target=_heartbeat, args=(run.path(HEARTBEAT_FILE), stop), daemon=True).start()
+    try:
+        with distributed_session(run.device) as ctx:
+            return _run_stages(run, ctx.device)
+    finally:
+        stop.set()
 
 
 def _run_stages(run: Run, dev: torch.device) -> Path:
