@@ -647,7 +647,7 @@ def _kept_ticks_first(poses: torch.Tensor, config: MemoryConfig) -> torch.Tensor
     """kept_ticks for dedup_keep "first" without eviction: a frame is added unless a near-duplicate
     (the store's own `near_duplicates` test, every pair at once with the same arithmetic) is held
     already, and nothing held ever leaves. Training needs this once per clip; running a store costs
-    ~25 ms for a 160-tick clip, this ~1 ms. tests/test_memory_store.py checks it against the store."""
+    ~26 ms for a 160-tick clip, this ~3 ms. tests/test_memory_store.py checks it against the store."""
     dup = duplicate_matrix(poses, config.dedup_distance, config.dedup_angle_deg).numpy()  # [T, T]
     kept = np.zeros(poses.shape[0], dtype=bool)
     for t in range(1, poses.shape[0]):

@@ -15,12 +15,12 @@ ticks 1000-1100 against that of ticks 1-100.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import random
 import sys
 import time
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,9 +58,9 @@ REVISIT_OUTBOUND_FRACTION = 0.5
 """Suite revisit: prefill covers the first half of the clip (the outbound walk and the turn)."""
 DRIFT_SUITE_SEEDS = tuple(HELDOUT_SEED_START + 300 + i for i in range(4))
 DRIFT_WINDOWS = (DRIFT_EARLY_TICKS, DRIFT_LATE_TICKS)
+"""Tick windows (early, late) of the drift score; docs/architecture.md §Metrics's, changed only by tests."""
 DRIFT_EARLY_SHARE = 1 / 3
 """The reduced suite's drift probe compares its first third of ticks with its last third."""
-"""Tick windows (early, late) of the drift score; docs/architecture.md §Metrics's, changed only by tests."""
 SUITES = ("action", "revisit", "drift", "reduced")
 """reduced: a few worlds of each of the others (action, revisit without prefill, a 300-tick drift
 probe), as `worldmodel train --stage all` ends with; --limit does not apply to it."""
@@ -344,18 +344,18 @@ def reduced_eval(checkpoint: Path, e: EvalRecipe, name: str = "", device: str = 
     out: dict[str, Any] = {"checkpoint": str(checkpoint), "checkpoint_sha256": sha, "recipe": name,
                            "eval": dataclasses.asdict(e), "suites": {}}
     t0 = time.perf_counter()
-    for name, suite in (("action", action), ("revisit", revisit), ("drift_probe", drift)):
-        part = parts / f"{name}.json" if parts is not None else None
+    for suite_name, suite in (("action", action), ("revisit", revisit), ("drift_probe", drift)):
+        part = parts / f"{suite_name}.json" if parts is not None else None
         if part is not None and part.exists():
             kept = json.loads(part.read_text())
             if kept.get("checkpoint_sha256") == sha and kept.get("eval") == out["eval"]:
-                out["suites"][name] = kept["result"]
+                out["suites"][suite_name] = kept["result"]
                 continue
-        out["suites"][name] = suite()
+        out["suites"][suite_name] = suite()
         if part is not None:
             part.parent.mkdir(exist_ok=True)
             atomic_write_text(part, json.dumps({"checkpoint_sha256": sha, "eval": out["eval"],
-                                                "result": out["suites"][name]}))
+                                                "result": out["suites"][suite_name]}))
     out["seconds"] = time.perf_counter() - t0
     return out
 

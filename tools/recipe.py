@@ -202,31 +202,31 @@ def load_recipe(name_or_path: str) -> Recipe:
         raise UserError(f"{path}: cannot read ({exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: not valid TOML ({exc})") from None
-    top = {k: v for k, v in raw.items() if k not in _SECTIONS}
-    sections = {k: _build(cls, raw.get(k, {}), f"{path} [{k}]") for k, cls in _SECTIONS.items()}
-    budget = top.pop("budget", {})
+    return _recipe({"name": path.stem, **raw, "source": str(path)}, str(path))
+
+
+def _recipe(raw: dict[str, Any], where: str) -> Recipe:
+    """A Recipe from its parsed form (a preset's TOML or a run record's JSON), every value checked."""
+    budget = raw.get("budget", {})
     if not isinstance(budget, dict) or set(budget) - set(STAGE_NAMES):
-        raise UserError(f"{path} [budget]: keys must be stage names ({', '.join(STAGE_NAMES)})")
+        raise UserError(f"{where} [budget]: keys must be stage names ({', '.join(STAGE_NAMES)})")
     if any(not isinstance(v, (int, float)) or v < 0 for v in budget.values()) or sum(budget.values()) <= 0:
-        raise UserError(f"{path} [budget]: shares must be numbers >= 0 with a positive sum")
-    if "name" not in top:
-        top["name"] = path.stem
-    recipe = _build(Recipe, {**top, "source": str(path)}, str(path))
-    recipe = dataclasses.replace(recipe, budget=dict(budget), **sections)
+        raise UserError(f"{where} [budget]: shares must be numbers >= 0 with a positive sum")
+    sections = {k: _build(cls, raw.get(k, {}), f"{where} [{k}]") for k, cls in _SECTIONS.items()}
+    top = {k: v for k, v in raw.items() if k not in _SECTIONS and k != "budget"}
+    recipe = dataclasses.replace(_build(Recipe, top, where), budget=dict(budget), **sections)
     if recipe.world.config_base not in ("default", "tiny"):
-        raise UserError(f"{path} [world]: config_base must be 'default' or 'tiny', got {recipe.world.config_base!r}")
+        raise UserError(f"{where} [world]: config_base must be 'default' or 'tiny', got {recipe.world.config_base!r}")
     if recipe.export.dtype not in ("bf16", "fp32"):
-        raise UserError(f"{path} [export]: dtype must be 'bf16' or 'fp32', got {recipe.export.dtype!r}")
+        raise UserError(f"{where} [export]: dtype must be 'bf16' or 'fp32', got {recipe.export.dtype!r}")
     return recipe
 
 
 def recipe_to_json(recipe: Recipe) -> dict[str, Any]:
-    """The recipe as plain JSON (kept in RUN_DIR/plan.json, so a resumed run uses the same numbers)."""
+    """The recipe as plain JSON (kept in RUN_DIR/run.json, so a resumed run uses the same numbers)."""
     return dataclasses.asdict(recipe)
 
 
 def recipe_from_json(raw: dict[str, Any], where: str) -> Recipe:
-    sections = {k: _build(cls, raw.get(k, {}), f"{where} [{k}]") for k, cls in _SECTIONS.items()}
-    top = {k: v for k, v in raw.items() if k not in _SECTIONS and k != "budget"}
-    recipe = _build(Recipe, top, where)
-    return dataclasses.replace(recipe, budget=dict(raw.get("budget", {})), **sections)
+    """The recipe a run record holds (recipe_to_json's output), checked like a preset."""
+    return _recipe(raw, where)

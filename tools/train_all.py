@@ -45,7 +45,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors import safe_open
 from torch.utils.flop_counter import FlopCounterMode
 
 from conventions.atomic import atomic_write_text, check_output_folder
@@ -60,9 +59,9 @@ from tools.recipe import EvalRecipe, Recipe, STAGE_NAMES, load_recipe, recipe_fr
 from worldmodel.autoencoder import Autoencoder, AutoencoderConfig, file_sha256, load_autoencoder
 from worldmodel.batches import attach_hints, load_latents, step_batch, StepSampler
 from worldmodel.checkpoint import average_checkpoints
-from worldmodel.closed_loop import rollout_clips, write_rollout_cache
+from worldmodel.closed_loop import rollout_clips, write_rollouts
 from worldmodel.config import WorldModelConfig, default_config, tiny_config
-from worldmodel.data import ClipDataset, encode_dataset, FrameSampler
+from worldmodel.data import ClipDataset, encode_dataset, FrameSampler, read_dataset_info
 from worldmodel.distributed import distributed_session, read_launch_env
 from worldmodel.hint import HintAugment
 from worldmodel.model import WorldModel
@@ -161,6 +160,12 @@ def _read_run_file(root: Path) -> dict[str, Any]:
     return doc
 
 
+def _recorded_run(out: Path, doc: dict[str, Any], device: str, rank: int, world: int) -> Run:
+    """The run that run.json (`doc`) records, as process `rank` of `world` sees it."""
+    return Run(out, recipe_from_json(doc["recipe"], str(out / RUN_FILE)), float(doc["budget_minutes"]) * 60,
+               doc.get("max_steps"), doc.get("device", device), doc["stages"], rank, world)
+
+
 def open_run(out: Path, preset: str | None, budget_minutes: float | None, device: str, max_steps: int | None,
              resume: bool) -> Run:
     """A new run in `out` (an empty or new folder), or the run recorded there (`resume`, or the
@@ -171,12 +176,11 @@ def open_run(out: Path, preset: str | None, budget_minutes: float | None, device
         # (torchrun ends every rank when one fails, so no rank waits for a run that was refused)
         while not (out / RUN_FILE).exists():
             time.sleep(WAIT_POLL_S)
-        doc = _read_run_file(out)
-        return Run(out, recipe_from_json(doc["recipe"], str(out / RUN_FILE)), float(doc["budget_minutes"]) * 60,
-                   doc.get("max_steps"), doc.get("device", device), doc["stages"], rank, world)
+        return _recorded_run(out, _read_run_file(out), device, rank, world)
     if (out / RUN_FILE).exists():
         doc = _read_run_file(out)
-        recipe = recipe_from_json(doc["recipe"], str(out / RUN_FILE))
+        run = _recorded_run(out, doc, device, rank, world)
+        recipe = run.recipe
         if not resume:
             asked = load_recipe(preset) if preset else None
             if asked is not None and recipe_to_json(dataclasses.replace(asked, source=recipe.source)) != \
@@ -186,8 +190,7 @@ def open_run(out: Path, preset: str | None, budget_minutes: float | None, device
             if budget_minutes is not None and abs(budget_minutes - doc["budget_minutes"]) > 1e-9:
                 raise UserError(f"{out}: holds a run with a budget of {doc['budget_minutes']:g} minutes; "
                                 f"use --resume {out} to continue it, or another --out")
-        return Run(out, recipe, float(doc["budget_minutes"]) * 60, doc.get("max_steps"), doc.get("device", device),
-                   doc["stages"], rank, world)
+        return run
     if resume:
         raise UserError(f"{out}: no run here ({RUN_FILE} not found); start one with --preset and --out")
     if preset is None:
@@ -283,9 +286,8 @@ def _ae_config(recipe: Recipe, depth: bool = False) -> AutoencoderConfig:
 def world_config(recipe: Recipe) -> WorldModelConfig:
     base = tiny_config if recipe.world.config_base == "tiny" else default_config
     ae = _ae_config(recipe)
-    factor = ae.stem_factor * 2 ** (len(ae.encoder_widths) - 1)
     fields = {"resolution": recipe.resolution, "latent_channels": ae.latent_channels,
-              "latent_size": recipe.resolution // factor, "hint": True, **recipe.world.config}
+              "latent_size": ae.latent_size, "hint": True, **recipe.world.config}
     try:
         return base(**fields)
     except (TypeError, ValueError) as exc:
@@ -444,11 +446,17 @@ def _autoencoder_path(run: Run) -> Path:
     return run.path("depth", "autoencoder.safetensors")
 
 
-def latent_chunks(run: Run, split: str) -> list[Path]:
-    """The latent caches of a data set: one per `shard_clips` clips (each a short, resumable job)."""
-    n = ClipDataset(_data_dirs(run)[split]).info.clips
+def latent_chunks(run: Run, split: str) -> list[tuple[Path, range]]:
+    """The latent caches of a data set and the clips each holds: one per `shard_clips` clips (each a
+    short, resumable job); the held-out set in one."""
+    n = read_dataset_info(_data_dirs(run)[split]).clips  # the index only
     per = run.recipe.data.shard_clips if split != "heldout" else n
-    return [run.path("latents", f"{split}-{i:05d}.safetensors") for i in range(math.ceil(n / per))]
+    return [(run.path("latents", f"{split}-{i:05d}.safetensors"), range(start, min(n, start + per)))
+            for i, start in enumerate(range(0, n, per))]
+
+
+def latent_caches(run: Run, split: str) -> list[Path]:
+    return [path for path, _ in latent_chunks(run, split)]
 
 
 def stage_latents(run: Run, dev: torch.device) -> None:
@@ -456,17 +464,14 @@ def stage_latents(run: Run, dev: torch.device) -> None:
     sha = file_sha256(ae_path)
     ae = load_autoencoder(ae_path).to(dev)
     run.path("latents").mkdir(exist_ok=True)
+    made = 0
     for split in ("train", "retrace", "heldout"):
-        folder = _data_dirs(run)[split]
-        n = ClipDataset(folder).info.clips
-        chunks = latent_chunks(run, split)
-        per = math.ceil(n / len(chunks))
-        for i, path in enumerate(chunks):
+        for path, clips in latent_chunks(run, split):
             if not path.exists():
-                encode_dataset(ae, folder, path, autoencoder_sha256=sha, progress=False,
-                               bf16_autocast=dev.type == "cuda", clip_range=range(i * per, min(n, (i + 1) * per)))
-    print(f"latents: {sum(len(latent_chunks(run, s)) for s in ('train', 'retrace', 'heldout'))} caches",
-          file=sys.stderr)
+                encode_dataset(ae, _data_dirs(run)[split], path, autoencoder_sha256=sha, progress=False,
+                               bf16_autocast=dev.type == "cuda", clip_range=clips)
+            made += 1
+    print(f"latents: {made} caches", file=sys.stderr)
 
 
 def _probe_world(run: Run, dev: torch.device, config: WorldModelConfig, caches: list[Path]) -> Probe:
@@ -531,11 +536,11 @@ def _world_run(run: Run, dev: torch.device, stage: str, caches: list[Path], init
                         val_every=steps, val_clips=w.val_clips, log_every=max(1, min(10, steps // 10)),
                         amp=w.amp, compile=w.compile, loader_workers=w.loader_workers)
     return train_world_model(caches, run.path(stage), _autoencoder_path(run), opts, config,
-                             val_latents_path=latent_chunks(run, "heldout")[0], device=run.device)
+                             val_latents_path=latent_caches(run, "heldout")[0], device=run.device)
 
 
 def _train_caches(run: Run) -> list[Path]:
-    return latent_chunks(run, "train") + latent_chunks(run, "retrace")
+    return latent_caches(run, "train") + latent_caches(run, "retrace")
 
 
 def stage_world(run: Run, dev: torch.device) -> None:
@@ -565,31 +570,24 @@ def stage_rollouts(run: Run, dev: torch.device) -> None:
         st["plan"] = {"seconds": run.allotment("rollouts"), "ticks": ticks}
         run.save()
     plan = st["plan"]
-    caches = _train_caches(run)
-    total = sum(len(json.loads(_cache_meta(p)["captions"])) for p in caches)
-    chosen = rollout_clips(total, ro.clips_max if run.max_steps is None else ro.chunk_clips)
+    ckpt = run.path("memory", "world_model.safetensors")
+    data = load_latents(_train_caches(run), world_config(run.recipe))  # once, for every chunk
+    chosen = rollout_clips(data.clips, ro.clips_max if run.max_steps is None else ro.chunk_clips)
     chunks = [chosen[i:i + ro.chunk_clips] for i in range(0, len(chosen), ro.chunk_clips)]
     need = math.ceil(min(ro.clips_min, len(chosen)) / ro.chunk_clips)
     out = run.path("rollouts")
     out.mkdir(exist_ok=True)
     t0 = time.perf_counter()
     spent = float(st.get("spent_s", 0.0))
-    ckpt = run.path("memory", "world_model.safetensors")
     for i, clips in enumerate(chunks):
         path = out / f"chunk-{i:05d}.safetensors"
         if path.exists():
             continue
         if i >= need and spent + (time.perf_counter() - t0) >= plan["seconds"]:
             break
-        write_rollout_cache(ckpt, caches, path, len(clips), plan["ticks"], seed=i, composite=ro.composite,
-                            chosen=clips, device=str(dev))
+        write_rollouts(ckpt, data, path, clips, plan["ticks"], seed=i, composite=ro.composite, device=str(dev))
         st["spent_s"] = spent + (time.perf_counter() - t0)
         run.save()
-
-
-def _cache_meta(path: Path) -> dict[str, str]:
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
 
 
 def stage_closed_loop(run: Run, dev: torch.device) -> None:

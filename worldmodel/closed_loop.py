@@ -81,15 +81,18 @@ def rollout_clips(total: int, clips: int) -> list[int]:
 
 
 def write_rollout_cache(checkpoint: str | Path, latents_path: list[str | Path], out: str | Path, clips: int,
-                        ticks: int, seed: int = 0, composite: float | None = None,
-                        chosen: list[int] | None = None, device: str = "cpu") -> Path:
-    """Generate rollouts of `clips` clips (spread evenly over the caches' clips, or the clip indices
-    `chosen`) and write the cache."""
+                        ticks: int, seed: int = 0, composite: float | None = None) -> Path:
+    """Generate rollouts of `clips` clips (spread evenly over the caches' clips) and write the cache."""
+    data = load_latents(latents_path if len(latents_path) > 1 else latents_path[0], load_checkpoint(checkpoint)[2])
+    return write_rollouts(checkpoint, data, out, rollout_clips(data.clips, clips), ticks, seed, composite)
+
+
+def write_rollouts(checkpoint: str | Path, data: LatentData, out: str | Path, chosen: list[int], ticks: int,
+                   seed: int = 0, composite: float | None = None, device: str = "cpu") -> Path:
+    """Roll out the clips `chosen` of `data` (loaded once by a caller that writes several caches)
+    and write their closed-loop cache to `out`."""
     config = load_checkpoint(checkpoint)[2]
-    data = load_latents(latents_path if len(latents_path) > 1 else latents_path[0], config)
-    if chosen is None:
-        chosen = rollout_clips(data.clips, clips)
-    elif not chosen or min(chosen) < 0 or max(chosen) >= data.clips:
+    if not chosen or min(chosen) < 0 or max(chosen) >= data.clips:
         raise UserError(f"rollouts: clip indices must lie in [0, {data.clips - 1}]")
     tensors = generate_rollouts(checkpoint, data, chosen, ticks, seed, composite, device)
     captions = [data.captions[c] for c in chosen]

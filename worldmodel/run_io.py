@@ -42,17 +42,24 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
+def read_state_file(path: Path, state_format: str, what: str, remedy: str = "delete it or pass --no-resume"
+                    ) -> dict[str, Any]:
+    """A resumable state written by atomic_torch_save: read and its format checked; UserError naming
+    the file (and `remedy`) when it is damaged or of another kind."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # pickle/zip errors of a damaged file
+        raise UserError(f"{path}: cannot read the {what} ({type(exc).__name__}: {exc}); {remedy}") from None
+    if not isinstance(state, dict) or state.get("format") != state_format:
+        raise UserError(f"{path}: not a {what}")
+    return state
+
+
 def load_run_state(path: Path, config: WorldModelConfig, state_format: str = TRAIN_STATE_FORMAT,
                    what: str = "world-model training state") -> dict[str, Any]:
     """The resumable state of a run (train or distill) at `path`: read, its format and its config
     checked; UserError naming the file when it is damaged or belongs to another run."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # pickle/zip errors of a damaged file
-        raise UserError(f"{path}: cannot read the {what} ({type(exc).__name__}: {exc}); "
-                        f"delete it or pass --no-resume") from None
-    if not isinstance(state, dict) or state.get("format") != state_format:
-        raise UserError(f"{path}: not a {what}")
+    state = read_state_file(path, state_format, what)
     saved = WorldModelConfig.from_json(state["config"], source=str(path))
     if saved != config:
         raise UserError(f"{path}: the run there was trained with another config ("

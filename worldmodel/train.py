@@ -390,6 +390,7 @@ def _train(ctx: DistContext, latents_path: str | Path | list[str | Path], out_di
     bar = ProgressBar(opts.steps, "train world", start=step) if progress and main else None
     net.train()
     end = opts.steps if stop_after is None else min(opts.steps, step + max(0, stop_after))
+
     def build(at: int) -> TrainBatch:
         return step_batch(data, config, tokenizer, sampler, at, ctx.rank, ctx.world_size, opts.caption_dropout,
                           opts.revisit_focus, opts.revisit_min_gap, opts.window_dropout, hint_augment)

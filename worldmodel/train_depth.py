@@ -36,7 +36,7 @@ from conventions.errors import UserError
 from conventions.progress import ProgressBar
 from worldmodel.scalars import LOG_FILE, ScalarLog
 from worldmodel.checkpoint import CHECKPOINT_FORMAT, checkpoint_sha256, load_checkpoint, read_checkpoint_metadata
-from worldmodel.run_io import atomic_torch_save, resolve_device
+from worldmodel.run_io import atomic_torch_save, read_state_file, resolve_device
 
 CHECKPOINT_NAME = "autoencoder.safetensors"
 LOG_NAME = LOG_FILE
@@ -116,13 +116,7 @@ def _load_depth_state(path: Path, cfg: DepthTrainConfig, base_sha: str) -> dict 
     """The resumable state at `path` if it belongs to this run (same settings, same base), else None."""
     if not path.exists():
         return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # pickle/zip errors of a damaged file
-        raise UserError(f"{path}: cannot read the depth-head training state ({type(exc).__name__}: {exc}); "
-                        f"delete it to start over") from None
-    if not isinstance(state, dict) or state.get("format") != DEPTH_STATE_FORMAT:
-        raise UserError(f"{path}: not a depth-head training state")
+    state = read_state_file(path, DEPTH_STATE_FORMAT, "depth-head training state", "delete it to start over")
     if state.get("config") != dataclasses.asdict(cfg) or state.get("base_sha256") != base_sha:
         raise UserError(f"{path}: a depth-head run with other settings or another base autoencoder; "
                         f"use another output folder")
