@@ -212,3 +212,33 @@ def test_world_stage_trains_and_validates_a_hint_model(latent_cache, tmp_path):
                              device="cpu", progress=False)
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert any("val_rollout_psnr" in r for r in records) and ckpt.is_file()
+
+
+def test_point_cache_replaces_the_recent_frames_and_keeps_new_pixels_once():
+    """With the point cache the hint's sources are the cache, the memory entries and the start frame;
+    each tick adds exactly the pixels no source covered, so a tick that turns back to a seen view adds
+    (almost) nothing, and a saved session continues with the same cache."""
+    config = tiny_config(hint=True, hint_composite=1.0, hint_point_cache=4096)
+    model = randomized_model(config)
+    ae = _ae_with_depth()
+    s = WorldModelSession(model, autoencoder=ae, use_memory=False)
+    assert s.points is not None and s.points.max_points == 4096
+    start = torch.tensor([0.0, 1.6, 0.0, 0.0, 0.0])
+    s.reset(torch.randn(16, 8, 8), start, "a walled courtyard", seed=3)
+    assert len(s.points) == 0
+    s.step([0.0, 0, 0, 0.3, 0])  # turn: new columns come into view
+    warp = s._last_warp
+    uncovered = int((warp.coverage[0, 0] == 0).sum())
+    assert 0.9 * uncovered <= len(s.points) <= uncovered  # all but cracks
+    assert bool((warp.source[warp.coverage[:, 0] > 0] == 0).all())  # the start frame (the cache is empty)
+    before = len(s.points)
+    s.step([0.0, 0, 0, -0.3, 0])  # back to the start view: the start frame covers it again
+    assert len(s.points) - before <= 0.05 * config.resolution ** 2
+    state = s.state_dict()
+    assert "points.xyz" in state
+    s2 = WorldModelSession(model, autoencoder=ae, use_memory=False)
+    s2.reset(torch.randn(16, 8, 8), start, "a walled courtyard", seed=3)
+    s2.load_state_dict(state)
+    assert torch.equal(s2.points.points().xyz, s.points.points().xyz)
+    assert WorldModelSession(model, autoencoder=ae, point_cache=0).points is None
+    assert WorldModelSession(model, autoencoder=ae, use_hint=False).points is None

@@ -154,3 +154,57 @@ def test_depth_checks_and_errors():
     truth = torch.tensor([[2.0, 4.0, SKY_DEPTH]])
     e = depth_errors(torch.tensor([[2.2, 4.0, SKY_DEPTH]]), truth)
     assert e["abs_rel"] == pytest.approx(0.05) and e["delta_1_25"] == 1.0 and e["sky_accuracy"] == 1.0
+
+
+def test_world_points_reproject_as_the_frame_they_came_from():
+    """`unproject` is the inverse of the frame path: a frame's pixels as world points land where the
+    frame itself would, from the same pose and from another one."""
+    from worldmodel.reproject import WorldPoints, unproject
+
+    world = generate_world(11)
+    src = torch.tensor([0.0, 1.6, 0.0, 0.2, 0.0])
+    rgb, depth = render_views_with_depth(world, src[None], RES)  # uint8 [1, H, W, 3], [1, H, W]
+    points = unproject(rgb[0], depth[0], src, torch.ones(RES, RES, dtype=torch.bool))
+    assert points.count == RES * RES and bool(points.sky.any())
+    none = torch.zeros(1, 1, RES, RES, 3, dtype=torch.uint8)
+    absent = torch.zeros(1, 1, dtype=torch.bool)
+    for target in (src, torch.tensor([0.3, 1.6, -0.4, 0.35, 0.05])):
+        frame = reproject(rgb[:, None], depth[:, None], src[None, None], target[None])
+        cloud = reproject(none, depth[:, None] * 0, src[None, None], target[None], absent, points=points)
+        same = (frame.rgb == cloud.rgb).all(1)
+        assert float(same.float().mean()) > 0.99
+        assert torch.equal(frame.coverage, cloud.coverage)
+        assert bool((cloud.source[cloud.coverage[:, 0] > 0] == 1).all())  # points are source K (= 1)
+    # points come after every frame in the tie order; a masked-out pixel is no point
+    half = unproject(rgb[0], depth[0], src, torch.arange(RES)[:, None].expand(RES, RES) < RES // 2)
+    assert half.count == RES * RES // 2
+    both = reproject(rgb[:, None], depth[:, None], src[None, None], src[None], points=half)
+    assert bool((both.source == 0).all())
+    assert WorldPoints.cat([]).count == 0
+    with pytest.raises(ValueError, match="one target"):
+        reproject(rgb[:, None].expand(2, -1, -1, -1, -1), depth[:, None].expand(2, -1, -1, -1), src.expand(2, 1, 5),
+                  src.expand(2, 5), points=half)
+
+
+def test_point_cache_drops_its_oldest_ticks_and_round_trips():
+    from worldmodel.point_cache import PointCache
+
+    world = generate_world(11)
+    poses = torch.tensor([[0.0, 1.6, -0.2 * t, 0.0, 0.0] for t in range(4)])
+    rgb, depth = render_views_with_depth(world, poses, RES)
+    cache = PointCache(max_points=RES * RES * 2)
+    every = torch.ones(RES, RES, dtype=torch.bool)
+    for t in range(3):
+        assert cache.add(t, rgb[t], depth[t], poses[t], every, 90.0) == RES * RES
+    lone = torch.zeros(RES, RES, dtype=torch.bool)
+    lone[5, 5] = True  # a crack
+    assert cache.add(9, rgb[0], depth[0], poses[0], lone, 90.0) == 0
+    assert len(cache) == 2 * RES * RES  # tick 0 left as a whole
+    assert cache.add(3, rgb[3], depth[3], poses[3], torch.zeros(RES, RES, dtype=torch.bool), 90.0) == 0
+    state = cache.state_dict()
+    assert state["tick"].unique().tolist() == [1, 2]
+    again = PointCache(max_points=RES * RES * 2)
+    again.load_state_dict(state)
+    assert len(again) == len(cache) and torch.equal(again.points().xyz, cache.points().xyz)
+    with pytest.raises(ValueError, match="max_points"):
+        PointCache(0)

@@ -102,6 +102,10 @@ class WorldModelConfig:
     model's decoded frame takes the rest); 0 shows the decoded frame only. Reprojected pixels keep
     the sources' detail, which a trip through the 8x8 latent loses; at 1 the repeated nearest-pixel
     resampling turns into noise (docs/model_card.md measures the choice)."""
+    hint_point_cache: int = 0
+    """Play: points of the point cache (worldmodel.point_cache), which then replaces the last
+    `hint_recent` frames among the hint's sources; 0 = no cache (the recent frames are sources). It
+    measured worse with today's depth head (docs/model_card.md), so checkpoints ship with 0."""
 
     # --- diffusion / sampling ---
     ctx_noise_max: float = 0.1
@@ -126,7 +130,7 @@ class WorldModelConfig:
     """Probability that a target's noise level is one the sampler actually visits (e.g. t = 1)."""
 
     TRAINING_ONLY_FIELDS = ("ctx_noise_max", "target_frames", "time_sampling", "logit_normal_mean",
-                            "logit_normal_std", "schedule_time_prob", "hint_composite")
+                            "logit_normal_std", "schedule_time_prob", "hint_composite", "hint_point_cache")
     """Fields no weight depends on (the training objective, and the play-time compositing), so a
     fine-tune may change them from the checkpoint it starts from."""
 
@@ -189,6 +193,8 @@ class WorldModelConfig:
             problems.append(f"action_scale needs {ACTION_DIM} numbers")
         if min(self.sample_steps, self.warmup_steps) < 1:
             problems.append("sample_steps and warmup_steps must be >= 1")
+        if self.hint_point_cache < 0:
+            problems.append("hint_point_cache must be >= 0")
         if self.hint_recent < 0:
             problems.append("hint_recent must be >= 0")
         if not 0.0 <= self.hint_composite <= 1.0:

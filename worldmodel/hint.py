@@ -6,7 +6,8 @@ checks that a training batch and a play session build the same hint for the same
 - sources of the frame at tick t (in this order, which breaks the z-buffer's ties between views of
   one surface): the `hint_recent` previous frames (t-1 first: the closest views, whose predicted depth
   errors move pixels least), the memory entries retrieved for t (best view overlap first), and the
-  start frame (tick 0, the sink; never among the recent frames);
+  start frame (tick 0, the sink; never among the recent frames); at play, a point cache
+  (`hint_point_cache`, worldmodel.point_cache) can take the recent frames' place;
 - each source is its decoded RGB and the depth head's depth of its latent (what play has for a
   generated frame), reprojected by `worldmodel.reproject.reproject`;
 - the warped image goes through the autoencoder's encoder (so the hint is in the latent space the

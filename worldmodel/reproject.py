@@ -52,16 +52,13 @@ _OFFSETS = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 1.0, 0.0, 1.0]])[..., None]
 
 
 @functools.lru_cache(maxsize=16)
-def _grids(b: int, k: int, h: int, w: int, fov_deg: float, device: str
-           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _grids(k: int, h: int, w: int, fov_deg: float, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The shape-only tensors of a call, made once per shape (play calls with one shape every tick):
-    unit pixel directions and depth-1 rays [1, 1, HW, 3], point ids [1, K, HW], each point's image
-    offset in the flat z-buffer [B*K*HW]."""
+    unit pixel directions and depth-1 rays [1, 1, HW, 3], each point's source [1, K*HW]."""
     dirs = pixel_directions(h, w, fov_deg).to(device).reshape(1, 1, h * w, 3)
     rays = dirs / (-dirs[..., 2:3])  # camera-space point at depth 1 (z = -1)
-    point = (torch.arange(k, device=device).view(1, k, 1) << POINT_BITS) + torch.arange(h * w, device=device)
-    image_base = (torch.arange(b, device=device) * (h * w)).view(b, 1, 1).expand(b, k, h * w).reshape(-1)
-    return dirs, rays, point, image_base
+    order = torch.arange(k, device=device).repeat_interleave(h * w)[None]
+    return dirs, rays, order
 
 
 @dataclass
@@ -79,42 +76,112 @@ class Reprojection:
     source: torch.Tensor
 
 
+@dataclass
+class WorldPoints:
+    """Points in world space, for `reproject(points=...)`: xyz [P, 3] float (metres; for sky points a
+    unit direction), rgb uint8 [P, 3], sky [P] bool."""
+
+    xyz: torch.Tensor
+    rgb: torch.Tensor
+    sky: torch.Tensor
+
+    @property
+    def count(self) -> int:
+        return int(self.sky.shape[0])
+
+    @staticmethod
+    def empty() -> "WorldPoints":
+        return WorldPoints(torch.zeros(0, 3), torch.zeros(0, 3, dtype=torch.uint8), torch.zeros(0, dtype=torch.bool))
+
+    @staticmethod
+    def cat(parts: "list[WorldPoints]") -> "WorldPoints":
+        if not parts:
+            return WorldPoints.empty()
+        return WorldPoints(torch.cat([q.xyz for q in parts]), torch.cat([q.rgb for q in parts]),
+                           torch.cat([q.sky for q in parts]))
+
+
+def unproject(rgb: torch.Tensor, depth: torch.Tensor, pose: torch.Tensor, mask: torch.Tensor,
+              fov_deg: float = DEFAULT_FOV_DEG) -> WorldPoints:
+    """The pixels of one frame where `mask` [H, W] is True as world points: rgb uint8 [H, W, 3], depth
+    [H, W] (conventions.depth), pose [5]. The inverse of what `reproject` does to a frame's pixels."""
+    h, w = depth.shape
+    dirs, rays, _ = _grids(1, h, w, fov_deg, "cpu")
+    keep = mask.reshape(-1).cpu()
+    d = depth.reshape(-1).float().cpu()[keep]
+    sky = d <= SKY_DEPTH
+    cam = torch.where(sky[:, None], dirs[0, 0][keep], rays[0, 0][keep] * d[:, None])  # [P, 3] camera space
+    to_world = camera_to_world(pose.float()[None])[0]  # [4, 4]
+    xyz = cam @ to_world[:3, :3].T + to_world[:3, 3] * (~sky[:, None])
+    return WorldPoints(xyz, rgb.reshape(-1, 3).cpu()[keep], sky)
+
+
 def reproject(rgb: torch.Tensor, depth: torch.Tensor, poses: torch.Tensor, target: torch.Tensor,
-              valid: torch.Tensor | None = None, fov_deg: float = DEFAULT_FOV_DEG) -> Reprojection:
-    """Splat K source frames into the target camera.
+              valid: torch.Tensor | None = None, fov_deg: float = DEFAULT_FOV_DEG,
+              points: "WorldPoints | None" = None) -> Reprojection:
+    """Splat K source frames (and, optionally, a set of world points) into the target camera.
 
     rgb [B, K, 3, H, W] float in [0, 1] (or uint8 [B, K, H, W, 3]), depth [B, K, H, W] (binding
     convention of conventions.depth), poses [B, K, 5] of the sources, target [B, 5], valid [B, K] bool
     (False = the source is absent, e.g. a memory slot nothing was retrieved for). Earlier sources win
-    ties (see the module docstring). Returns a `Reprojection` at the sources' resolution.
+    ties (see the module docstring). `points` (B = 1 only): world points that come after every frame
+    in the source order (worldmodel.point_cache: the pixels generated frames added to the world).
+    Returns a `Reprojection` at the sources' resolution.
     """
     if rgb.dtype == torch.uint8:
         rgb = rgb.permute(0, 1, 4, 2, 3).float() / 255.0
     b, k, _, h, w = rgb.shape
-    if k > MAX_SOURCES or h * w > (1 << POINT_BITS):
-        raise ValueError(f"reproject: at most {MAX_SOURCES} sources of {1 << POINT_BITS} pixels")
+    extra = 0 if points is None else points.count
+    if points is not None and b != 1:
+        raise ValueError("reproject: world points go with one target (B = 1)")
+    if k + (points is not None) > MAX_SOURCES or k * h * w + extra > (1 << POINT_BITS):
+        raise ValueError(f"reproject: at most {MAX_SOURCES} sources and {1 << POINT_BITS} points")
     dev = rgb.device
     depth = depth.float()
     if valid is None:
         valid = torch.ones(b, k, dtype=torch.bool, device=dev)
-    focal = 0.5 * w / math.tan(math.radians(fov_deg) / 2)
-    dirs, rays, point, image_base = _grids(b, k, h, w, fov_deg, str(dev))
+    dirs, rays, order = _grids(k, h, w, fov_deg, str(dev))
     sky = (depth <= SKY_DEPTH).reshape(b, k, h * w)  # [B, K, HW]
     # camera-space points (w = 1) of geometry, directions (w = 0) of the sky
     pts = torch.where(sky[..., None], dirs, rays * depth.reshape(b, k, h * w, 1))  # [B, K, HW, 3]
     rel = world_to_camera(target.float())[:, None] @ camera_to_world(poses.float())  # [B, K, 4, 4]
     p = pts @ rel[..., :3, :3].transpose(-1, -2)  # [B, K, HW, 3]
     p += rel[..., None, :3, 3].expand_as(p).masked_fill(sky[..., None], 0.0)
+    p, sky = p.reshape(b, k * h * w, 3), sky.reshape(b, k * h * w)
+    ok = valid[:, :, None].expand(b, k, h * w).reshape(b, k * h * w)
+    order = order.expand(b, -1)  # [B, N]: each point's source
+    colours = rgb.permute(0, 2, 1, 3, 4).reshape(b, 3, k * h * w)
+    if points is not None:  # the world points: after every frame in the source order (source K)
+        to_cam = world_to_camera(target.float())[0]  # [4, 4]
+        psky = points.sky.to(dev)
+        q = points.xyz.to(dev).float() @ to_cam[:3, :3].T + to_cam[:3, 3] * (~psky[:, None])  # [P, 3]
+        p = torch.cat([p, q[None]], dim=1)
+        sky = torch.cat([sky, psky[None]], dim=1)
+        ok = torch.cat([ok, torch.ones(1, extra, dtype=torch.bool, device=dev)], dim=1)
+        order = torch.cat([order, torch.full((1, extra), k, dtype=order.dtype, device=dev)], dim=1)
+        colours = torch.cat([colours, points.rgb.to(dev).float().T[None] / 255.0], dim=2)
+    return _splat(p, sky, ok, order, colours, h, w, fov_deg)
+
+
+def _splat(p: torch.Tensor, sky: torch.Tensor, ok: torch.Tensor, order: torch.Tensor, colours: torch.Tensor,
+           h: int, w: int, fov_deg: float) -> Reprojection:
+    """The z-buffer splat of N target-camera points (module docstring): p [B, N, 3] (points, or
+    directions where sky [B, N]), ok [B, N] (False: not a point), order [B, N] (source order, ties),
+    colours [B, 3, N] in [0, 1]. Point n's key carries n itself, so ties end in the caller's order."""
+    b, n = sky.shape
+    dev = p.device
+    focal = 0.5 * w / math.tan(math.radians(fov_deg) / 2)
     x, y, z = p.unbind(-1)
-    z = -z  # [B, K, HW]: depth in the target camera (or the direction's forward part)
-    ok = valid[:, :, None] & torch.where(sky, z > 1e-6, z > NEAR_PLANE)
+    z = -z  # [B, N]: depth in the target camera (or the direction's forward part)
+    ok = ok & torch.where(sky, z > 1e-6, z > NEAR_PLANE)
     zs = z.masked_fill(~ok, 1.0)
     col = (focal / zs) * x + (w / 2 - 0.5)
     row = (-focal / zs) * y + (h / 2 - 0.5)
     depth_bin = ((zs.clamp(min=DEPTH_BIN_ORIGIN) * (1.0 / DEPTH_BIN_ORIGIN)).log_()
                  .mul_(1.0 / math.log1p(DEPTH_TOLERANCE)).floor_().clamp_(0, SKY_BIN - 1)
                  .masked_fill_(sky, float(SKY_BIN)).long())
-    per_point = (depth_bin << (DIST_BITS + SOURCE_BITS + POINT_BITS)) | point  # [B, K, HW]
+    index = torch.arange(n, device=dev).expand(b, n)
+    per_point = (depth_bin << (DIST_BITS + SOURCE_BITS + POINT_BITS)) | (order << POINT_BITS) | index  # [B, N]
     per_point = per_point.masked_fill_(~ok, NO_KEY).reshape(-1)
     row0, col0 = row.floor().reshape(-1), col.floor().reshape(-1)
     frow, fcol = row.reshape(-1) - row0, col.reshape(-1) - col0
@@ -129,17 +196,14 @@ def reproject(rgb: torch.Tensor, depth: torch.Tensor, poses: torch.Tensor, targe
     inside = (d2 < SPLAT_RADIUS ** 2) & (r >= 0) & (r < h) & (c >= 0) & (c < w)
     key = (d2 * dist_scale).long().bitwise_left_shift_(SOURCE_BITS + POINT_BITS).bitwise_or_(per_point)
     key.masked_fill_(~inside, NO_KEY)
+    image_base = (torch.arange(b, device=dev) * (h * w)).view(b, 1).expand(b, n).reshape(-1)
     flat = (r * w + c).clamp_(0, h * w - 1).long() + image_base
     best.scatter_reduce_(0, flat.reshape(-1), key.reshape(-1), reduce="amin", include_self=True)
     best = best.view(b, h * w)
     covered = best != NO_KEY
-    winner = (best & ((1 << (SOURCE_BITS + POINT_BITS)) - 1)).masked_fill_(~covered, 0)
-    # gather the winners' colour and target depth: index into [B, K*H*W]
-    colours = rgb.permute(0, 2, 1, 3, 4).reshape(b, 3, k * h * w)
-    pix_src = (winner >> POINT_BITS) * (h * w) + (winner & ((1 << POINT_BITS) - 1))  # [B, HW]
-    out_rgb = colours.gather(2, pix_src[:, None, :].expand(b, 3, -1)) * covered[:, None, :]
-    z_flat = z.masked_fill(sky, SKY_DEPTH).reshape(b, k * h * w)
-    out_depth = z_flat.gather(1, pix_src).masked_fill_(~covered, SKY_DEPTH)
-    source = (winner >> POINT_BITS).masked_fill_(~covered, -1)
+    winner = (best & ((1 << POINT_BITS) - 1)).masked_fill_(~covered, 0)  # [B, HW]: the winning point
+    out_rgb = colours.gather(2, winner[:, None, :].expand(b, 3, -1)) * covered[:, None, :]
+    out_depth = z.masked_fill(sky, SKY_DEPTH).gather(1, winner).masked_fill_(~covered, SKY_DEPTH)
+    source = order.gather(1, winner).masked_fill_(~covered, -1)
     return Reprojection(out_rgb.view(b, 3, h, w), covered.view(b, 1, h, w).float(), out_depth.view(b, h, w),
                         source.view(b, h, w))

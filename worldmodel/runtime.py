@@ -35,6 +35,7 @@ from worldmodel.data import LATENT_DTYPE, RGB_CHANNELS, VIEW_DEPTH_DTYPE
 from conventions.depth import check_depth
 from conventions.errors import UserError
 from worldmodel.hint import encode_hint, hint_recent_ticks
+from worldmodel.point_cache import PointCache
 from worldmodel.reproject import Reprojection, reproject
 from worldmodel.kv_cache import KVCache
 from worldmodel.model import ROLE_CURRENT, ROLE_SINK, ROLE_WINDOW, WorldModel
@@ -296,9 +297,11 @@ class WorldModelSession:
     def __init__(self, model: WorldModel, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                  use_memory: bool = True, defer_commit: bool = True, sample_steps: int | None = None,
                  autoencoder: torch.nn.Module | None = None, use_hint: bool = True,
-                 composite: float | None = None, cache: KVCache | None = None) -> None:
+                 composite: float | None = None, cache: KVCache | None = None,
+                 point_cache: int | None = None) -> None:
         """`cache`: a one-row cache to run in (a row of a `SessionBatch`'s cache); by default the
-        session allocates its own."""
+        session allocates its own. `composite`, `point_cache`: the config's hint_composite and
+        hint_point_cache by default."""
         self.model = model.eval().to(device=device, dtype=dtype)
         self.config = model.config
         self.device = torch.device(device)
@@ -316,6 +319,9 @@ class WorldModelSession:
         """Weight of the reprojected pixels in the frame shown (and kept as its view) where the hint
         covers; the model's decoded frame elsewhere and for the rest (0 = the decoded frame only)."""
         self._last_warp: Reprojection | None = None
+        points = self.config.hint_point_cache if point_cache is None else int(point_cache)
+        self.points = PointCache(points) if (self.use_hint and points > 0) else None
+        """The point cache (worldmodel.point_cache) that replaces the recent frames as hint sources."""
         self.cache = KVCache(self.config, batch=1, device=self.device, dtype=dtype) if cache is None else cache
         if self.cache.batch != 1:
             raise ValueError(f"a session runs in a one-row cache, got {self.cache.batch} rows (see KVCache.row)")
@@ -391,14 +397,21 @@ class WorldModelSession:
     @torch.no_grad()
     def build_hint(self, pose: torch.Tensor, tick: int) -> torch.Tensor | None:
         """The geometric hint [C + 1, h, w] of the frame at `tick` (worldmodel.hint's source rule: start
-        frame, the memory entries retrieved for it, the recent frames); None with the hint off."""
+        frame, the memory entries retrieved for it, the recent frames or the point cache); None with
+        the hint off."""
         if not self.use_hint:
             return None
+        self._last_warp = self._warp(pose, tick)
+        return encode_hint(self.autoencoder, self._last_warp)[0].cpu()
+
+    def _warp(self, pose: torch.Tensor, tick: int) -> Reprojection:
+        """The hint's sources reprojected into `pose` (the order of worldmodel.hint.hint_source_ticks:
+        recent frames, memory entries, start frame; the point cache, when on, before all of them)."""
         c = self.config
-        # the order of worldmodel.hint.hint_source_ticks: recent frames, memory entries, start frame
-        sources = ([self.views[t] for t in hint_recent_ticks(tick, c.hint_recent) if t in self.views]
-                   + self._memory_views + [self.views[0]])
-        s_max = 1 + c.memory_entries + c.hint_recent
+        recent = [] if self.points is not None else \
+            [self.views[t] for t in hint_recent_ticks(tick, c.hint_recent) if t in self.views]
+        sources = recent + self._memory_views + [self.views[0]]
+        s_max = 1 + c.memory_entries + (0 if self.points is not None else c.hint_recent)
         r = c.resolution
         rgb = torch.zeros(1, s_max, r, r, RGB_CHANNELS, dtype=torch.uint8)
         depth = torch.zeros(1, s_max, r, r)
@@ -406,9 +419,8 @@ class WorldModelSession:
         valid = torch.zeros(1, s_max, dtype=torch.bool)
         for i, v in enumerate(sources):
             rgb[0, i], depth[0, i], poses[0, i], valid[0, i] = v.rgb, v.depth, v.pose, True
-        warp = reproject(rgb, depth, poses, pose[None].float(), valid, c.fov_deg)
-        self._last_warp = warp
-        return encode_hint(self.autoencoder, warp)[0].cpu()
+        points = None if self.points is None else self.points.points()
+        return reproject(rgb, depth, poses, pose[None].float(), valid, c.fov_deg, points=points)
 
     def _commit_noised(self, latent: torch.Tensor) -> torch.Tensor:
         """A clean latent as it enters the cache: noised to ctx_noise_play (as training did)."""
@@ -437,6 +449,8 @@ class WorldModelSession:
         self._pending = None
         self.views = {}
         self._memory_views = []
+        if self.points is not None:
+            self.points.reset()
         ids, mask = self.tokenizer.encode_batch([prompt])
         self._text_cond = self.model.text_condition(ids.to(self.device), mask.to(self.device)).to(self.dtype)
         start = start_latent.float().reshape(c.latent_channels, c.latent_size, c.latent_size)
@@ -536,6 +550,11 @@ class WorldModelSession:
         if view is not None:
             self.timing.decode_ms = (time.perf_counter() - t0) * 1e3
         self._remember_view(tick, view)
+        if self.points is not None and view is not None:
+            # the pixels no source covered are new to the world (an observed frame had no hint: what
+            # the sources of the last hint cover of it)
+            warp = self._last_warp if generated else self._warp(pose, tick)
+            self.points.add(tick, view.rgb, view.depth, view.pose, warp.coverage[0, 0] == 0, self.config.fov_deg)
         if self.memory is not None:
             self.memory.add(pack_memory_payload(x, view, self.config), pose, tick)
 
@@ -563,6 +582,8 @@ class WorldModelSession:
             p = self._pending
             t.update({"pending.latent": p.latent, "pending.action": p.action, "pending.pose": p.pose,
                       "pending.tick": torch.tensor([p.tick], dtype=torch.long)})
+        if self.points is not None:
+            t.update({f"points.{k}": v for k, v in self.points.state_dict().items()})
         for tick, view in self.views.items():
             t.update({f"view.{tick}.rgb": view.rgb, f"view.{tick}.depth": view.depth, f"view.{tick}.pose": view.pose})
         return {k: v.detach().cpu().clone().contiguous() for k, v in t.items()}  # clone: no shared storage
@@ -593,6 +614,10 @@ class WorldModelSession:
                 tick = int(name.split(".")[1])
                 depth = check_depth(t[f"view.{tick}.depth"].float(), f"{source} (view {tick})")
                 self.views[tick] = FrameView(t[name], depth, t[f"view.{tick}.pose"].float())
+        if self.points is not None:
+            self.points.reset()
+            if "points.xyz" in t:
+                self.points.load_state_dict({k[len("points."):]: v for k, v in t.items() if k.startswith("points.")})
         if self.config.hint and 0 not in self.views:
             raise UserError(f"{source}: saved without the views the geometric hint reprojects (a world saved "
                             f"before the hint, or by another model); resume it with the checkpoint that made it")
@@ -645,10 +670,12 @@ class ModelFrameSource:
 
     def __init__(self, checkpoint: str | Path | None = None, device: str = "cpu", use_memory: bool = True,
                  dtype: torch.dtype | None = None, sample_steps: int | None = None,
-                 precision: str | None = None, hint: bool | None = None) -> None:
+                 precision: str | None = None, hint: bool | None = None, composite: float | None = None,
+                 point_cache: int | None = None) -> None:
         """`precision` ("fp32" / "bf16", see PRECISIONS) or `dtype` picks the generator's dtype (fp32 by
         default; not both). The autoencoder always decodes in fp32. `hint`: build the geometric hint
-        (None = whenever the checkpoint reads one; True for a checkpoint without it is refused)."""
+        (None = whenever the checkpoint reads one; True for a checkpoint without it is refused).
+        `composite`, `point_cache`: the checkpoint's hint_composite and hint_point_cache by default."""
         self.checkpoint_path = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
         model, autoencoder, config = load_checkpoint(self.checkpoint_path)
         self.checkpoint_sha256 = checkpoint_sha256(self.checkpoint_path)
@@ -667,7 +694,8 @@ class ModelFrameSource:
                             f"with --hint off")
         self.session = WorldModelSession(model, device=self.device, dtype=run_dtype, use_memory=use_memory,
                                          sample_steps=sample_steps, autoencoder=self.autoencoder,
-                                         use_hint=config.hint if hint is None else hint)
+                                         use_hint=config.hint if hint is None else hint, composite=composite,
+                                         point_cache=point_cache)
         self.hint = self.session.use_hint
         """Whether frames are generated with the geometric hint (recorded in action logs)."""
         self.pose_history: deque[list[float]] = deque(maxlen=PATH_HISTORY)
@@ -799,7 +827,8 @@ class ModelFrameBatch:
         self.resolution = source.resolution
         self.sessions = SessionBatch(one.model, size, one.device, one.dtype, use_memory=one.use_memory,
                                      sample_steps=one.sample_steps, autoencoder=source.autoencoder,
-                                     use_hint=one.use_hint, composite=one.composite)
+                                     use_hint=one.use_hint, composite=one.composite,
+                                     point_cache=0 if one.points is None else one.points.max_points)
 
     def __len__(self) -> int:
         return len(self.sessions)
