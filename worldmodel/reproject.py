@@ -106,14 +106,18 @@ def unproject(rgb: torch.Tensor, depth: torch.Tensor, pose: torch.Tensor, mask: 
     """The pixels of one frame where `mask` [H, W] is True as world points: rgb uint8 [H, W, 3], depth
     [H, W] (conventions.depth), pose [5]. The inverse of what `reproject` does to a frame's pixels."""
     h, w = depth.shape
-    dirs, rays, _ = _grids(1, h, w, fov_deg, "cpu")
-    keep = mask.reshape(-1).cpu()
-    d = depth.reshape(-1).float().cpu()[keep]
+    dirs, rays, _ = _grids(1, h, w, fov_deg, str(depth.device))
+    keep = mask.reshape(-1).to(depth.device)
+    d = depth.reshape(-1).float()[keep]
     sky = d <= SKY_DEPTH
     cam = torch.where(sky[:, None], dirs[0, 0][keep], rays[0, 0][keep] * d[:, None])  # [P, 3] camera space
-    to_world = camera_to_world(pose.float()[None])[0]  # [4, 4]
-    xyz = cam @ to_world[:3, :3].T + to_world[:3, 3] * (~sky[:, None])
-    return WorldPoints(xyz, rgb.reshape(-1, 3).cpu()[keep], sky)
+    xyz = _move(cam, sky, camera_to_world(pose.float()[None])[0])
+    return WorldPoints(xyz, rgb.reshape(-1, 3).to(depth.device)[keep], sky)
+
+
+def _move(xyz: torch.Tensor, sky: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """Points xyz [P, 3] through a rigid 4x4 `matrix`; sky points [P] are directions (rotated only)."""
+    return xyz @ matrix[:3, :3].T + matrix[:3, 3] * (~sky[:, None])
 
 
 def reproject(rgb: torch.Tensor, depth: torch.Tensor, poses: torch.Tensor, target: torch.Tensor,
@@ -152,9 +156,8 @@ def reproject(rgb: torch.Tensor, depth: torch.Tensor, poses: torch.Tensor, targe
     order = order.expand(b, -1)  # [B, N]: each point's source
     colours = rgb.permute(0, 2, 1, 3, 4).reshape(b, 3, k * h * w)
     if points is not None:  # the world points: after every frame in the source order (source K)
-        to_cam = world_to_camera(target.float())[0]  # [4, 4]
         psky = points.sky.to(dev)
-        q = points.xyz.to(dev).float() @ to_cam[:3, :3].T + to_cam[:3, 3] * (~psky[:, None])  # [P, 3]
+        q = _move(points.xyz.to(dev).float(), psky, world_to_camera(target.float())[0])  # [P, 3]
         p = torch.cat([p, q[None]], dim=1)
         sky = torch.cat([sky, psky[None]], dim=1)
         ok = torch.cat([ok, torch.ones(1, extra, dtype=torch.bool, device=dev)], dim=1)

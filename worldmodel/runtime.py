@@ -406,12 +406,13 @@ class WorldModelSession:
 
     def _warp(self, pose: torch.Tensor, tick: int) -> Reprojection:
         """The hint's sources reprojected into `pose` (the order of worldmodel.hint.hint_source_ticks:
-        recent frames, memory entries, start frame; the point cache, when on, before all of them)."""
+        recent frames, memory entries, start frame; the point cache, when on, in place of the recent
+        frames and after every frame in the tie order)."""
         c = self.config
-        recent = [] if self.points is not None else \
-            [self.views[t] for t in hint_recent_ticks(tick, c.hint_recent) if t in self.views]
-        sources = recent + self._memory_views + [self.views[0]]
-        s_max = 1 + c.memory_entries + (0 if self.points is not None else c.hint_recent)
+        n_recent = 0 if self.points is not None else c.hint_recent
+        sources = ([self.views[t] for t in hint_recent_ticks(tick, n_recent) if t in self.views]
+                   + self._memory_views + [self.views[0]])
+        s_max = 1 + c.memory_entries + n_recent
         r = c.resolution
         rgb = torch.zeros(1, s_max, r, r, RGB_CHANNELS, dtype=torch.uint8)
         depth = torch.zeros(1, s_max, r, r)
