@@ -47,8 +47,6 @@ SKY_BIN = (1 << DEPTH_BITS) - 1
 """Depth bin of sky points: behind every surface."""
 MAX_SOURCES = 1 << SOURCE_BITS
 NO_KEY = torch.iinfo(torch.int64).max
-_OFFSETS = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 1.0, 0.0, 1.0]])[..., None]
-"""(row, col) offsets [2, 4, 1] of the 2x2 pixel centres around floor(projected position)."""
 
 
 @functools.lru_cache(maxsize=16)
@@ -147,10 +145,13 @@ def reproject(rgb: torch.Tensor, depth: torch.Tensor, poses: torch.Tensor, targe
     dirs, rays, order = _grids(k, h, w, fov_deg, str(dev))
     sky = (depth <= SKY_DEPTH).reshape(b, k, h * w)  # [B, K, HW]
     # camera-space points (w = 1) of geometry, directions (w = 0) of the sky
-    pts = torch.where(sky[..., None], dirs, rays * depth.reshape(b, k, h * w, 1))  # [B, K, HW, 3]
+    # (products with 0/1 masks, not torch.where / masked_fill: boolean selects are several times slower
+    # on the CPU, and these select exactly: x * 1 + 0 = x)
+    geo = (~sky).float()[..., None]  # [B, K, HW, 1]
+    pts = rays * (depth.reshape(b, k, h * w, 1) * geo) + dirs * (1.0 - geo)  # [B, K, HW, 3]
     rel = world_to_camera(target.float())[:, None] @ camera_to_world(poses.float())  # [B, K, 4, 4]
     p = pts @ rel[..., :3, :3].transpose(-1, -2)  # [B, K, HW, 3]
-    p += rel[..., None, :3, 3].expand_as(p).masked_fill(sky[..., None], 0.0)
+    p += rel[..., None, :3, 3] * geo
     p, sky = p.reshape(b, k * h * w, 3), sky.reshape(b, k * h * w)
     ok = valid[:, :, None].expand(b, k, h * w).reshape(b, k * h * w)
     order = order.expand(b, -1)  # [B, N]: each point's source
@@ -170,7 +171,13 @@ def _splat(p: torch.Tensor, sky: torch.Tensor, ok: torch.Tensor, order: torch.Te
            h: int, w: int, fov_deg: float) -> Reprojection:
     """The z-buffer splat of N target-camera points (module docstring): p [B, N, 3] (points, or
     directions where sky [B, N]), ok [B, N] (False: not a point), order [B, N] (source order, ties),
-    colours [B, 3, N] in [0, 1]. Point n's key carries n itself, so ties end in the caller's order."""
+    colours [B, 3, N] in [0, 1]. Point n's key carries n itself, so ties end in the caller's order.
+
+    Speed (the play loop runs it every tick): each point has 2 candidate rows and 2 candidate columns,
+    so everything that depends on the row or the column alone (its squared distance, whether it is in
+    the image and the point valid, its flat offset) is computed on [2, B*N] and only combined on the
+    [2, 2, B*N] grid of candidates; candidates that cover nothing go to a spare slot of the z-buffer
+    instead of carrying a masked key (no boolean indexing either: it costs more than the whole splat)."""
     b, n = sky.shape
     dev = p.device
     focal = 0.5 * w / math.tan(math.radians(fov_deg) / 2)
@@ -178,31 +185,49 @@ def _splat(p: torch.Tensor, sky: torch.Tensor, ok: torch.Tensor, order: torch.Te
     z = -z  # [B, N]: depth in the target camera (or the direction's forward part)
     ok = ok & torch.where(sky, z > 1e-6, z > NEAR_PLANE)
     zs = z.masked_fill(~ok, 1.0)
-    col = (focal / zs) * x + (w / 2 - 0.5)
-    row = (-focal / zs) * y + (h / 2 - 0.5)
+    # positions clamped to just outside the image: the bounds below are unchanged, the integers stay small
+    col = ((focal / zs) * x + (w / 2 - 0.5)).reshape(-1).clamp_(-2.0, w + 1.0)
+    row = ((-focal / zs) * y + (h / 2 - 0.5)).reshape(-1).clamp_(-2.0, h + 1.0)
     depth_bin = ((zs.clamp(min=DEPTH_BIN_ORIGIN) * (1.0 / DEPTH_BIN_ORIGIN)).log_()
                  .mul_(1.0 / math.log1p(DEPTH_TOLERANCE)).floor_().clamp_(0, SKY_BIN - 1)
                  .masked_fill_(sky, float(SKY_BIN)).long())
     index = torch.arange(n, device=dev).expand(b, n)
-    per_point = (depth_bin << (DIST_BITS + SOURCE_BITS + POINT_BITS)) | (order << POINT_BITS) | index  # [B, N]
-    per_point = per_point.masked_fill_(~ok, NO_KEY).reshape(-1)
-    row0, col0 = row.floor().reshape(-1), col.floor().reshape(-1)
-    frow, fcol = row.reshape(-1) - row0, col.reshape(-1) - col0
-    best = torch.full((b * h * w,), NO_KEY, dtype=torch.int64, device=dev)
-    dist_scale = ((1 << DIST_BITS) - 1) / SPLAT_RADIUS ** 2
-    # each point covers the pixel centres within SPLAT_RADIUS among the 4 around it (one [4, N] pass);
-    # candidates that cover nothing carry the neutral key (no boolean indexing: it costs more than the
-    # whole splat)
-    dr, dc = _OFFSETS[0].to(dev), _OFFSETS[1].to(dev)  # [4, 1]
-    r, c = row0 + dr, col0 + dc  # [4, N]
-    d2 = (frow - dr).square_() + (fcol - dc).square_()
-    inside = (d2 < SPLAT_RADIUS ** 2) & (r >= 0) & (r < h) & (c >= 0) & (c < w)
-    key = (d2 * dist_scale).long().bitwise_left_shift_(SOURCE_BITS + POINT_BITS).bitwise_or_(per_point)
-    key.masked_fill_(~inside, NO_KEY)
+    per_point = ((depth_bin << (DIST_BITS + SOURCE_BITS + POINT_BITS)) | (order << POINT_BITS) | index).reshape(-1)
+    row0, col0 = row.floor(), col.floor()  # [B*N]
+    frow, fcol = row - row0, col - col0
+    okf = ok.reshape(-1)
+    # per candidate row (offset 0, 1) and column: squared distance, in the image (and the point valid),
+    # flat offset; then the 4 candidates, one [B*N] slice each (broadcast ops run slower on the CPU)
+    drow = (frow.square(), (frow - 1.0).square_())
+    dcol = (fcol.square(), (fcol - 1.0).square_())
     image_base = (torch.arange(b, device=dev) * (h * w)).view(b, 1).expand(b, n).reshape(-1)
-    flat = (r * w + c).clamp_(0, h * w - 1).long() + image_base
+    row_in = ((row0 >= 0) & (row0 < h) & okf, (row0 >= -1) & (row0 < h - 1) & okf)
+    col_in = ((col0 >= 0) & (col0 < w), (col0 >= -1) & (col0 < w - 1))
+    spare = b * h * w  # the slot candidates that cover nothing write to
+    # flat offsets in float32 (exact: they are integers below 2**24) so that the choice between a
+    # candidate's pixel and the spare slot is a product, not a boolean select
+    if spare >= 1 << 24:
+        raise ValueError("reproject: too many target pixels")
+    r = row0.mul(w).add_(image_base.float()).sub_(spare)
+    row_off = (r, r + w)
+    col_off = (col0, col0 + 1.0)
+    m = b * n
+    d2 = torch.empty(4, m, device=dev)
+    inside = torch.empty(4, m, dtype=torch.bool, device=dev)
+    flat = torch.empty(4, m, device=dev)
+    for q, (i, j) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+        torch.add(drow[i], dcol[j], out=d2[q])
+        torch.lt(d2[q], SPLAT_RADIUS ** 2, out=inside[q])
+        inside[q] &= row_in[i] & col_in[j]
+        torch.add(row_off[i], col_off[j], out=flat[q])
+    flat = flat.mul_(inside).add_(spare).long()  # [4, B*N]: the pixel, or the spare slot
+    dist_scale = ((1 << DIST_BITS) - 1) / SPLAT_RADIUS ** 2
+    key = d2.mul_(dist_scale).long().bitwise_left_shift_(SOURCE_BITS + POINT_BITS)
+    for q in range(4):
+        key[q] |= per_point
+    best = torch.full((spare + 1,), NO_KEY, dtype=torch.int64, device=dev)
     best.scatter_reduce_(0, flat.reshape(-1), key.reshape(-1), reduce="amin", include_self=True)
-    best = best.view(b, h * w)
+    best = best[:spare].view(b, h * w)
     covered = best != NO_KEY
     winner = (best & ((1 << POINT_BITS) - 1)).masked_fill_(~covered, 0)  # [B, HW]: the winning point
     out_rgb = colours.gather(2, winner[:, None, :].expand(b, 3, -1)) * covered[:, None, :]
