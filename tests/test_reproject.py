@@ -9,10 +9,11 @@ import torch
 
 from scenes.render import render_views_with_depth
 from scenes.world import generate_world
-from conventions.camera import pixel_directions
+from conventions.camera import camera_to_world, pixel_directions, world_to_camera
 from conventions.depth import SKY_DEPTH, check_depth, depth_errors
 from conventions.errors import UserError
 from conventions.metrics import psnr
+from worldmodel import reproject as rp
 from worldmodel.reproject import reproject
 
 RES = 32
@@ -215,8 +216,6 @@ def _reference_reproject(rgb: torch.Tensor, depth: torch.Tensor, poses: torch.Te
     """The z-buffer rule of the module docstring, one point and one pixel at a time in float64:
     rgb [K, 3, H, W], depth [K, H, W], poses [K, 5], target [5] -> (winning source [H, W], -1 where
     uncovered; winning point's colour [3, H, W])."""
-    from conventions.camera import camera_to_world, world_to_camera
-    from worldmodel import reproject as rp
     k, _, h, w = rgb.shape
     dirs = pixel_directions(h, w, fov_deg).double().reshape(h * w, 3)
     focal = 0.5 * w / math.tan(math.radians(fov_deg) / 2)

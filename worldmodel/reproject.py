@@ -175,9 +175,10 @@ def _splat(p: torch.Tensor, sky: torch.Tensor, ok: torch.Tensor, order: torch.Te
 
     Speed (the play loop runs it every tick): each point has 2 candidate rows and 2 candidate columns,
     so everything that depends on the row or the column alone (its squared distance, whether it is in
-    the image and the point valid, its flat offset) is computed on [2, B*N] and only combined on the
-    [2, 2, B*N] grid of candidates; candidates that cover nothing go to a spare slot of the z-buffer
-    instead of carrying a masked key (no boolean indexing either: it costs more than the whole splat)."""
+    the image and the point valid, its flat offset) is computed once per row and per column, [B*N]
+    each, and only combined into the [4, B*N] candidates, one slice at a time; candidates that cover
+    nothing go to a spare slot of the z-buffer instead of carrying a masked key (no boolean indexing
+    or selects on the candidates: on the CPU they cost more than the whole splat)."""
     b, n = sky.shape
     dev = p.device
     focal = 0.5 * w / math.tan(math.radians(fov_deg) / 2)
