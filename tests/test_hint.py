@@ -42,13 +42,15 @@ def latent_cache(tmp_path_factory):
     return path, ae
 
 
-def test_training_hint_equals_play_hint(latent_cache):
+@pytest.mark.parametrize("splat_levels", [False, True])
+def test_training_hint_equals_play_hint(latent_cache, splat_levels):
     """The hint a training batch builds for a clip's frame is the one a play session builds when it is
-    fed the same frames (teacher forcing) and poses: same sources, same views, same function."""
+    fed the same frames (teacher forcing) and poses: same sources, same views, same function (with
+    the reprojection's coarse levels or without)."""
     from worldmodel.batches import hint_sources, load_latents, select_training_memory
 
     path, ae = latent_cache
-    config = tiny_config(hint=True, window_frames=3, memory_entries=2, hint_recent=2)
+    config = tiny_config(hint=True, window_frames=3, memory_entries=2, hint_recent=2, hint_splat_levels=splat_levels)
     data = load_latents(path, config)
     assert data.view_rgb is not None
     model = randomized_model(config)
@@ -63,7 +65,7 @@ def test_training_hint_equals_play_hint(latent_cache):
         memory = select_training_memory(data.poses[0], t, config, kept)
         src = hint_sources(data, 0, [t], [memory], config, torch.Generator().manual_seed(0), HintAugment(0, 0, 0))
         train = build_hint(ae, src["hint_rgb"], src["hint_depth"], src["hint_poses"], src["hint_valid"],
-                           src["hint_target"], config.fov_deg)[0]
+                           src["hint_target"], config.fov_deg, splat_levels=config.hint_splat_levels)[0]
         assert len(session._memory_views) == len(memory), f"tick {t}: play retrieved other memory"
         compared_with_memory += bool(memory)
         assert torch.allclose(play, train, atol=1e-3), f"tick {t}: max diff {float((play - train).abs().max())}"

@@ -67,7 +67,9 @@ def test_pure_rotation_reprojects_exactly_where_covered():
     depth = 1.0 + 20 * torch.rand(RES, RES, generator=g)  # any depth: a rotation ignores it
     src = torch.tensor([0.0, 1.6, 0.0, 0.0, 0.0])
     dst = torch.tensor([0.0, 1.6, 0.0, math.radians(12.0), math.radians(-5.0)])
-    out = reproject(img[None, None], depth[None, None], src[None, None], dst[None])
+    # the fine level alone: every neighbour of a random depth field is another surface, so the
+    # coarse levels (test below) have nothing to close here but would blur the exactness check
+    out = reproject(img[None, None], depth[None, None], src[None, None], dst[None], magnified=False)
     covered = out.coverage[0, 0] > 0
     assert 0.6 < float(covered.float().mean()) < 1.0
     # the source pixel whose colour (= its own index) landed on a covered target pixel projects, by
@@ -88,6 +90,49 @@ def test_pure_rotation_reprojects_exactly_where_covered():
     assert float(dist[covered].max()) < SPLAT_RADIUS + 1e-4
     # and every covered pixel's depth is the source point's depth in the target camera
     assert bool((out.depth[0][covered] > 0).all())
+
+
+def test_an_approached_surface_has_no_cracks_and_hides_what_is_behind_it():
+    """Walking 2 m towards a wall 5 m away magnifies it 1.7x: at the fine level alone its points leave
+    cracks, and through them the farther wall behind it shows (speckle); the coarse levels close them."""
+    res = 32
+    g = torch.Generator().manual_seed(3)
+    near_rgb = torch.rand(3, res, res, generator=g) * 0.5  # the near wall, textured, dark
+    far_rgb = torch.ones(3, res, res)  # a white wall behind it, seen from a second source
+    src = torch.tensor([0.0, 1.6, 0.0, 0.0, 0.0])
+    dst = torch.tensor([0.0, 1.6, -2.0, 0.0, 0.0])
+    rgb = torch.stack([near_rgb, far_rgb])[None]
+    depth = torch.stack([torch.full((res, res), 5.0), torch.full((res, res), 20.0)])[None]
+    poses = torch.stack([src, src])[None]
+    fine = reproject(rgb, depth, poses, dst[None], magnified=False)
+    assert float((fine.source == 1).float().mean()) > 0.2, "the fine level alone lets the far wall leak through"
+    out = reproject(rgb, depth, poses, dst[None])
+    near = out.source[0] == 0
+    assert float(near.float().mean()) > 0.98, "(almost) every pixel shows the near wall"
+    assert torch.allclose(out.depth[0][near], torch.full((res, res), 3.0)[near], atol=1e-4)
+    # where the fine level had a near-wall point, the coarse levels change nothing
+    kept = fine.source[0] == 0
+    assert torch.equal(out.rgb[0][:, kept], fine.rgb[0][:, kept])
+    # a filled crack takes a near-wall colour (not the far wall's white)
+    assert float(out.rgb[0][:, near].max()) <= 0.5
+
+
+def test_smooth_surfaces_under_small_moves_keep_the_fine_level():
+    """The coarse levels only fill: under the identity and a small turn of a smooth scene (a floor and
+    a wall), every pixel the fine level covers keeps its point."""
+    world = generate_world(11)
+    src = torch.tensor([0.0, 1.6, 0.0, 0.2, 0.0])
+    rgb, depth = render_views_with_depth(world, src[None], RES)
+    for target in (src, torch.tensor([0.0, 1.6, 0.0, 0.25, 0.02])):
+        fine = reproject(rgb[:, None], depth[:, None], src[None, None], target[None], magnified=False)
+        out = reproject(rgb[:, None], depth[:, None], src[None, None], target[None])
+        kept = fine.coverage[0, 0] > 0
+        assert float(kept.float().mean()) > 0.9
+        same = (out.rgb[0] == fine.rgb[0]).all(0)[kept]
+        # the identity changes nothing; a turn magnifies one side a little, and a magnified object's
+        # silhouette may grow over what is behind it by one spacing at most: a few pixels
+        assert bool(same.all()) if torch.equal(target, src) else float(same.float().mean()) > 0.98
+        assert float(out.coverage.mean()) >= float(fine.coverage.mean())
 
 
 def test_the_nearer_of_two_surfaces_wins_and_sky_never_occludes():
@@ -170,10 +215,17 @@ def test_world_points_reproject_as_the_frame_they_came_from():
     none = torch.zeros(1, 1, RES, RES, 3, dtype=torch.uint8)
     absent = torch.zeros(1, 1, dtype=torch.bool)
     for target in (src, torch.tensor([0.3, 1.6, -0.4, 0.35, 0.05])):
-        frame = reproject(rgb[:, None], depth[:, None], src[None, None], target[None])
-        cloud = reproject(none, depth[:, None] * 0, src[None, None], target[None], absent, points=points)
+        frame = reproject(rgb[:, None], depth[:, None], src[None, None], target[None], magnified=False)
+        cloud = reproject(none, depth[:, None] * 0, src[None, None], target[None], absent, points=points,
+                          magnified=False)
         same = (frame.rgb == cloud.rgb).all(1)
         assert float(same.float().mean()) > 0.99
+        # with the coarse levels a frame's pixel measures its spacing from its neighbours, a point
+        # from the width of the pixel it came from: nearly the same cracks close
+        frame_l = reproject(rgb[:, None], depth[:, None], src[None, None], target[None])
+        cloud_l = reproject(none, depth[:, None] * 0, src[None, None], target[None], absent, points=points)
+        assert float((frame_l.rgb == cloud_l.rgb).all(1).float().mean()) > 0.97
+        assert float(cloud_l.coverage.mean()) >= float(cloud.coverage.mean())
         assert torch.equal(frame.coverage, cloud.coverage)
         assert bool((cloud.source[cloud.coverage[:, 0] > 0] == 1).all())  # points are source K (= 1)
     # points come after every frame in the tie order; a masked-out pixel is no point
@@ -207,6 +259,11 @@ def test_point_cache_drops_its_oldest_ticks_and_round_trips():
     again = PointCache(max_points=RES * RES * 2)
     again.load_state_dict(state)
     assert len(again) == len(cache) and torch.equal(again.points().xyz, cache.points().xyz)
+    assert torch.equal(again.points().size, cache.points().size) and bool((cache.points().size > 0).any())
+    # a world saved before points had a size loads them as size 0 (the fine level alone)
+    older = PointCache(max_points=RES * RES * 2)
+    older.load_state_dict({k: v for k, v in state.items() if k != "size"})
+    assert len(older) == len(cache) and bool((older.points().size == 0).all())
     with pytest.raises(ValueError, match="max_points"):
         PointCache(0)
 
@@ -262,7 +319,7 @@ def test_the_vectorised_splat_follows_the_one_point_at_a_time_rule(seed):
     depth[torch.rand(k, res, res, generator=g) < 0.15] = SKY_DEPTH
     poses = torch.tensor([0.0, 1.6, 0.0, 0.0, 0.0]) + torch.randn(k, 5, generator=g) * 0.2
     target = torch.tensor([0.0, 1.6, 0.0, 0.0, 0.0]) + torch.randn(5, generator=g) * 0.2
-    out = reproject(rgb[None], depth[None], poses[None], target[None], fov_deg=90.0)
+    out = reproject(rgb[None], depth[None], poses[None], target[None], fov_deg=90.0, magnified=False)
     source, colour = _reference_reproject(rgb, depth, poses, target, 90.0)
     assert int((source >= 0).sum()) > res * res // 2, "the case must cover most of the image"
     same = out.source[0] == source

@@ -99,15 +99,17 @@ def bench_reproject(resolution: int, iterations: int = 100, seed: int = 102) -> 
     out = {"resolution": resolution}
     for k in REPROJECT_SOURCES:
         args = (rgb[None, :k], depth[None, :k], poses[None, :k], poses[k_max:])
-        for _ in range(5):
-            reproject(*args)
-        times = []
-        for _ in range(iterations):
-            t0 = time.perf_counter()
-            reproject(*args)
-            times.append((time.perf_counter() - t0) * 1e3)
-        times.sort()
-        out[f"k{k}_ms"] = times[len(times) // 2]
+        # the fine level alone (the shipped rule) and with the coarse levels (hint_splat_levels)
+        for name, levels in (("", False), ("_levels", True)):
+            for _ in range(5):
+                reproject(*args, magnified=levels)
+            times = []
+            for _ in range(iterations):
+                t0 = time.perf_counter()
+                reproject(*args, magnified=levels)
+                times.append((time.perf_counter() - t0) * 1e3)
+            times.sort()
+            out[f"k{k}{name}_ms"] = times[len(times) // 2]
     return out
 
 
@@ -123,8 +125,8 @@ def run(args: argparse.Namespace) -> int:
     if "reproject" in args.what:
         r = bench_reproject(args.resolution)
         results["reproject"] = r
-        print(f"reproject {r['resolution']}x{r['resolution']} (median ms per call): "
-              + ", ".join(f"K={k}: {r[f'k{k}_ms']:.2f}" for k in REPROJECT_SOURCES))
+        print(f"reproject {r['resolution']}x{r['resolution']} (median ms per call, fine level / with coarse levels): "
+              + ", ".join(f"K={k}: {r[f'k{k}_ms']:.2f} / {r[f'k{k}_levels_ms']:.2f}" for k in REPROJECT_SOURCES))
     if "play" in args.what:
         r = bench_play(args)
         results["play"] = r

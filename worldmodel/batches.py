@@ -299,7 +299,8 @@ def attach_hints(batch: "TrainBatch", autoencoder: torch.nn.Module, config: Worl
     b, k = batch.hint_sources["hint_valid"].shape[:2]
     flat = {key: v.flatten(0, 1) for key, v in batch.hint_sources.items()}
     hint = build_hint(autoencoder, flat["hint_rgb"], flat["hint_depth"], flat["hint_poses"], flat["hint_valid"],
-                      flat["hint_target"], config.fov_deg, noise=flat["hint_noise"]).view(b, k, -1, *batch.target_x0.shape[-2:])
+                      flat["hint_target"], config.fov_deg, noise=flat["hint_noise"],
+                      splat_levels=config.hint_splat_levels).view(b, k, -1, *batch.target_x0.shape[-2:])
     g = batch.joint.ticks.shape[1]
     full = torch.zeros(b, g, *hint.shape[2:], dtype=hint.dtype, device=hint.device)
     full[:, batch.target_index.to(full.device)] = hint

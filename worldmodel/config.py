@@ -106,6 +106,11 @@ class WorldModelConfig:
     """Play: points of the point cache (worldmodel.point_cache), which then replaces the last
     `hint_recent` frames among the hint's sources; 0 = no cache (the recent frames are sources). It
     measured worse with today's depth head (docs/model_card.md), so checkpoints ship with 0."""
+    hint_splat_levels: bool = False
+    """The hint's reprojection also splats the source pixels a move magnifies on coarser grids, so an
+    approached surface has no cracks and nothing behind it leaks through (worldmodel.reproject,
+    `magnified`); False: the fine level alone, the rule the shipped checkpoint was trained and
+    measured with (docs/model_card.md compares them)."""
 
     # --- diffusion / sampling ---
     ctx_noise_max: float = 0.1
@@ -130,7 +135,8 @@ class WorldModelConfig:
     """Probability that a target's noise level is one the sampler actually visits (e.g. t = 1)."""
 
     TRAINING_ONLY_FIELDS = ("ctx_noise_max", "target_frames", "time_sampling", "logit_normal_mean",
-                            "logit_normal_std", "schedule_time_prob", "hint_composite", "hint_point_cache")
+                            "logit_normal_std", "schedule_time_prob", "hint_composite", "hint_point_cache",
+                            "hint_splat_levels")
     """Fields no weight depends on (the training objective, and the play-time compositing), so a
     fine-tune may change them from the checkpoint it starts from."""
 

@@ -77,9 +77,11 @@ def encode_hint(autoencoder: torch.nn.Module, warped: Reprojection, noise: torch
 @torch.no_grad()
 def build_hint(autoencoder: torch.nn.Module, rgb: torch.Tensor, depth: torch.Tensor, poses: torch.Tensor,
                valid: torch.Tensor, target: torch.Tensor, fov_deg: float,
-               noise: torch.Tensor | None = None) -> torch.Tensor:
+               noise: torch.Tensor | None = None, splat_levels: bool = False) -> torch.Tensor:
     """Sources -> hint tokens [B, C + 1, h, w].
 
     rgb [B, K, 3, H, W] float in [0, 1] or uint8 [B, K, H, W, 3], depth [B, K, H, W], poses [B, K, 5],
-    valid [B, K] bool, target poses [B, 5]; see `reproject` and `encode_hint`."""
-    return encode_hint(autoencoder, reproject(rgb, depth, poses, target, valid, fov_deg), noise)
+    valid [B, K] bool, target poses [B, 5]; see `reproject` (`splat_levels` is its `magnified`) and
+    `encode_hint`."""
+    return encode_hint(autoencoder, reproject(rgb, depth, poses, target, valid, fov_deg, magnified=splat_levels),
+                       noise)

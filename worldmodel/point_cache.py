@@ -73,13 +73,17 @@ class PointCache:
         pts = self.points()
         ticks = torch.cat([torch.full((b.count,), t, dtype=torch.long) for t, b in self._blocks]) \
             if self._blocks else torch.zeros(0, dtype=torch.long)
-        return {"xyz": pts.xyz.clone(), "rgb": pts.rgb.clone(), "sky": pts.sky.clone(), "tick": ticks}
+        return {"xyz": pts.xyz.clone(), "rgb": pts.rgb.clone(), "sky": pts.sky.clone(), "size": pts.size.clone(),
+                "tick": ticks}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.reset()
         ticks = state["tick"]
+        # worlds saved before points had a size: 0, the fine level alone
+        size = state["size"].float() if "size" in state else torch.zeros(ticks.shape[0])
         for t in torch.unique_consecutive(ticks).tolist():
             sel = ticks == t
-            block = WorldPoints(state["xyz"][sel].float(), state["rgb"][sel].to(torch.uint8), state["sky"][sel].bool())
+            block = WorldPoints(state["xyz"][sel].float(), state["rgb"][sel].to(torch.uint8), state["sky"][sel].bool(),
+                                size[sel])
             self._blocks.append((int(t), block))
             self._count += block.count

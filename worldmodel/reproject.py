@@ -12,8 +12,16 @@ Forward splatting with a z-buffer, vectorised over batch and sources:
 - a projected point covers the target pixels whose centres lie within SPLAT_RADIUS of it (at most
   the 4 around it): enough to close the cracks of up to ~1.4x magnification, and under the identity
   a point covers exactly its own pixel, so the identity returns the source;
+- a source pixel that the move magnifies (its neighbours on the same surface land more than
+  CRACK_SPACING pixels apart) is splatted a second time at a coarser level of the target grid
+  (pixels 2, 4 or 8 wide, the first at least as wide as that spacing), which reaches the fine pixels
+  within its own footprint (FOOTPRINT times the spacing): without it an approaching
+  surface shows holes, and through them the farther surfaces behind it (speckle that compounds when
+  the output is reprojected again, tick after tick);
 - each target pixel keeps one point, chosen by one int64 key per candidate, smallest first:
-  (depth bin, distance to the pixel centre, source order, point index). Depth bins are
+  (depth bin, distance to the pixel centre, source order, point index); then the winner of a
+  coarse pixel takes those fine pixels in its footprint that no point covered or that show a
+  surface more than SURFACE_GAP farther (what leaks through a crack); elsewhere the fine level stays. Depth bins are
   DEPTH_TOLERANCE wide in log depth, so the nearer of two surfaces wins, while views of the same
   surface from several sources are decided by which point falls closest to the pixel centre (the
   densest, least magnified source) and then by the caller's source order. The key makes the result
@@ -43,6 +51,19 @@ DEPTH_BIN_ORIGIN = 0.01
 """Metres: depth of bin 0 of the log-depth bins."""
 DEPTH_BITS, DIST_BITS, SOURCE_BITS, POINT_BITS = 12, 4, 5, 20
 """Bit widths of the fields of the z-buffer key (most significant first)."""
+MAX_LEVEL = 3
+"""Coarsest splat level: pixels 2**MAX_LEVEL wide, enough for a surface magnified 8x."""
+CRACK_SPACING = 1.0 + 1e-3
+"""Pixels: neighbouring points of one surface farther apart than this can leave a pixel centre
+farther than SPLAT_RADIUS from every point (a crack); such points also go to a coarser level. The
+margin keeps the identity and pure rotations of small angles at the fine level alone."""
+FOOTPRINT = 1.0
+"""Radius of a magnified point's footprint, in spacings: the fine pixels a coarse winner may take.
+Half a spacing (times sqrt 2) would close a regular grid's cracks if every point won a coarse pixel;
+one winner per coarse pixel needs more, and a silhouette grows by at most this much."""
+SURFACE_GAP = 0.2
+"""Relative depth difference above which two neighbouring source pixels are not one surface (their
+spacing in the target is a disocclusion, which no splat size should close)."""
 SKY_BIN = (1 << DEPTH_BITS) - 1
 """Depth bin of sky points: behind every surface."""
 MAX_SOURCES = 1 << SOURCE_BITS
@@ -77,11 +98,14 @@ class Reprojection:
 @dataclass
 class WorldPoints:
     """Points in world space, for `reproject(points=...)`: xyz [P, 3] float (metres; for sky points a
-    unit direction), rgb uint8 [P, 3], sky [P] bool."""
+    unit direction), rgb uint8 [P, 3], sky [P] bool, size [P] float (metres: the width of the pixel
+    the point came from, at its depth, so a camera that comes closer knows how far apart the points
+    of one surface land; 0 = unknown, the fine level alone)."""
 
     xyz: torch.Tensor
     rgb: torch.Tensor
     sky: torch.Tensor
+    size: torch.Tensor
 
     @property
     def count(self) -> int:
@@ -89,14 +113,15 @@ class WorldPoints:
 
     @staticmethod
     def empty() -> "WorldPoints":
-        return WorldPoints(torch.zeros(0, 3), torch.zeros(0, 3, dtype=torch.uint8), torch.zeros(0, dtype=torch.bool))
+        return WorldPoints(torch.zeros(0, 3), torch.zeros(0, 3, dtype=torch.uint8), torch.zeros(0, dtype=torch.bool),
+                           torch.zeros(0))
 
     @staticmethod
     def cat(parts: "list[WorldPoints]") -> "WorldPoints":
         if not parts:
             return WorldPoints.empty()
         return WorldPoints(torch.cat([q.xyz for q in parts]), torch.cat([q.rgb for q in parts]),
-                           torch.cat([q.sky for q in parts]))
+                           torch.cat([q.sky for q in parts]), torch.cat([q.size for q in parts]))
 
 
 def unproject(rgb: torch.Tensor, depth: torch.Tensor, pose: torch.Tensor, mask: torch.Tensor,
@@ -110,7 +135,13 @@ def unproject(rgb: torch.Tensor, depth: torch.Tensor, pose: torch.Tensor, mask: 
     sky = d <= SKY_DEPTH
     cam = torch.where(sky[:, None], dirs[0, 0][keep], rays[0, 0][keep] * d[:, None])  # [P, 3] camera space
     xyz = _move(cam, sky, camera_to_world(pose.float()[None])[0])
-    return WorldPoints(xyz, rgb.reshape(-1, 3).to(depth.device)[keep], sky)
+    size = d * (~sky) / _focal(w, fov_deg)  # a pixel's width at the point's depth
+    return WorldPoints(xyz, rgb.reshape(-1, 3).to(depth.device)[keep], sky, size)
+
+
+def _focal(width: int, fov_deg: float) -> float:
+    """Focal length in pixels of a pinhole camera `width` pixels wide (conventions.camera)."""
+    return 0.5 * width / math.tan(math.radians(fov_deg) / 2)
 
 
 def _move(xyz: torch.Tensor, sky: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
@@ -120,7 +151,7 @@ def _move(xyz: torch.Tensor, sky: torch.Tensor, matrix: torch.Tensor) -> torch.T
 
 def reproject(rgb: torch.Tensor, depth: torch.Tensor, poses: torch.Tensor, target: torch.Tensor,
               valid: torch.Tensor | None = None, fov_deg: float = DEFAULT_FOV_DEG,
-              points: "WorldPoints | None" = None) -> Reprojection:
+              points: "WorldPoints | None" = None, magnified: bool = True) -> Reprojection:
     """Splat K source frames (and, optionally, a set of world points) into the target camera.
 
     rgb [B, K, 3, H, W] float in [0, 1] (or uint8 [B, K, H, W, 3]), depth [B, K, H, W] (binding
@@ -128,6 +159,8 @@ def reproject(rgb: torch.Tensor, depth: torch.Tensor, poses: torch.Tensor, targe
     (False = the source is absent, e.g. a memory slot nothing was retrieved for). Earlier sources win
     ties (see the module docstring). `points` (B = 1 only): world points that come after every frame
     in the source order (worldmodel.point_cache: the pixels generated frames added to the world).
+    `magnified` False splats every point at the fine level alone (the rule before coarse levels, kept
+    for checkpoints measured with it and for the one-point-at-a-time reference test).
     Returns a `Reprojection` at the sources' resolution.
     """
     if rgb.dtype == torch.uint8:
@@ -152,8 +185,10 @@ def reproject(rgb: torch.Tensor, depth: torch.Tensor, poses: torch.Tensor, targe
     rel = world_to_camera(target.float())[:, None] @ camera_to_world(poses.float())  # [B, K, 4, 4]
     p = pts @ rel[..., :3, :3].transpose(-1, -2)  # [B, K, HW, 3]
     p += rel[..., None, :3, 3] * geo
-    p, sky = p.reshape(b, k * h * w, 3), sky.reshape(b, k * h * w)
     ok = valid[:, :, None].expand(b, k, h * w).reshape(b, k * h * w)
+    spacing = _spacing(p.view(b, k, h, w, 3), depth, sky.view(b, k, h, w), ok.view(b, k, h, w), fov_deg) \
+        if magnified else None
+    p, sky = p.reshape(b, k * h * w, 3), sky.reshape(b, k * h * w)
     order = order.expand(b, -1)  # [B, N]: each point's source
     colours = rgb.permute(0, 2, 1, 3, 4).reshape(b, 3, k * h * w)
     if points is not None:  # the world points: after every frame in the source order (source K)
@@ -164,44 +199,157 @@ def reproject(rgb: torch.Tensor, depth: torch.Tensor, poses: torch.Tensor, targe
         ok = torch.cat([ok, torch.ones(1, extra, dtype=torch.bool, device=dev)], dim=1)
         order = torch.cat([order, torch.full((1, extra), k, dtype=order.dtype, device=dev)], dim=1)
         colours = torch.cat([colours, points.rgb.to(dev).float().T[None] / 255.0], dim=2)
-    return _splat(p, sky, ok, order, colours, h, w, fov_deg)
+        if spacing is not None:  # a point's spacing: its pixel's width seen from the target
+            spread = points.size.to(dev).float() * _focal(w, fov_deg) / (-q[:, 2]).clamp(min=NEAR_PLANE)
+            spacing = torch.cat([spacing, spread[None]], dim=1)
+    return _splat(p, sky, ok, order, colours, h, w, fov_deg, spacing)
+
+
+def _spacing(p: torch.Tensor, depth: torch.Tensor, sky: torch.Tensor, ok: torch.Tensor, fov_deg: float
+             ) -> torch.Tensor:
+    """Each frame point's spacing in target pixels (module docstring), [B, K*H*W]: the largest distance
+    to where a 4-neighbour of its source pixel on the same surface (source depths within SURFACE_GAP)
+    lands; 0 without such a neighbour. p [B, K, H, W, 3] in the target camera, depth [B, K, H, W] in
+    the source camera, sky and ok [B, K, H, W]."""
+    w = p.shape[-2]
+    focal = _focal(w, fov_deg)
+    z = -p[..., 2]
+    front = ok & ~sky & (z > NEAR_PLANE)
+    zc = z.clamp(min=NEAR_PLANE)
+    col, row = p[..., 0] * focal / zc, p[..., 1] * focal / zc  # [B, K, H, W] (offsets do not matter)
+    log_depth = depth.clamp(min=DEPTH_BIN_ORIGIN).log()
+    spacing = torch.zeros_like(z)
+    for dim in (-1, -2):  # the neighbour to the right, the neighbour below
+        n = z.shape[dim]
+        a, c = (lambda t: t.narrow(dim, 0, n - 1)), (lambda t: t.narrow(dim, 1, n - 1))
+        same = a(front) & c(front) & ((a(log_depth) - c(log_depth)).abs() < math.log1p(SURFACE_GAP))
+        dist = torch.hypot(c(col) - a(col), c(row) - a(row)) * same
+        torch.maximum(a(spacing), dist, out=a(spacing))
+        torch.maximum(c(spacing), dist, out=c(spacing))
+    return spacing.reshape(p.shape[0], -1)
 
 
 def _splat(p: torch.Tensor, sky: torch.Tensor, ok: torch.Tensor, order: torch.Tensor, colours: torch.Tensor,
-           h: int, w: int, fov_deg: float) -> Reprojection:
+           h: int, w: int, fov_deg: float, spacing: torch.Tensor | None = None) -> Reprojection:
     """The z-buffer splat of N target-camera points (module docstring): p [B, N, 3] (points, or
     directions where sky [B, N]), ok [B, N] (False: not a point), order [B, N] (source order, ties),
-    colours [B, 3, N] in [0, 1]. Point n's key carries n itself, so ties end in the caller's order.
-
-    Speed (the play loop runs it every tick): each point has 2 candidate rows and 2 candidate columns,
-    so everything that depends on the row or the column alone (its squared distance, whether it is in
-    the image and the point valid, its flat offset) is computed once per row and per column, [B*N]
-    each, and only combined into the [4, B*N] candidates, one slice at a time; candidates that cover
-    nothing go to a spare slot of the z-buffer instead of carrying a masked key (no boolean indexing
-    or selects on the candidates: on the CPU they cost more than the whole splat)."""
+    colours [B, 3, N] in [0, 1], spacing [B, N] (target pixels between a point and its neighbours on
+    its surface; None or <= CRACK_SPACING: the fine level alone). Point n's key carries n itself, so
+    ties end in the caller's order. Every point is splatted at the fine level; one whose spacing
+    needs it also on the grid of 2**L-wide pixels, the first at least as wide as its spacing (the
+    points an approaching surface magnifies: gathered, not masked). The winners of the 4 coarse
+    pixels around a fine pixel reach it if its centre lies within FOOTPRINT times their spacing: so a
+    crack closes while a silhouette grows by one spacing at most."""
     b, n = sky.shape
     dev = p.device
-    focal = 0.5 * w / math.tan(math.radians(fov_deg) / 2)
+    focal = _focal(w, fov_deg)
     x, y, z = p.unbind(-1)
     z = -z  # [B, N]: depth in the target camera (or the direction's forward part)
     ok = ok & torch.where(sky, z > 1e-6, z > NEAR_PLANE)
     zs = z.masked_fill(~ok, 1.0)
-    # positions clamped to just outside the image: the bounds below are unchanged, the integers stay small
-    col = ((focal / zs) * x + (w / 2 - 0.5)).reshape(-1).clamp_(-2.0, w + 1.0)
-    row = ((-focal / zs) * y + (h / 2 - 0.5)).reshape(-1).clamp_(-2.0, h + 1.0)
     depth_bin = ((zs.clamp(min=DEPTH_BIN_ORIGIN) * (1.0 / DEPTH_BIN_ORIGIN)).log_()
                  .mul_(1.0 / math.log1p(DEPTH_TOLERANCE)).floor_().clamp_(0, SKY_BIN - 1)
                  .masked_fill_(sky, float(SKY_BIN)).long())
     index = torch.arange(n, device=dev).expand(b, n)
     per_point = ((depth_bin << (DIST_BITS + SOURCE_BITS + POINT_BITS)) | (order << POINT_BITS) | index).reshape(-1)
-    row0, col0 = row.floor(), col.floor()  # [B*N]
+    image = torch.arange(b, device=dev).view(b, 1).expand(b, n).reshape(-1)
+    best = _zbuffer(x.reshape(-1), y.reshape(-1), zs.reshape(-1), ok.reshape(-1), per_point, image, b, h, w, focal)
+    if spacing is not None:
+        # a coarse winner takes a fine pixel within its footprint that the fine level left uncovered or
+        # showed a clearly farther surface through (a crack); a comparison with a gap, not the key's
+        # depth bins, so that a bin edge across a slanted surface does not turn into blocks; finer
+        # levels first
+        level = (spacing / CRACK_SPACING).clamp(min=1.0).log2_().ceil_().clamp_(max=MAX_LEVEL).long()
+        z_far = zs.masked_fill(sky, float("inf"))  # [B, N]: sky behind everything
+        col = (focal / zs) * x + (w / 2 - 0.5)  # [B, N]: fine-pixel positions
+        row = (-focal / zs) * y + (h / 2 - 0.5)
+        reach = (spacing * FOOTPRINT).square_()  # [B, N]: squared footprint radius
+        centre_row, centre_col = _centres(h, w, str(dev))
+        for lv in range(1, MAX_LEVEL + 1):
+            if h % (1 << lv) or w % (1 << lv):
+                break
+            pick = ((level == lv) & ok).reshape(-1).nonzero().squeeze(1)
+            if pick.numel() == 0:
+                continue
+            coarse = _zbuffer(x.reshape(-1)[pick], y.reshape(-1)[pick], zs.reshape(-1)[pick],
+                              torch.ones_like(pick, dtype=torch.bool), per_point[pick], image[pick], b,
+                              h >> lv, w >> lv, focal / (1 << lv))
+            fine_z = _winner_depth(best, z_far)
+            pick_key = torch.full_like(best, NO_KEY)
+            for around in _coarse_around(h, w, lv, str(dev)):  # the 4 coarse pixels around each fine centre
+                up = coarse[:, around]  # [B, HW]
+                hit = up != NO_KEY
+                who = (up & ((1 << POINT_BITS) - 1)).masked_fill_(~hit, 0)
+                near = (row.gather(1, who) - centre_row).square_() + (col.gather(1, who) - centre_col).square_()
+                hit &= near < reach.gather(1, who)
+                hit &= z_far.gather(1, who) * (1.0 + SURFACE_GAP) < fine_z
+                pick_key = torch.minimum(pick_key, up.masked_fill_(~hit, NO_KEY))
+            best = torch.where(pick_key != NO_KEY, pick_key, best)
+    covered = best != NO_KEY
+    winner = (best & ((1 << POINT_BITS) - 1)).masked_fill_(~covered, 0)  # [B, HW]: the winning point
+    out_rgb = colours.gather(2, winner[:, None, :].expand(b, 3, -1)) * covered[:, None, :]
+    out_depth = z.masked_fill(sky, SKY_DEPTH).gather(1, winner).masked_fill_(~covered, SKY_DEPTH)
+    source = order.gather(1, winner).masked_fill_(~covered, -1)
+    return Reprojection(out_rgb.view(b, 3, h, w), covered.view(b, 1, h, w).float(), out_depth.view(b, h, w),
+                        source.view(b, h, w))
+
+
+@functools.lru_cache(maxsize=16)
+def _centres(h: int, w: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column of every pixel centre, [1, H*W] each."""
+    rr, cc = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=device),
+                            torch.arange(w, dtype=torch.float32, device=device), indexing="ij")
+    return rr.reshape(1, -1), cc.reshape(1, -1)
+
+
+@functools.lru_cache(maxsize=16)
+def _coarse_around(h: int, w: int, level: int, device: str) -> tuple[torch.Tensor, ...]:
+    """For every fine pixel, the flat index of each of the 4 pixels of the level-`level` grid whose
+    centres surround the fine pixel's centre (clamped at the border): 4 tensors [H*W] long. The point
+    nearest a fine crack may have won a neighbouring coarse pixel, not the one containing it."""
+    f = 1 << level
+    hc, wc = h // f, w // f
+    rc = (torch.arange(h, dtype=torch.float32, device=device) + 0.5) / f - 0.5
+    cc = (torch.arange(w, dtype=torch.float32, device=device) + 0.5) / f - 0.5
+    r0, c0 = rc.floor().long(), cc.floor().long()
+    out = []
+    for dr in (0, 1):
+        for dc in (0, 1):
+            rr = (r0 + dr).clamp(0, hc - 1)[:, None]
+            cc_ = (c0 + dc).clamp(0, wc - 1)[None, :]
+            out.append((rr * wc + cc_).reshape(-1))
+    return tuple(out)
+
+
+def _winner_depth(best: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Depth [B, HW] of each pixel's winning point (keys `best` [B, HW], point depths z [B, N]); inf
+    where uncovered."""
+    winner = (best & ((1 << POINT_BITS) - 1)).masked_fill(best == NO_KEY, 0)
+    return z.gather(1, winner).masked_fill_(best == NO_KEY, float("inf"))
+
+
+def _zbuffer(x: torch.Tensor, y: torch.Tensor, zs: torch.Tensor, okf: torch.Tensor, per_point: torch.Tensor,
+             image: torch.Tensor, b: int, h: int, w: int, focal: float) -> torch.Tensor:
+    """The smallest key per target pixel, [B, H*W] (NO_KEY where uncovered), of M points: x, y, zs [M]
+    in the target camera (zs > 0), okf [M] (False: covers nothing), per_point [M] (the key without its
+    distance field), image [M] (which of the B targets).
+
+    Speed (the play loop runs it every tick): each point has 2 candidate rows and 2 candidate columns,
+    so everything that depends on the row or the column alone (its squared distance, whether it is in
+    the image and the point valid, its flat offset) is computed once per row and per column, [M]
+    each, and only combined into the [4, M] candidates, one slice at a time; candidates that cover
+    nothing go to a spare slot of the z-buffer instead of carrying a masked key (no boolean indexing
+    or selects on the candidates: on the CPU they cost more than the whole splat)."""
+    dev = x.device
+    # positions clamped to just outside the image: the bounds below are unchanged, the integers stay small
+    col = ((focal / zs) * x + (w / 2 - 0.5)).clamp_(-2.0, w + 1.0)
+    row = ((-focal / zs) * y + (h / 2 - 0.5)).clamp_(-2.0, h + 1.0)
+    row0, col0 = row.floor(), col.floor()  # [M]
     frow, fcol = row - row0, col - col0
-    okf = ok.reshape(-1)
     # per candidate row (offset 0, 1) and column: squared distance, in the image (and the point valid),
-    # flat offset; then the 4 candidates, one [B*N] slice each (broadcast ops run slower on the CPU)
+    # flat offset; then the 4 candidates, one [M] slice each (broadcast ops run slower on the CPU)
     drow = (frow.square(), (frow - 1.0).square_())
     dcol = (fcol.square(), (fcol - 1.0).square_())
-    image_base = (torch.arange(b, device=dev) * (h * w)).view(b, 1).expand(b, n).reshape(-1)
     row_in = ((row0 >= 0) & (row0 < h) & okf, (row0 >= -1) & (row0 < h - 1) & okf)
     col_in = ((col0 >= 0) & (col0 < w), (col0 >= -1) & (col0 < w - 1))
     spare = b * h * w  # the slot candidates that cover nothing write to
@@ -209,10 +357,10 @@ def _splat(p: torch.Tensor, sky: torch.Tensor, ok: torch.Tensor, order: torch.Te
     # candidate's pixel and the spare slot is a product, not a boolean select
     if spare >= 1 << 24:
         raise ValueError("reproject: too many target pixels")
-    r = row0.mul(w).add_(image_base.float()).sub_(spare)
+    r = row0.mul(w).add_((image * (h * w)).float()).sub_(spare)
     row_off = (r, r + w)
     col_off = (col0, col0 + 1.0)
-    m = b * n
+    m = x.shape[0]
     d2 = torch.empty(4, m, device=dev)
     inside = torch.empty(4, m, dtype=torch.bool, device=dev)
     flat = torch.empty(4, m, device=dev)
@@ -221,18 +369,11 @@ def _splat(p: torch.Tensor, sky: torch.Tensor, ok: torch.Tensor, order: torch.Te
         torch.lt(d2[q], SPLAT_RADIUS ** 2, out=inside[q])
         inside[q] &= row_in[i] & col_in[j]
         torch.add(row_off[i], col_off[j], out=flat[q])
-    flat = flat.mul_(inside).add_(spare).long()  # [4, B*N]: the pixel, or the spare slot
+    flat = flat.mul_(inside).add_(spare).long()  # [4, M]: the pixel, or the spare slot
     dist_scale = ((1 << DIST_BITS) - 1) / SPLAT_RADIUS ** 2
     key = d2.mul_(dist_scale).long().bitwise_left_shift_(SOURCE_BITS + POINT_BITS)
     for q in range(4):
         key[q] |= per_point
     best = torch.full((spare + 1,), NO_KEY, dtype=torch.int64, device=dev)
     best.scatter_reduce_(0, flat.reshape(-1), key.reshape(-1), reduce="amin", include_self=True)
-    best = best[:spare].view(b, h * w)
-    covered = best != NO_KEY
-    winner = (best & ((1 << POINT_BITS) - 1)).masked_fill_(~covered, 0)  # [B, HW]: the winning point
-    out_rgb = colours.gather(2, winner[:, None, :].expand(b, 3, -1)) * covered[:, None, :]
-    out_depth = z.masked_fill(sky, SKY_DEPTH).gather(1, winner).masked_fill_(~covered, SKY_DEPTH)
-    source = order.gather(1, winner).masked_fill_(~covered, -1)
-    return Reprojection(out_rgb.view(b, 3, h, w), covered.view(b, 1, h, w).float(), out_depth.view(b, h, w),
-                        source.view(b, h, w))
+    return best[:spare].view(b, h * w)

@@ -298,10 +298,10 @@ class WorldModelSession:
                  use_memory: bool = True, defer_commit: bool = True, sample_steps: int | None = None,
                  autoencoder: torch.nn.Module | None = None, use_hint: bool = True,
                  composite: float | None = None, cache: KVCache | None = None,
-                 point_cache: int | None = None) -> None:
+                 point_cache: int | None = None, splat_levels: bool | None = None) -> None:
         """`cache`: a one-row cache to run in (a row of a `SessionBatch`'s cache); by default the
-        session allocates its own. `composite`, `point_cache`: the config's hint_composite and
-        hint_point_cache by default."""
+        session allocates its own. `composite`, `point_cache`, `splat_levels`: the config's
+        hint_composite, hint_point_cache and hint_splat_levels by default."""
         self.model = model.eval().to(device=device, dtype=dtype)
         self.config = model.config
         self.device = torch.device(device)
@@ -322,6 +322,8 @@ class WorldModelSession:
         points = self.config.hint_point_cache if point_cache is None else int(point_cache)
         self.points = PointCache(points) if (self.use_hint and points > 0) else None
         """The point cache (worldmodel.point_cache) that replaces the recent frames as hint sources."""
+        self.splat_levels = self.config.hint_splat_levels if splat_levels is None else bool(splat_levels)
+        """The hint's reprojection closes cracks on coarser grids (worldmodel.reproject, `magnified`)."""
         self.cache = KVCache(self.config, batch=1, device=self.device, dtype=dtype) if cache is None else cache
         if self.cache.batch != 1:
             raise ValueError(f"a session runs in a one-row cache, got {self.cache.batch} rows (see KVCache.row)")
@@ -421,7 +423,8 @@ class WorldModelSession:
         for i, v in enumerate(sources):
             rgb[0, i], depth[0, i], poses[0, i], valid[0, i] = v.rgb, v.depth, v.pose, True
         points = None if self.points is None else self.points.points()
-        return reproject(rgb, depth, poses, pose[None].float(), valid, c.fov_deg, points=points)
+        return reproject(rgb, depth, poses, pose[None].float(), valid, c.fov_deg, points=points,
+                         magnified=self.splat_levels)
 
     def _commit_noised(self, latent: torch.Tensor) -> torch.Tensor:
         """A clean latent as it enters the cache: noised to ctx_noise_play (as training did)."""
@@ -672,11 +675,12 @@ class ModelFrameSource:
     def __init__(self, checkpoint: str | Path | None = None, device: str = "cpu", use_memory: bool = True,
                  dtype: torch.dtype | None = None, sample_steps: int | None = None,
                  precision: str | None = None, hint: bool | None = None, composite: float | None = None,
-                 point_cache: int | None = None) -> None:
+                 point_cache: int | None = None, splat_levels: bool | None = None) -> None:
         """`precision` ("fp32" / "bf16", see PRECISIONS) or `dtype` picks the generator's dtype (fp32 by
         default; not both). The autoencoder always decodes in fp32. `hint`: build the geometric hint
         (None = whenever the checkpoint reads one; True for a checkpoint without it is refused).
-        `composite`, `point_cache`: the checkpoint's hint_composite and hint_point_cache by default."""
+        `composite`, `point_cache`, `splat_levels`: the checkpoint's hint_composite, hint_point_cache and
+        hint_splat_levels by default."""
         self.checkpoint_path = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
         model, autoencoder, config = load_checkpoint(self.checkpoint_path)
         self.checkpoint_sha256 = checkpoint_sha256(self.checkpoint_path)
@@ -696,7 +700,7 @@ class ModelFrameSource:
         self.session = WorldModelSession(model, device=self.device, dtype=run_dtype, use_memory=use_memory,
                                          sample_steps=sample_steps, autoencoder=self.autoencoder,
                                          use_hint=config.hint if hint is None else hint, composite=composite,
-                                         point_cache=point_cache)
+                                         point_cache=point_cache, splat_levels=splat_levels)
         self.hint = self.session.use_hint
         """Whether frames are generated with the geometric hint (recorded in action logs)."""
         self.pose_history: deque[list[float]] = deque(maxlen=PATH_HISTORY)
