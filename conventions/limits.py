@@ -58,6 +58,8 @@ WORLD_COORD_LIMIT_M = 1.0e4
 """Procedural worlds span tens of metres; beyond 10 km float32 poses lose centimetres."""
 YAW_LIMIT_RAD = 1.0e6
 """Yaw accumulates while turning (it is not wrapped); 1e6 rad is weeks of turning at full speed."""
+MAX_HINT_POINTS = 10 ** 6
+"""The reprojection's key numbers 2**20 points, the frame sources' pixels included."""
 ACTION_LIMIT = 1.0e3
 """One tick's move (metres) or turn (radians); the game's largest is a fraction of a metre."""
 
@@ -76,6 +78,9 @@ RANGES: dict[str, Range] = {
     "yaw": Range(-YAW_LIMIT_RAD, YAW_LIMIT_RAD, False, "yaw in radians"),
     "pitch": Range(-math.pi / 2, math.pi / 2, False, f"pitch in radians (the camera clamps at {PITCH_LIMIT:.3f})"),
     "action": Range(-ACTION_LIMIT, ACTION_LIMIT, False, "one tick's move in metres or turn in radians"),
+    "weight": Range(0.0, 1.0, False, "a blend weight"),
+    "points": Range(0, MAX_HINT_POINTS, True, "points of the hint's point cache (0 = none; the z-buffer key "
+                                            "numbers at most 2**20 points with the frame sources)"),
 }
 """Each number the engine accepts from a user, by kind; flags, files and loaders name their own field."""
 

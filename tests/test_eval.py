@@ -136,3 +136,41 @@ def test_drift_suite_runs_long_chained_rollouts(checkpoint: Path, tmp_path: Path
     assert main(["eval", "--suite", "drift", "--limit", "1", "--prefill", "2", "--memory", "on",
                  "--checkpoint", str(checkpoint), "--json", str(out)]) == 0
     assert "drift" not in json.loads(out.read_text())["logs"][0]["runs"]["memory_on"]
+
+
+@pytest.fixture(scope="module")
+def hint_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from test_hint import _ae_with_depth
+
+    path = tmp_path_factory.mktemp("ck") / "hint.safetensors"
+    return save_checkpoint(path, randomized_model(tiny_config(window_frames=2, hint=True)), _ae_with_depth())
+
+
+def test_hint_settings_and_oracle_depth_are_measured_and_recorded(hint_checkpoint: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    """`--depth oracle` gives every view of the hint the ray caster's depth at its pose; the play-time
+    hint settings go to the session and into the JSON; none of them applies with the hint off."""
+    from scenes.render import render_views_with_depth
+    from worldmodel.runtime import ModelFrameSource
+    from worldmodel.data import VIEW_DEPTH_DTYPE
+
+    poses = _write_log(tmp_path / "a.jsonl", 4)
+    out = tmp_path / "a.json"
+    assert main(["eval", "--log", str(tmp_path / "a.jsonl"), "--checkpoint", str(hint_checkpoint), "--json", str(out),
+                 "--depth", "oracle", "--splat-levels", "on", "--point-cache", "4096", "--composite", "1"]) == 0
+    doc = json.loads(out.read_text())
+    assert (doc["depth"], doc["splat_levels"], doc["point_cache"], doc["composite"]) == ("oracle", True, 4096, 1.0)
+    # the oracle depth reaches the views
+    world = generate_world(SEED)
+    source = ModelFrameSource(checkpoint=hint_checkpoint)
+    source.session.depth_source = ev.oracle_depth(world, 64, 90.0)
+    log = ev.log_from_file(tmp_path / "a.jsonl", 64, 90.0)
+    ev.rollout(source, log, log.actions[:2], log.poses[:2], 0)
+    truth = render_views_with_depth(world, poses[2:3], 64)[1][0]
+    assert torch.equal(source.session.views[2].depth, truth.to(VIEW_DEPTH_DTYPE).float())
+    capsys.readouterr()
+    assert main(["eval", "--log", str(tmp_path / "a.jsonl"), "--checkpoint", str(hint_checkpoint), "--hint", "off",
+                 "--depth", "oracle"]) == 2
+    assert "which is off here" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["eval", "--log", str(tmp_path / "a.jsonl"), "--checkpoint", str(hint_checkpoint), "--composite", "1.5"])

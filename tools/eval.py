@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import random
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from scenes.render import render_views
+from scenes.render import render_views, render_views_with_depth
 from scenes.scene import Scene, load_scene
 from scenes.trajectories import chained_trajectory, make_trajectory, revisit_ticks
 from scenes.world import HELDOUT_SEED_START, World, generate_world
@@ -61,6 +62,7 @@ DRIFT_WINDOWS = (DRIFT_EARLY_TICKS, DRIFT_LATE_TICKS)
 """Tick windows (early, late) of the drift score; docs/architecture.md §Metrics's, changed only by tests."""
 DRIFT_EARLY_SHARE = 1 / 3
 """The reduced suite's drift probe compares its first third of ticks with its last third."""
+DEPTH_CHOICES = ("head", "oracle")
 SUITES = ("action", "revisit", "drift", "reduced")
 """reduced: a few worlds of each of the others (action, revisit without prefill, a 300-tick drift
 probe), as `worldmodel train --stage all` ends with; --limit does not apply to it."""
@@ -94,6 +96,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=flag_type("count"), default=None, help="sampling steps (default: the checkpoint's)")
     p.add_argument("--hint", choices=("on", "off"), default=None,
                    help="the model's geometric hint (default: on when the checkpoint reads one)")
+    p.add_argument("--splat-levels", choices=("on", "off"), default=None,
+                   help="the hint's reprojection also closes the cracks of magnified surfaces on coarser grids "
+                        "(default: the checkpoint's hint_splat_levels)")
+    p.add_argument("--point-cache", type=flag_type("points"), default=None,
+                   help="points of the hint's point cache, 0 = none (default: the checkpoint's hint_point_cache)")
+    p.add_argument("--composite", type=flag_type("weight"), default=None,
+                   help="weight of the reprojected pixels in the frames shown (default: the checkpoint's "
+                        "hint_composite)")
+    p.add_argument("--depth", choices=DEPTH_CHOICES, default="head",
+                   help="the depth of the hint's views: head (as play) or oracle (the ray caster's at each view's "
+                        "pose; an upper bound no play has, to measure what better depth is worth)")
     p.add_argument("--precision", choices=PRECISION_NAMES, default=None, help="model arithmetic: fp32 (default) or bf16")
     p.add_argument("--limit", type=flag_type("count"), default=None, help="use only the first N worlds of a suite")
     add_threads_flag(p)
@@ -165,6 +178,13 @@ def other_actions(log: EvalLog, resolution: int) -> torch.Tensor:
     """Actions of another log of the same length (a different walk in the same world)."""
     tr = make_trajectory(log.world, len(log.actions) + 1, "walk", random.Random(log.seed + SHUFFLE_SEED_OFFSET))
     return tr.actions[1:]
+
+
+def oracle_depth(world: World, resolution: int, fov: float):
+    """pose [5] -> the ray caster's depth [H, W] at that pose (`--depth oracle`)."""
+    def depth(pose: torch.Tensor) -> torch.Tensor:
+        return render_views_with_depth(world, pose[None].float().cpu(), resolution, fov)[1][0]
+    return depth
 
 
 # --- rollouts ---------------------------------------------------------------------------------------
@@ -398,7 +418,8 @@ def run(args: argparse.Namespace) -> int:
             check_output_path(out, inputs=(args.log, ckpt), flag=flag)
     if args.suite == "reduced":
         if args.log is not None or args.memory or args.prefill is not None or args.hint or args.precision \
-                or args.steps or args.limit or args.plot:
+                or args.steps or args.limit or args.plot or args.splat_levels or args.point_cache is not None \
+                or args.composite is not None or args.depth != "head":
             raise UserError("eval --suite reduced: runs each checkpoint as it plays by default; only "
                             "--checkpoint, --json and --threads apply")
         doc = reduced_eval(ckpt, EvalRecipe(), "reduced")
@@ -407,7 +428,12 @@ def run(args: argparse.Namespace) -> int:
             atomic_write_text(args.json, json.dumps(doc, indent=1))
         return 0
     hint = None if args.hint is None else args.hint == "on"
-    probe = ModelFrameSource(checkpoint=ckpt, hint=hint)
+    hint_options = {"splat_levels": None if args.splat_levels is None else args.splat_levels == "on",
+                    "point_cache": args.point_cache, "composite": args.composite}
+    probe = ModelFrameSource(checkpoint=ckpt, hint=hint, **hint_options)
+    if not probe.hint and (args.depth != "head" or any(v is not None for v in hint_options.values())):
+        raise UserError("eval: --splat-levels, --point-cache, --composite and --depth set the geometric hint, "
+                        "which is off here")
     resolution, fov = probe.resolution, probe.config.fov_deg
     memory = args.memory or ("both" if args.suite in ("revisit", "drift") else "on")
     modes = {"on": [True], "off": [False], "both": [True, False]}[memory]
@@ -419,15 +445,18 @@ def run(args: argparse.Namespace) -> int:
     # a held start frame or another walk means nothing on returns or 1000 ticks in
     baselines = args.suite not in ("revisit", "drift")
 
-    def make_source(mem: bool):
-        return ModelFrameSource(checkpoint=ckpt, use_memory=mem, sample_steps=args.steps, precision=args.precision,
-                                hint=hint)
+    def make_source(mem: bool, log: EvalLog):
+        source = ModelFrameSource(checkpoint=ckpt, use_memory=mem, sample_steps=args.steps, precision=args.precision,
+                                  hint=hint, **hint_options)
+        if args.depth == "oracle":
+            source.session.depth_source = oracle_depth(log.world, resolution, fov)
+        return source
 
     results = []
     for i, log in enumerate(logs):
         pf = prefill if prefill is not None else (
             int(len(log.actions) * REVISIT_OUTBOUND_FRACTION) if args.suite == "revisit" else 0)
-        r = evaluate_log(make_source, log, modes, pf, baselines)
+        r = evaluate_log(functools.partial(make_source, log=log), log, modes, pf, baselines)
         results.append(r)
         first = next(iter(r["runs"].values()))
         print(f"[{i + 1}/{len(logs)}] {log.name}: mean PSNR {first['mean_psnr']:.2f} dB, SSIM {first['mean_ssim']:.3f}",
@@ -440,6 +469,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         doc = {"checkpoint": str(ckpt), "checkpoint_sha256": checkpoint_sha256(ckpt), "suite": args.suite,
                "memory": memory, "precision": args.precision or DEFAULT_PRECISION, "hint": probe.hint,
+               "splat_levels": probe.session.splat_levels, "point_cache": probe.session.points is not None
+               and probe.session.points.max_points, "composite": probe.session.composite, "depth": args.depth,
                "summary": summary,
                "logs": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]}
         atomic_write_text(args.json, json.dumps(doc, indent=1))

@@ -24,7 +24,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -324,6 +324,9 @@ class WorldModelSession:
         """The point cache (worldmodel.point_cache) that replaces the recent frames as hint sources."""
         self.splat_levels = self.config.hint_splat_levels if splat_levels is None else bool(splat_levels)
         """The hint's reprojection closes cracks on coarser grids (worldmodel.reproject, `magnified`)."""
+        self.depth_source: Callable[[torch.Tensor], torch.Tensor] | None = None
+        """Measurement only (`worldmodel eval --depth oracle`): pose [5] -> depth [H, W] that replaces the
+        depth head's depth of every view, e.g. the ray caster's: what exact depth would be worth."""
         self.cache = KVCache(self.config, batch=1, device=self.device, dtype=dtype) if cache is None else cache
         if self.cache.batch != 1:
             raise ValueError(f"a session runs in a one-row cache, got {self.cache.batch} rows (see KVCache.row)")
@@ -385,8 +388,8 @@ class WorldModelSession:
             weight = warp.coverage[0, 0, :, :, None] * self.composite  # [H, W, 1]
             mixed = warp.rgb[0].permute(1, 2, 0) * 255 * weight + rgb.float() * (1 - weight)
             rgb = mixed.round().clamp(0, 255).to(torch.uint8)
-        depth = ae.decode_depth(z)[0].to(VIEW_DEPTH_DTYPE).float().cpu()
-        return FrameView(rgb, depth, pose.clone())
+        depth = ae.decode_depth(z)[0] if self.depth_source is None else self.depth_source(pose)
+        return FrameView(rgb, depth.to(VIEW_DEPTH_DTYPE).float().cpu(), pose.clone())
 
     def _remember_view(self, tick: int, view: FrameView | None) -> None:
         if view is None:
