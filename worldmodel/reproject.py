@@ -21,7 +21,8 @@ Forward splatting with a z-buffer, vectorised over batch and sources:
 - each target pixel keeps one point, chosen by one int64 key per candidate, smallest first:
   (depth bin, distance to the pixel centre, source order, point index); then the winner of a
   coarse pixel takes those fine pixels in its footprint that no point covered or that show a
-  surface more than SURFACE_GAP farther (what leaks through a crack); elsewhere the fine level stays. Depth bins are
+  surface more than SURFACE_GAP farther (what leaks through a crack); elsewhere the fine level
+  stays. Depth bins are
   DEPTH_TOLERANCE wide in log depth, so the nearer of two surfaces wins, while views of the same
   surface from several sources are decided by which point falls closest to the pixel centre (the
   densest, least magnified source) and then by the caller's source order. The key makes the result
