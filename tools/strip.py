@@ -2,12 +2,15 @@
 
     worldmodel strip --out docs/hint_strip.png                    # truth / hint on / hint off
     worldmodel strip --image photo.png --out docs/image_strip.png # a picture that is no procedural world
+    worldmodel strip --point-cache 32768 --splat-levels on --oracle-row --out docs/oracle_depth_strip.png
 
 Rows of the default strip: the oracle's truth, the model with its geometric hint, the model without
 it, at the chosen ticks of the first drift-suite walk (a held-out world, 1100 ticks of chained
 walk / look / revisit / retrace). With `--image` the rows are the model's frames and the depth its
 autoencoder predicts for them (near = bright), starting from that picture (resized) and walking the
-same actions: there is no truth for a picture.
+same actions: there is no truth for a picture. `--splat-levels`, `--point-cache` and `--composite`
+set the hint-on row as `worldmodel eval` does; `--oracle-row` adds that row once more with the ray
+caster's depth for every view (`eval --depth oracle`): what exact depth would show.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from conventions.errors import UserError
 from tools.common import add_threads_flag, apply_threads
 from conventions.camera import CameraPose
 from scenes.scene import load_image, Scene
-from tools.eval import suite_logs
+from conventions.limits import flag_type
+from tools.eval import oracle_depth, suite_logs
 from worldmodel.checkpoint import DEFAULT_CHECKPOINT
 from worldmodel.runtime import ModelFrameSource
 
@@ -42,6 +46,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"comma-separated ticks to show (default {','.join(map(str, DEFAULT_TICKS))})")
     p.add_argument("--image", type=Path, default=None, help="start from this picture instead of a held-out world")
     p.add_argument("--prompt", default="a walled courtyard", help="prompt for --image")
+    p.add_argument("--splat-levels", choices=("on", "off"), default=None,
+                   help="the hint-on row's reprojection closes magnified surfaces' cracks (default: the checkpoint's)")
+    p.add_argument("--point-cache", type=flag_type("points"), default=None,
+                   help="points of the hint-on row's point cache, 0 = none (default: the checkpoint's)")
+    p.add_argument("--composite", type=flag_type("weight"), default=None,
+                   help="the hint-on row's compositing weight (default: the checkpoint's)")
+    p.add_argument("--oracle-row", action="store_true",
+                   help="add the hint-on row with the ray caster's depth for every view (an upper bound)")
     add_threads_flag(p)
 
 
@@ -111,10 +123,22 @@ def run(args: argparse.Namespace) -> int:
         scene = Scene(name=log.name, prompt=log.prompt, start_pose=log.start_pose, fov_deg=90.0,
                       world_seed=log.world.seed, image=log.truth[0].numpy(), path=None)
         rows = [[log.truth[t].numpy() for t in ticks]]
-        for hint in ([True, False] if probe.config.hint else [False]):
-            frames, _ = _rollout(ModelFrameSource(ckpt, hint=hint), scene, log, last, ticks)
+        options = {"splat_levels": None if args.splat_levels is None else args.splat_levels == "on",
+                   "point_cache": args.point_cache, "composite": args.composite}
+        runs = [(True, False), (False, False)] if probe.config.hint else [(False, False)]
+        if args.oracle_row:
+            if not probe.config.hint:
+                raise UserError(f"{ckpt}: --oracle-row sets the depth of the geometric hint, which this checkpoint "
+                                f"does not read")
+            runs.append((True, True))
+        for hint, oracle in runs:
+            source = ModelFrameSource(ckpt, hint=hint, **(options if hint else {}))
+            if oracle:
+                source.session.depth_source = oracle_depth(log.world, probe.resolution, probe.config.fov_deg)
+            frames, _ = _rollout(source, scene, log, last, ticks)
             rows.append([frames[t] for t in ticks])
-        labels = "truth / hint on / hint off" if probe.config.hint else "truth / model"
+        labels = ("truth / hint on / hint off" + (" / hint on, exact depth" if args.oracle_row else "")
+                  if probe.config.hint else "truth / model")
     image = Image.fromarray(_tile(rows))
     atomic_write(args.out, lambda tmp: image.save(tmp, format="PNG"))
     print(f"wrote {args.out}: rows {labels}, ticks {ticks}", file=sys.stderr)
