@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -180,7 +180,7 @@ def other_actions(log: EvalLog, resolution: int) -> torch.Tensor:
     return tr.actions[1:]
 
 
-def oracle_depth(world: World, resolution: int, fov: float):
+def oracle_depth(world: World, resolution: int, fov: float) -> Callable[[torch.Tensor], torch.Tensor]:
     """pose [5] -> the ray caster's depth [H, W] at that pose (`--depth oracle`)."""
     def depth(pose: torch.Tensor) -> torch.Tensor:
         return render_views_with_depth(world, pose[None].float().cpu(), resolution, fov)[1][0]
@@ -469,8 +469,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         doc = {"checkpoint": str(ckpt), "checkpoint_sha256": checkpoint_sha256(ckpt), "suite": args.suite,
                "memory": memory, "precision": args.precision or DEFAULT_PRECISION, "hint": probe.hint,
-               "splat_levels": probe.session.splat_levels, "point_cache": probe.session.points is not None
-               and probe.session.points.max_points, "composite": probe.session.composite, "depth": args.depth,
+               "splat_levels": probe.session.splat_levels,
+               "point_cache": probe.session.points.max_points if probe.session.points is not None else 0,
+               "composite": probe.session.composite, "depth": args.depth,
                "summary": summary,
                "logs": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]}
         atomic_write_text(args.json, json.dumps(doc, indent=1))
