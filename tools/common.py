@@ -1,4 +1,6 @@
-"""What several commands share: the `--threads` flag and its one application."""
+"""What several commands share: the `--threads` flag and its one application; the play-time settings
+of the geometric hint (`--splat-levels`, `--point-cache`, `--composite`) and the session arguments
+they become."""
 
 from __future__ import annotations
 
@@ -20,3 +22,23 @@ def apply_threads(args: argparse.Namespace) -> None:
     """torch.set_num_threads(--threads) when given (the range is checked at parsing)."""
     if getattr(args, "threads", None) is not None:
         torch.set_num_threads(args.threads)
+
+
+def add_hint_setting_flags(p: argparse.ArgumentParser, whose: str) -> None:
+    """The hint's play-time settings (WorldModelConfig.hint_splat_levels, hint_point_cache,
+    hint_composite) as flags; `whose` names what they set in the help ("the hint's", "the hint-on
+    row's")."""
+    p.add_argument("--splat-levels", choices=("on", "off"), default=None,
+                   help=f"{whose} reprojection also closes the cracks of magnified surfaces on coarser grids "
+                        f"(default: the checkpoint's hint_splat_levels)")
+    p.add_argument("--point-cache", type=flag_type("points"), default=None,
+                   help=f"points of {whose} point cache, 0 = none (default: the checkpoint's hint_point_cache)")
+    p.add_argument("--composite", type=flag_type("weight"), default=None,
+                   help=f"{whose} weight of the reprojected pixels in the frames shown (default: the "
+                        f"checkpoint's hint_composite)")
+
+
+def hint_settings(args: argparse.Namespace) -> dict[str, object]:
+    """The `add_hint_setting_flags` flags as ModelFrameSource arguments (None = the checkpoint's)."""
+    return {"splat_levels": None if args.splat_levels is None else args.splat_levels == "on",
+            "point_cache": args.point_cache, "composite": args.composite}

@@ -38,7 +38,7 @@ from worldmodel.config import DEFAULT_PRECISION, PRECISION_NAMES
 from conventions.errors import UserError
 from conventions.metrics import DRIFT_EARLY_TICKS, DRIFT_LATE_TICKS, detail_ratio, drift_scores, psnr, ssim
 from tools.recipe import EvalRecipe
-from tools.common import add_threads_flag, apply_threads
+from tools.common import add_hint_setting_flags, add_threads_flag, apply_threads, hint_settings
 from conventions.atomic import atomic_write_text, check_output_path
 from conventions.limits import flag_type
 from game.action_log import read_action_log
@@ -96,14 +96,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=flag_type("count"), default=None, help="sampling steps (default: the checkpoint's)")
     p.add_argument("--hint", choices=("on", "off"), default=None,
                    help="the model's geometric hint (default: on when the checkpoint reads one)")
-    p.add_argument("--splat-levels", choices=("on", "off"), default=None,
-                   help="the hint's reprojection also closes the cracks of magnified surfaces on coarser grids "
-                        "(default: the checkpoint's hint_splat_levels)")
-    p.add_argument("--point-cache", type=flag_type("points"), default=None,
-                   help="points of the hint's point cache, 0 = none (default: the checkpoint's hint_point_cache)")
-    p.add_argument("--composite", type=flag_type("weight"), default=None,
-                   help="weight of the reprojected pixels in the frames shown (default: the checkpoint's "
-                        "hint_composite)")
+    add_hint_setting_flags(p, "the hint's")
     p.add_argument("--depth", choices=DEPTH_CHOICES, default="head",
                    help="the depth of the hint's views: head (as play) or oracle (the ray caster's at each view's "
                         "pose; an upper bound no play has, to measure what better depth is worth)")
@@ -428,8 +421,7 @@ def run(args: argparse.Namespace) -> int:
             atomic_write_text(args.json, json.dumps(doc, indent=1))
         return 0
     hint = None if args.hint is None else args.hint == "on"
-    hint_options = {"splat_levels": None if args.splat_levels is None else args.splat_levels == "on",
-                    "point_cache": args.point_cache, "composite": args.composite}
+    hint_options = hint_settings(args)
     probe = ModelFrameSource(checkpoint=ckpt, hint=hint, **hint_options)
     if not probe.hint and (args.depth != "head" or any(v is not None for v in hint_options.values())):
         raise UserError("eval: --splat-levels, --point-cache, --composite and --depth set the geometric hint, "

@@ -23,10 +23,9 @@ import numpy as np
 
 from conventions.atomic import atomic_write
 from conventions.errors import UserError
-from tools.common import add_threads_flag, apply_threads
+from tools.common import add_hint_setting_flags, add_threads_flag, apply_threads, hint_settings
 from conventions.camera import CameraPose
 from scenes.scene import load_image, Scene
-from conventions.limits import flag_type
 from tools.eval import oracle_depth, suite_logs
 from worldmodel.checkpoint import DEFAULT_CHECKPOINT
 from worldmodel.runtime import ModelFrameSource
@@ -46,12 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"comma-separated ticks to show (default {','.join(map(str, DEFAULT_TICKS))})")
     p.add_argument("--image", type=Path, default=None, help="start from this picture instead of a held-out world")
     p.add_argument("--prompt", default="a walled courtyard", help="prompt for --image")
-    p.add_argument("--splat-levels", choices=("on", "off"), default=None,
-                   help="the hint-on row's reprojection closes magnified surfaces' cracks (default: the checkpoint's)")
-    p.add_argument("--point-cache", type=flag_type("points"), default=None,
-                   help="points of the hint-on row's point cache, 0 = none (default: the checkpoint's)")
-    p.add_argument("--composite", type=flag_type("weight"), default=None,
-                   help="the hint-on row's compositing weight (default: the checkpoint's)")
+    add_hint_setting_flags(p, "the hint-on row's")
     p.add_argument("--oracle-row", action="store_true",
                    help="add the hint-on row with the ray caster's depth for every view (an upper bound)")
     add_threads_flag(p)
@@ -123,8 +117,7 @@ def run(args: argparse.Namespace) -> int:
         scene = Scene(name=log.name, prompt=log.prompt, start_pose=log.start_pose, fov_deg=90.0,
                       world_seed=log.world.seed, image=log.truth[0].numpy(), path=None)
         rows = [[log.truth[t].numpy() for t in ticks]]
-        options = {"splat_levels": None if args.splat_levels is None else args.splat_levels == "on",
-                   "point_cache": args.point_cache, "composite": args.composite}
+        options = hint_settings(args)
         runs = [(True, False), (False, False)] if probe.config.hint else [(False, False)]
         if args.oracle_row:
             if not probe.config.hint:
