@@ -188,13 +188,19 @@ def world_to_camera(poses: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def focal_length(width: int, fov_deg: float = DEFAULT_FOV_DEG) -> float:
+    """Focal length in pixels of the pinhole camera `width` pixels wide with horizontal field of view
+    `fov_deg`."""
+    return 0.5 * width / math.tan(math.radians(fov_deg) / 2)
+
+
 def pixel_directions(height: int, width: int, fov_deg: float = DEFAULT_FOV_DEG,
                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Unit ray directions through pixel centres in camera coordinates, [H, W, 3].
 
     Pinhole with horizontal field of view `fov_deg`; row 0 is the top of the image.
     """
-    focal = 0.5 * width / math.tan(math.radians(fov_deg) / 2)
+    focal = focal_length(width, fov_deg)
     u = (torch.arange(width, dtype=dtype) + 0.5 - width / 2) / focal
     v = (torch.arange(height, dtype=dtype) + 0.5 - height / 2) / focal
     vv, uu = torch.meshgrid(v, u, indexing="ij")

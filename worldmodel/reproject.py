@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
-from conventions.camera import DEFAULT_FOV_DEG, camera_to_world, pixel_directions, world_to_camera
+from conventions.camera import DEFAULT_FOV_DEG, camera_to_world, focal_length, pixel_directions, world_to_camera
 from conventions.depth import SKY_DEPTH
 
 SPLAT_RADIUS = 0.5 * math.sqrt(2.0)
@@ -136,13 +136,8 @@ def unproject(rgb: torch.Tensor, depth: torch.Tensor, pose: torch.Tensor, mask: 
     sky = d <= SKY_DEPTH
     cam = torch.where(sky[:, None], dirs[0, 0][keep], rays[0, 0][keep] * d[:, None])  # [P, 3] camera space
     xyz = _move(cam, sky, camera_to_world(pose.float()[None])[0])
-    size = d * (~sky) / _focal(w, fov_deg)  # a pixel's width at the point's depth
+    size = d * (~sky) / focal_length(w, fov_deg)  # a pixel's width at the point's depth
     return WorldPoints(xyz, rgb.reshape(-1, 3).to(depth.device)[keep], sky, size)
-
-
-def _focal(width: int, fov_deg: float) -> float:
-    """Focal length in pixels of a pinhole camera `width` pixels wide (conventions.camera)."""
-    return 0.5 * width / math.tan(math.radians(fov_deg) / 2)
 
 
 def _move(xyz: torch.Tensor, sky: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
@@ -201,7 +196,7 @@ def reproject(rgb: torch.Tensor, depth: torch.Tensor, poses: torch.Tensor, targe
         order = torch.cat([order, torch.full((1, extra), k, dtype=order.dtype, device=dev)], dim=1)
         colours = torch.cat([colours, points.rgb.to(dev).float().T[None] / 255.0], dim=2)
         if spacing is not None:  # a point's spacing: its pixel's width seen from the target
-            spread = points.size.to(dev).float() * _focal(w, fov_deg) / (-q[:, 2]).clamp(min=NEAR_PLANE)
+            spread = points.size.to(dev).float() * focal_length(w, fov_deg) / (-q[:, 2]).clamp(min=NEAR_PLANE)
             spacing = torch.cat([spacing, spread[None]], dim=1)
     return _splat(p, sky, ok, order, colours, h, w, fov_deg, spacing)
 
@@ -213,7 +208,7 @@ def _spacing(p: torch.Tensor, depth: torch.Tensor, sky: torch.Tensor, ok: torch.
     lands; 0 without such a neighbour. p [B, K, H, W, 3] in the target camera, depth [B, K, H, W] in
     the source camera, sky and ok [B, K, H, W]."""
     w = p.shape[-2]
-    focal = _focal(w, fov_deg)
+    focal = focal_length(w, fov_deg)
     z = -p[..., 2]
     front = ok & ~sky & (z > NEAR_PLANE)
     zc = z.clamp(min=NEAR_PLANE)
@@ -243,7 +238,7 @@ def _splat(p: torch.Tensor, sky: torch.Tensor, ok: torch.Tensor, order: torch.Te
     crack closes while a silhouette grows by one spacing at most."""
     b, n = sky.shape
     dev = p.device
-    focal = _focal(w, fov_deg)
+    focal = focal_length(w, fov_deg)
     x, y, z = p.unbind(-1)
     z = -z  # [B, N]: depth in the target camera (or the direction's forward part)
     ok = ok & torch.where(sky, z > 1e-6, z > NEAR_PLANE)
@@ -279,15 +274,13 @@ def _splat(p: torch.Tensor, sky: torch.Tensor, ok: torch.Tensor, order: torch.Te
             pick_key = torch.full_like(best, NO_KEY)
             for around in _coarse_around(h, w, lv, str(dev)):  # the 4 coarse pixels around each fine centre
                 up = coarse[:, around]  # [B, HW]
-                hit = up != NO_KEY
-                who = (up & ((1 << POINT_BITS) - 1)).masked_fill_(~hit, 0)
+                who, hit = _winner(up)
                 near = (row.gather(1, who) - centre_row).square_() + (col.gather(1, who) - centre_col).square_()
                 hit &= near < reach.gather(1, who)
                 hit &= z_far.gather(1, who) * (1.0 + SURFACE_GAP) < fine_z
                 pick_key = torch.minimum(pick_key, up.masked_fill_(~hit, NO_KEY))
             best = torch.where(pick_key != NO_KEY, pick_key, best)
-    covered = best != NO_KEY
-    winner = (best & ((1 << POINT_BITS) - 1)).masked_fill_(~covered, 0)  # [B, HW]: the winning point
+    winner, covered = _winner(best)  # [B, HW]: the winning point
     out_rgb = colours.gather(2, winner[:, None, :].expand(b, 3, -1)) * covered[:, None, :]
     out_depth = z.masked_fill(sky, SKY_DEPTH).gather(1, winner).masked_fill_(~covered, SKY_DEPTH)
     source = order.gather(1, winner).masked_fill_(~covered, -1)
@@ -322,11 +315,17 @@ def _coarse_around(h: int, w: int, level: int, device: str) -> tuple[torch.Tenso
     return tuple(out)
 
 
+def _winner(best: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys [B, HW] -> (the winning point of each pixel [B, HW], 0 where uncovered; covered [B, HW])."""
+    covered = best != NO_KEY
+    return (best & ((1 << POINT_BITS) - 1)).masked_fill_(~covered, 0), covered
+
+
 def _winner_depth(best: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """Depth [B, HW] of each pixel's winning point (keys `best` [B, HW], point depths z [B, N]); inf
     where uncovered."""
-    winner = (best & ((1 << POINT_BITS) - 1)).masked_fill(best == NO_KEY, 0)
-    return z.gather(1, winner).masked_fill_(best == NO_KEY, float("inf"))
+    winner, covered = _winner(best)
+    return z.gather(1, winner).masked_fill_(~covered, float("inf"))
 
 
 def _zbuffer(x: torch.Tensor, y: torch.Tensor, zs: torch.Tensor, okf: torch.Tensor, per_point: torch.Tensor,
