@@ -40,6 +40,19 @@ def psnr(a: torch.Tensor, b: torch.Tensor, channel_dim: int = -1) -> torch.Tenso
     return (10 * torch.log10(1.0 / mse.clamp(min=1e-10))).clamp(max=PSNR_MAX_DB)
 
 
+def masked_psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB per frame over the pixels where `mask` is set: a, b [..., H, W, 3], mask bool
+    [..., H, W] -> [...]; NaN for a frame with no such pixel (a mean over frames must skip it). Used to
+    split a frame's error by where it comes from (docs/architecture.md §Metrics, start view / new
+    content)."""
+    a, b = to_unit(a), to_unit(b)
+    m = mask.float()
+    count = m.flatten(-2).sum(-1)
+    mse = (((a - b) ** 2).mean(-1) * m).flatten(-2).sum(-1) / count.clamp(min=1)
+    db = (10 * torch.log10(1.0 / mse.clamp(min=1e-10))).clamp(max=PSNR_MAX_DB)
+    return db.masked_fill(count == 0, float("nan"))
+
+
 def _gaussian_window(device, dtype) -> torch.Tensor:
     coords = torch.arange(SSIM_WINDOW, device=device, dtype=dtype) - SSIM_WINDOW // 2
     g = torch.exp(-(coords ** 2) / (2 * SSIM_SIGMA ** 2))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from worldmodel.checkpoint import save_checkpoint
 from tools.cli import main
 from worldmodel.config import tiny_config
 from conventions.errors import UserError
-from conventions.metrics import DRIFT_EARLY_TICKS, DRIFT_LATE_TICKS, drift_scores, psnr
+from conventions.metrics import DRIFT_EARLY_TICKS, DRIFT_LATE_TICKS, drift_scores, masked_psnr, psnr
 
 SEED = 1_000_123
 
@@ -174,3 +175,42 @@ def test_hint_settings_and_oracle_depth_are_measured_and_recorded(hint_checkpoin
     assert "which is off here" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["eval", "--log", str(tmp_path / "a.jsonl"), "--checkpoint", str(hint_checkpoint), "--composite", "1.5"])
+
+
+def test_masked_psnr_scores_only_the_masked_pixels() -> None:
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(0, 256, (2, 8, 8, 3), dtype=torch.uint8, generator=g)
+    b = a.clone()
+    b[:, :, :4] = 255 - b[:, :, :4]  # the left half differs, the right half is equal
+    left = torch.zeros(2, 8, 8, dtype=torch.bool)
+    left[:, :, :4] = True
+    assert torch.allclose(masked_psnr(a, b, torch.ones_like(left)), psnr(a, b))
+    assert masked_psnr(a, b, ~left).tolist() == [100.0, 100.0]  # capped, as psnr of equal frames
+    assert masked_psnr(a[:, :, :4], b[:, :, :4], left[:, :, :4]).allclose(masked_psnr(a, b, left))
+    empty = torch.zeros_like(left)
+    empty[1] = True
+    assert masked_psnr(a, b, empty)[0].isnan() and not masked_psnr(a, b, empty)[1].isnan()
+
+
+def test_start_view_masks_cover_what_the_start_frame_shows() -> None:
+    world = generate_world(SEED)
+    tr = make_trajectory(world, 17, "walk", random.Random(0))
+    start = ev.CameraPose.from_sequence(tr.poses[0].tolist())
+    still = start.as_tensor()[None].expand(3, -1).clone()
+    turned = still.clone()
+    turned[:, 3] += torch.tensor([0.0, math.pi / 4, math.pi])  # yaw: none, 45 degrees, half a turn
+    poses = torch.cat([still, turned])
+    truth = render_views(world, torch.cat([start.as_tensor()[None], poses]), 16)
+    log = ev.EvalLog("s", world, start, "", torch.zeros(len(poses), 5), poses, truth)
+    seen = ev.start_view_masks(log, 90.0)
+    assert seen.shape == (6, 16, 16) and seen[:4].all()
+    assert 0.3 < seen[4].float().mean() < 0.7  # a 45-degree turn keeps about half of a 90-degree view
+    assert not seen[5].any()  # facing back: nothing of the start view
+    # the split of a perfect rollout: both parts exact; held start frame: the new part is worse
+    scores = ev.split_scores(truth[1:], truth[1:], seen, prefill=0)
+    assert scores == {}  # shorter than every horizon
+    long_seen = seen.repeat(11, 1, 1)[:64]
+    frames = truth[1:].repeat(11, 1, 1, 1)[:64]
+    scores = ev.split_scores(frames, frames, long_seen, prefill=0)
+    assert scores["psnr_start_view_64"] == 100.0 and scores["psnr_new_content_64"] == 100.0
+    assert scores["new_content_share_16"] == pytest.approx((~long_seen[:16]).float().mean().item())

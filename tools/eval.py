@@ -36,7 +36,7 @@ from scenes.world import HELDOUT_SEED_START, World, generate_world
 from conventions.camera import CameraPose, integrate_sequence
 from worldmodel.config import DEFAULT_PRECISION, PRECISION_NAMES
 from conventions.errors import UserError
-from conventions.metrics import DRIFT_EARLY_TICKS, DRIFT_LATE_TICKS, detail_ratio, drift_scores, psnr, ssim
+from conventions.metrics import DRIFT_EARLY_TICKS, DRIFT_LATE_TICKS, detail_ratio, drift_scores, masked_psnr, psnr, ssim
 from tools.recipe import EvalRecipe
 from tools.common import add_hint_setting_flags, add_threads_flag, apply_threads, hint_settings
 from conventions.atomic import atomic_write_text, check_output_path
@@ -45,6 +45,7 @@ from game.action_log import read_action_log
 from memory.map_view import draw_memory_map
 from tools.plot import line_chart, save_image_atomic
 from worldmodel.checkpoint import checkpoint_sha256, DEFAULT_CHECKPOINT
+from worldmodel.reproject import reproject
 from worldmodel.runtime import ModelFrameSource
 
 ACTION_SUITE_SEEDS = tuple(HELDOUT_SEED_START + 100 + i for i in range(8))
@@ -66,6 +67,8 @@ DEPTH_CHOICES = ("head", "oracle")
 SUITES = ("action", "revisit", "drift", "reduced")
 """reduced: a few worlds of each of the others (action, revisit without prefill, a 300-tick drift
 probe), as `worldmodel train --stage all` ends with; --limit does not apply to it."""
+START_VIEW_CHUNK = 128
+"""Ticks whose start-view masks are reprojected in one batched call (bounds its memory on drift logs)."""
 SHUFFLE_SEED_OFFSET = 7777
 """'Another log' for the shuffled baseline: a walk in the same world from this RNG offset."""
 
@@ -194,6 +197,45 @@ def rollout(source, log: EvalLog, actions: torch.Tensor, poses: torch.Tensor, pr
     return torch.stack(frames)
 
 
+def start_view_masks(log: EvalLog, fov: float) -> torch.Tensor:
+    """bool [T, H, W]: the pixels of ticks 1..T that the true start frame shows, reprojected with its
+    true depth into each tick's pose (the one reprojection function, as the hint). The rest is new
+    content: what the model had to make up, or carry along from its own earlier frames. Splitting the
+    error this way says whether a loss comes from keeping what was seen or from inventing what was
+    not (docs/architecture.md §Metrics)."""
+    res = log.truth.shape[1]
+    start = log.start_pose.as_tensor()[None].float()
+    depth = render_views_with_depth(log.world, start, res, fov)[1]  # [1, H, W]
+    masks = []
+    for lo in range(0, len(log.poses), START_VIEW_CHUNK):
+        targets = log.poses[lo: lo + START_VIEW_CHUNK].float()
+        n = len(targets)
+        warp = reproject(log.truth[:1][None].expand(n, 1, -1, -1, -1), depth[None].expand(n, 1, -1, -1),
+                         start[None].expand(n, 1, -1), targets, fov_deg=fov)
+        masks.append(warp.coverage[:, 0] > 0)
+    return torch.cat(masks)
+
+
+def _nanmean(values: torch.Tensor) -> float:
+    kept = values[~torch.isnan(values)]
+    return float(kept.mean()) if len(kept) else float("nan")
+
+
+def split_scores(frames: torch.Tensor, truth: torch.Tensor, seen: torch.Tensor, prefill: int) -> dict[str, float]:
+    """PSNR on the start view's pixels and on new content (`start_view_masks`) and the share of new
+    content, each over ticks prefill+1..h for every action-suite horizon h the log reaches."""
+    start_view = masked_psnr(frames, truth, seen)
+    new_content = masked_psnr(frames, truth, ~seen)
+    share = (~seen).float().flatten(1).mean(1)
+    out = {}
+    for h in ACTION_SUITE_HORIZONS:
+        if len(frames) >= h:
+            out[f"psnr_start_view_{h}"] = _nanmean(start_view[prefill:h])
+            out[f"psnr_new_content_{h}"] = _nanmean(new_content[prefill:h])
+            out[f"new_content_share_{h}"] = _nanmean(share[prefill:h])
+    return out
+
+
 def frame_scores(frames: torch.Tensor, truth: torch.Tensor) -> tuple[list[float], list[float]]:
     return psnr(frames, truth).tolist(), ssim(frames, truth).tolist()
 
@@ -227,11 +269,13 @@ def revisit_scores(frames: torch.Tensor, log: EvalLog, prefill: int) -> dict:
             "truth_psnr_vs_first_visit_earliest": float(psnr(log.truth[ticks], log.truth[earliest]).mean())}
 
 
-def evaluate_log(make_source, log: EvalLog, memory_modes: list[bool], prefill: int, baselines: bool) -> dict:
+def evaluate_log(make_source, log: EvalLog, memory_modes: list[bool], prefill: int, baselines: bool,
+                 fov: float) -> dict:
     T = len(log.actions)
     truth = log.truth[1:]
     out: dict = {"log": log.name, "policy": log.policy, "world_seed": log.world.seed, "ticks": T, "prefill": prefill,
                  "runs": {}}
+    seen = start_view_masks(log, fov) if T >= min(ACTION_SUITE_HORIZONS) else None
     for mem in memory_modes:
         source = make_source(mem)
         t0 = time.perf_counter()
@@ -245,6 +289,8 @@ def evaluate_log(make_source, log: EvalLog, memory_modes: list[bool], prefill: i
             if T >= h:
                 run[f"psnr_{h}"] = _mean(p, prefill, h)
                 run[f"ssim_{h}"] = _mean(s, prefill, h)
+        if seen is not None:
+            run["split"] = split_scores(frames, truth, seen, prefill)
         drift = drift_scores(p, s, *DRIFT_WINDOWS) if prefill < DRIFT_WINDOWS[0][0] else None
         if drift is not None:
             lo, hi = DRIFT_WINDOWS[1]
@@ -302,7 +348,8 @@ def _means(results: list[dict]) -> dict:
 
 SUMMARY_PRINTED = ("psnr", "ssim", "psnr_16", "psnr_64", "ssim_16", "ssim_64", "ms_per_frame", "psnr_vs_truth",
                    "psnr_vs_first_visit", "return_ticks", "early_psnr", "late_psnr", "drift_db", "detail",
-                   "late_detail")
+                   "late_detail", "psnr_start_view_16", "psnr_start_view_64", "psnr_new_content_16",
+                   "psnr_new_content_64", "new_content_share_16", "new_content_share_64")
 POLICY_SUMMARY_PRINTED = ("revisit.psnr_vs_truth", "revisit.psnr_vs_first_visit", "revisit.truth_psnr_vs_first_visit")
 """Per-policy (`<policy>/...`) keys printed: only the revisit scores; the JSON has them all."""
 
@@ -328,12 +375,12 @@ def reduced_eval(checkpoint: Path, e: EvalRecipe, name: str = "", device: str = 
         return ModelFrameSource(checkpoint=checkpoint, use_memory=mem, device=device)
 
     def action() -> dict[str, Any]:
-        results = [evaluate_log(make_source, log, [True], 0, True)
+        results = [evaluate_log(make_source, log, [True], 0, True, fov)
                    for log in suite_logs("action", res, fov, e.action_worlds)]
         return {"logs": len(results), "summary": summarise(results)}
 
     def revisit() -> dict[str, Any]:
-        results = [evaluate_log(make_source, log, [True, False], 0, False)
+        results = [evaluate_log(make_source, log, [True, False], 0, False, fov)
                    for log in suite_logs("revisit", res, fov, e.revisit_worlds)]
         return {"logs": len(results), "summary": summarise(results)}
 
@@ -343,7 +390,7 @@ def reduced_eval(checkpoint: Path, e: EvalRecipe, name: str = "", device: str = 
         results, probes = [], []
         for seed in DRIFT_SUITE_SEEDS[:e.drift_worlds]:
             log = long_log(f"drift:{seed}", generate_world(seed), e.drift_ticks, res, fov)
-            r = evaluate_log(make_source, log, [True], 0, False)
+            r = evaluate_log(make_source, log, [True], 0, False, fov)
             p, ss = r["runs"]["memory_on"]["psnr"], r["runs"]["memory_on"]["ssim"]
             scores = drift_scores(p, ss, early, late) or {}
             hold = frame_scores(log.truth[:1].expand_as(log.truth[1:]), log.truth[1:])[0]
@@ -448,7 +495,7 @@ def run(args: argparse.Namespace) -> int:
     for i, log in enumerate(logs):
         pf = prefill if prefill is not None else (
             int(len(log.actions) * REVISIT_OUTBOUND_FRACTION) if args.suite == "revisit" else 0)
-        r = evaluate_log(functools.partial(make_source, log=log), log, modes, pf, baselines)
+        r = evaluate_log(functools.partial(make_source, log=log), log, modes, pf, baselines, fov)
         results.append(r)
         first = next(iter(r["runs"].values()))
         print(f"[{i + 1}/{len(logs)}] {log.name}: mean PSNR {first['mean_psnr']:.2f} dB, SSIM {first['mean_ssim']:.3f}",
