@@ -364,3 +364,34 @@ def test_window_dropout_hides_the_recent_frames_from_the_targets(run_files: dict
     assert kept["valid"].all()
     assert dropped["valid"].tolist() == [True] + [False] * (c.window_frames + k - 1) + [True] * k
     assert torch.equal(kept["mem_valid"], dropped["mem_valid"])  # the memory stays
+
+
+def test_new_content_weight_moves_the_loss_towards_cells_the_hint_does_not_cover() -> None:
+    from types import SimpleNamespace
+
+    b, g, c, h, w = 1, 2, 3, 2, 2
+    target = torch.zeros(b, 1, c, h, w)
+    hint = torch.zeros(b, g, c + 1, h, w)
+    hint[:, 1, -1] = 1.0
+    hint[:, 1, -1, 0, 0] = 0.0  # one of the target's 4 cells is new content
+    joint = SimpleNamespace(hint=hint)
+
+    def loss(err_cells: torch.Tensor, weight: float) -> float:
+        pred = torch.zeros(b, g, c, h, w)
+        pred[:, 1] = err_cells.sqrt()  # squared error = err_cells in every channel
+        batch = SimpleNamespace(joint=joint, target_x0=target, target_index=torch.tensor([1]),
+                                target_noise=torch.tensor([[0.5]]))
+        model = SimpleNamespace(forward_joint=lambda _: pred)
+        return float(world_model_loss(model, batch, tiny_config(), new_content_weight=weight)[0])
+
+    uniform = torch.ones(h, w)
+    new_only = torch.zeros(h, w)
+    new_only[0, 0] = 4.0
+    seen_only = 4.0 / 3 * (1 - new_only / 4)
+    assert loss(uniform, 3.0) == pytest.approx(loss(uniform, 0.0)) == pytest.approx(1.0)
+    assert loss(new_only, 0.0) == pytest.approx(loss(seen_only, 0.0)) == pytest.approx(1.0)
+    # weights 4 (new) and 1 (seen), mean 7/4: the new cell's error counts 16/7, the seen cells' 4/7
+    assert loss(new_only, 3.0) == pytest.approx(16 / 7)
+    assert loss(seen_only, 3.0) == pytest.approx(4 / 7)
+    joint.hint = None  # a hint-free model: the weight has nothing to act on
+    assert loss(new_only, 3.0) == pytest.approx(1.0)
