@@ -81,6 +81,7 @@ RANGES: dict[str, Range] = {
     "weight": Range(0.0, 1.0, False, "a blend weight"),
     "points": Range(0, MAX_HINT_POINTS, True, "points of the hint's point cache (0 = none; the z-buffer key "
                                             "numbers at most 2**20 points with the frame sources)"),
+    "distance": Range(0.0, 2 * WORLD_COORD_LIMIT_M, False, "a distance in metres"),
 }
 """Each number the engine accepts from a user, by kind; flags, files and loaders name their own field."""
 

@@ -29,7 +29,7 @@ from game.session import PlaySession, scene_with_image
 from conventions.camera import CameraPose
 from worldmodel.config import DEFAULT_PRECISION, PRECISION_NAMES
 from conventions.errors import UserError
-from conventions.limits import check_number
+from conventions.limits import check_number, number_problem, short_repr
 from conventions.progress import ProgressBar
 from game.loop import DEFAULT_WINDOW, GameConfig, run_game, ScriptedTick
 from scenes.scene import load_image, load_scene, PROCEDURAL_PREFIX, render_start_image
@@ -46,6 +46,8 @@ VIDEO_SUFFIXES = {".mp4": "mp4", ".gif": "gif"}
 MS_PER_S = 1000.0
 MP4_BOX_HEADER = 8
 """An ISO-BMFF box starts with a 4-byte size and a 4-byte type."""
+LOGS_BEFORE_START_RADIUS = 0.0
+"""hint_start_radius of logs recorded before it was (the start frame had no preference then)."""
 LOW_DISK_BYTES = 1 << 20
 """Less free space than this when a write fails: report the disk as full."""
 GIF_MAX_BYTES = 1 << 30
@@ -163,7 +165,7 @@ def _load_replay(log: ActionLogReader, log_path, backend, checkpoint, device, hi
         warnings.append(f"{log_path}: the start image differs from the one recorded (image_sha256); "
                         "the first frames may differ")
     height = int(header["resolution"][0])
-    precision = None
+    precision = start_radius = None
     hint_on = memory_on = None
     if backend == MODEL_BACKEND:
         # the hint setting the log was made with (logs from before the hint ran without one),
@@ -175,6 +177,12 @@ def _load_replay(log: ActionLogReader, log_path, backend, checkpoint, device, hi
         memory_on = header.get("memory", True) if memory is None else memory
         if not isinstance(memory_on, bool):
             raise UserError(f"{log_path}: line 1: \"memory\" must be true or false, got {memory_on!r}")
+        # the hint's start radius the log was made with; logs from before it ran without (0 m)
+        start_radius = header.get("hint_start_radius", LOGS_BEFORE_START_RADIUS)
+        if isinstance(start_radius, bool) or not isinstance(start_radius, (int, float)) \
+                or number_problem("distance", start_radius):
+            raise UserError(f"{log_path}: line 1: \"hint_start_radius\" must be a distance in metres, got "
+                            f"{short_repr(start_radius)}")
         # the arithmetic the log was made with; logs from before precision was recorded ran fp32
         precision = header.get("precision", DEFAULT_PRECISION)
         if precision not in PRECISION_NAMES:
@@ -192,7 +200,7 @@ def _load_replay(log: ActionLogReader, log_path, backend, checkpoint, device, hi
                                 "picture, so the first frames show the scene's start view")
     source = make_frame_source(backend, resolution=height, start_image_path=image_path,
                                checkpoint=checkpoint, device=device, precision=precision, hint=hint_on,
-                               memory=memory_on)
+                               memory=memory_on, start_radius=float(start_radius) if hint_on else None)
     if source.resolution != height:
         warnings.append(f"{log_path}: recorded at {height}x{height}, the {backend} backend makes "
                         f"{source.resolution}x{source.resolution} frames")

@@ -209,6 +209,8 @@ class PlaySession:
             extra.setdefault("hint", bool(self.source.hint))  # ... and the same conditioning
         if self.source.use_memory is not None:
             extra.setdefault("memory", bool(self.source.use_memory))  # ... with or without its memory
+        if self.source.start_radius is not None:
+            extra.setdefault("hint_start_radius", float(self.source.start_radius))  # ... and the same hints
         return make_header(
             scene=self.scene_spec, prompt=self.prompt, backend=self.source.name, seed=self.seed,
             tick_hz=self.tick_hz, resolution=self.source.resolution, start_pose=self.pose,

@@ -42,15 +42,16 @@ def latent_cache(tmp_path_factory):
     return path, ae
 
 
-@pytest.mark.parametrize("splat_levels", [False, True])
-def test_training_hint_equals_play_hint(latent_cache, splat_levels):
+@pytest.mark.parametrize("splat_levels, start_radius", [(False, 0.0), (True, 0.0), (False, 1.0)])
+def test_training_hint_equals_play_hint(latent_cache, splat_levels, start_radius):
     """The hint a training batch builds for a clip's frame is the one a play session builds when it is
     fed the same frames (teacher forcing) and poses: same sources, same views, same function (with
-    the reprojection's coarse levels or without)."""
+    the reprojection's coarse levels or without, with the start frame preferred near its pose or not)."""
     from worldmodel.batches import hint_sources, load_latents, select_training_memory
 
     path, ae = latent_cache
-    config = tiny_config(hint=True, window_frames=3, memory_entries=2, hint_recent=2, hint_splat_levels=splat_levels)
+    config = tiny_config(hint=True, window_frames=3, memory_entries=2, hint_recent=2, hint_splat_levels=splat_levels,
+                         hint_start_radius=start_radius)
     data = load_latents(path, config)
     assert data.view_rgb is not None
     model = randomized_model(config)
@@ -58,19 +59,26 @@ def test_training_hint_equals_play_hint(latent_cache, splat_levels):
     session.reset(data.latents[0, 0].float(), data.poses[0, 0], data.captions[0], seed=0)
     kept = data.memory_candidates(0, config)
     compared_with_memory = 0
+    preferred_ticks = 0
     for t in range(1, data.ticks):
         pose = data.poses[0, t]
         session._prepare_memory(pose, t)
         play = session.build_hint(pose, t)
         memory = select_training_memory(data.poses[0], t, config, kept)
         src = hint_sources(data, 0, [t], [memory], config, torch.Generator().manual_seed(0), HintAugment(0, 0, 0))
+        preferred = src["hint_preferred"] if start_radius > 0 else None  # as worldmodel.batches.attach_hints
+        assert int(src["hint_preferred"].sum()) == (start_radius > 0 and
+                                                    float((pose[:3] - data.poses[0, 0, :3]).norm()) <= start_radius)
+        preferred_ticks += int(src["hint_preferred"].sum())
         train = build_hint(ae, src["hint_rgb"], src["hint_depth"], src["hint_poses"], src["hint_valid"],
-                           src["hint_target"], config.fov_deg, splat_levels=config.hint_splat_levels)[0]
+                           src["hint_target"], config.fov_deg, splat_levels=config.hint_splat_levels,
+                           preferred=preferred)[0]
         assert len(session._memory_views) == len(memory), f"tick {t}: play retrieved other memory"
         compared_with_memory += bool(memory)
         assert torch.allclose(play, train, atol=1e-3), f"tick {t}: max diff {float((play - train).abs().max())}"
         session.step(data.actions[0, t], pose, observed=data.latents[0, t].float())
     assert compared_with_memory > 5
+    assert (0 < preferred_ticks < data.ticks - 1) == (start_radius > 0)  # both sides of the radius
 
 
 def test_hint_model_needs_a_depth_head_and_payloads_round_trip():
@@ -170,7 +178,8 @@ def test_strip_tool_writes_truth_hint_on_and_off_rows_and_an_image_depth_strip(t
 
     ckpt = save_checkpoint(tmp_path / "hint.safetensors", randomized_model(tiny_config(hint=True)), _ae_with_depth())
     args = argparse.Namespace(out=tmp_path / "s.png", checkpoint=ckpt, ticks="0,3", image=None, prompt="a yard",
-                              threads=None, splat_levels=None, point_cache=None, composite=None, oracle_row=False)
+                              threads=None, splat_levels=None, point_cache=None, composite=None, start_radius=None,
+                              oracle_row=False)
     assert run(args) == 0
     side = 64 * CELL_SCALE
     assert Image.open(args.out).size == (2 * side + GAP, 3 * side + 2 * GAP)
@@ -249,3 +258,42 @@ def test_point_cache_replaces_the_recent_frames_and_keeps_new_pixels_once():
     assert torch.equal(s2.points.points().xyz, s.points.points().xyz)
     assert WorldModelSession(model, autoencoder=ae, point_cache=0).points is None
     assert WorldModelSession(model, autoencoder=ae, use_hint=False).points is None
+
+
+def test_action_logs_record_the_start_radius_and_replays_use_it(tmp_path):
+    """A replay builds the hints the recording did: the log records hint_start_radius; a log from before
+    it was recorded replays with the rule of its time (0 m); a radius that is no distance is refused."""
+    import json
+
+    import numpy as np
+
+    from game.loop import GameConfig, build_session
+    from game.replay import LOGS_BEFORE_START_RADIUS, load_replay
+    from worldmodel.checkpoint import save_checkpoint
+
+    config = tiny_config(hint=True, window_frames=3, memory_entries=2, hint_recent=2, hint_start_radius=2.5)
+    ckpt = save_checkpoint(tmp_path / "hint.safetensors", randomized_model(config), _ae_with_depth())
+    session = build_session(GameConfig(scene="courtyard", backend="model", checkpoint=str(ckpt), seed=3))
+    shown = [session.reset()]
+    log = tmp_path / "hint.jsonl"
+    session.start_recording(log)
+    for action in ([0.1, 0.0, 0.0, 0.05, 0.0], [0.0, 0.1, 0.0, -0.05, 0.02]):
+        shown.append(session.step(action))
+    session.close()
+    replay = load_replay(log, checkpoint=str(ckpt))
+    assert replay.log.header["hint_start_radius"] == 2.5 and replay.session.source.start_radius == 2.5
+    assert all(np.array_equal(a, b) for a, b in zip(shown, replay.frames()))
+    lines = log.read_text().splitlines()
+    header = json.loads(lines[0])
+    for value in (None, -1.0, "near"):
+        if value is None:
+            header.pop("hint_start_radius")
+        else:
+            header["hint_start_radius"] = value
+        edited = tmp_path / f"edited-{value}.jsonl"
+        edited.write_text("\n".join([json.dumps(header)] + lines[1:]) + "\n")
+        if value is None:
+            assert load_replay(edited, checkpoint=str(ckpt)).session.source.start_radius == LOGS_BEFORE_START_RADIUS
+        else:
+            with pytest.raises(UserError, match=r"line 1: \"hint_start_radius\" must be a distance in metres"):
+                load_replay(edited, checkpoint=str(ckpt))

@@ -159,6 +159,37 @@ def test_the_nearer_of_two_surfaces_wins_and_sky_never_occludes():
     assert bool((sky_first.source == 1).all())
 
 
+def test_a_preferred_source_wins_wherever_it_lands():
+    res = 16
+    pose = torch.tensor([0.0, 1.6, 0.0, 0.0, 0.0])
+    far, near = torch.full((res, res), 8.0), torch.full((res, res), 2.0)
+    red, blue = torch.zeros(3, res, res), torch.zeros(3, res, res)
+    red[0], blue[2] = 1.0, 1.0
+    rgb = torch.stack([blue, red])[None]  # a far blue surface, then a near red one
+    depth = torch.stack([far, near])[None]
+    poses = pose.expand(2, 5)[None]
+    plain = reproject(rgb, depth, poses, pose[None])
+    assert bool((plain.source == 1).all())
+    none_preferred = reproject(rgb, depth, poses, pose[None], preferred=torch.zeros(1, 2, dtype=torch.bool))
+    assert torch.equal(none_preferred.rgb, plain.rgb) and torch.equal(none_preferred.source, plain.source)
+    first = reproject(rgb, depth, poses, pose[None], preferred=torch.tensor([[True, False]]))
+    assert bool((first.source == 0).all()) and torch.equal(first.rgb[0], blue)
+    assert torch.allclose(first.depth, far[None])
+    # its sky too (the upper half here) beats the other source's geometry; the others' sky still loses
+    # to any geometry, and within the preferred source the z-buffer decides as before
+    half_sky = far.clone()
+    half_sky[: res // 2] = SKY_DEPTH
+    mixed = reproject(rgb, torch.stack([half_sky, near])[None], poses, pose[None],
+                      preferred=torch.tensor([[True, False]]))
+    assert bool((mixed.source == 0).all()) and bool((mixed.depth[0, : res // 2] == SKY_DEPTH).all())
+    behind = reproject(rgb, torch.stack([near, half_sky])[None], poses, pose[None],
+                       preferred=torch.tensor([[False, False]]))
+    assert bool((behind.source == 0).all())
+    three = reproject(torch.cat([rgb, rgb[:, :1]], 1), torch.stack([far, near, half_sky])[None],
+                      pose.expand(3, 5)[None], pose[None], preferred=torch.tensor([[True, False, True]]))
+    assert bool((three.source == 0).all()), "among preferred sources the nearer surface wins"
+
+
 def test_invalid_sources_and_batches():
     img = _index_image(RES)
     depth = torch.full((RES, RES), 5.0)

@@ -26,7 +26,7 @@ def apply_threads(args: argparse.Namespace) -> None:
 
 def add_hint_setting_flags(p: argparse.ArgumentParser, whose: str) -> None:
     """The hint's play-time settings (WorldModelConfig.hint_splat_levels, hint_point_cache,
-    hint_composite) as flags; `whose` names what they set in the help ("the hint's", "the hint-on
+    hint_composite, hint_start_radius) as flags; `whose` names what they set in the help ("the hint's", "the hint-on
     row's")."""
     p.add_argument("--splat-levels", choices=("on", "off"), default=None,
                    help=f"{whose} reprojection also closes the cracks of magnified surfaces on coarser grids "
@@ -36,9 +36,12 @@ def add_hint_setting_flags(p: argparse.ArgumentParser, whose: str) -> None:
     p.add_argument("--composite", type=flag_type("weight"), default=None,
                    help=f"{whose} weight of the reprojected pixels in the frames shown (default: the "
                         f"checkpoint's hint_composite)")
+    p.add_argument("--start-radius", type=flag_type("distance"), default=None,
+                   help=f"metres from the start pose within which {whose} start frame wins over the generated "
+                        f"frames, 0 = off (default: the checkpoint's hint_start_radius)")
 
 
 def hint_settings(args: argparse.Namespace) -> dict[str, object]:
     """The `add_hint_setting_flags` flags as ModelFrameSource arguments (None = the checkpoint's)."""
     return {"splat_levels": None if args.splat_levels is None else args.splat_levels == "on",
-            "point_cache": args.point_cache, "composite": args.composite}
+            "point_cache": args.point_cache, "composite": args.composite, "start_radius": args.start_radius}

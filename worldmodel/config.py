@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,6 +112,12 @@ class WorldModelConfig:
     approached surface has no cracks and nothing behind it leaks through (worldmodel.reproject,
     `magnified`); False: the fine level alone, the rule the shipped checkpoint was trained and
     measured with (docs/model_card.md compares them)."""
+    hint_start_radius: float = 3.0
+    """Metres: while the camera is this close to the start pose, the start frame's pixels win every
+    pixel they land on over the generated sources' (worldmodel.hint.start_preferred); 0 = off, the
+    z-buffer alone decides (the rule the shipped weights were trained with, and the rule of every
+    measurement before 2026-12-07). Checkpoints saved without the field get this default. 1, 2, 3 m
+    and no limit were measured (docs/model_card.md); the gain is on returns and early ticks."""
 
     # --- diffusion / sampling ---
     ctx_noise_max: float = 0.1
@@ -136,7 +143,7 @@ class WorldModelConfig:
 
     TRAINING_ONLY_FIELDS = ("ctx_noise_max", "target_frames", "time_sampling", "logit_normal_mean",
                             "logit_normal_std", "schedule_time_prob", "hint_composite", "hint_point_cache",
-                            "hint_splat_levels")
+                            "hint_splat_levels", "hint_start_radius")
     """Fields no weight depends on (the training objective, and the play-time compositing), so a
     fine-tune may change them from the checkpoint it starts from."""
 
@@ -205,6 +212,8 @@ class WorldModelConfig:
             problems.append("hint_recent must be >= 0")
         if not 0.0 <= self.hint_composite <= 1.0:
             problems.append("hint_composite must be in [0, 1]")
+        if not (math.isfinite(self.hint_start_radius) and self.hint_start_radius >= 0):
+            problems.append("hint_start_radius must be a finite number of metres >= 0")
         if self.window_frames < 1 or self.target_frames < 1:
             problems.append("window_frames and target_frames must be >= 1")
         if not self.vocab or self.vocab[:2] != ["<pad>", "<unk>"]:

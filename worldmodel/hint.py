@@ -77,11 +77,30 @@ def encode_hint(autoencoder: torch.nn.Module, warped: Reprojection, noise: torch
 @torch.no_grad()
 def build_hint(autoencoder: torch.nn.Module, rgb: torch.Tensor, depth: torch.Tensor, poses: torch.Tensor,
                valid: torch.Tensor, target: torch.Tensor, fov_deg: float,
-               noise: torch.Tensor | None = None, splat_levels: bool = False) -> torch.Tensor:
+               noise: torch.Tensor | None = None, splat_levels: bool = False,
+               preferred: torch.Tensor | None = None) -> torch.Tensor:
     """Sources -> hint tokens [B, C + 1, h, w].
 
     rgb [B, K, 3, H, W] float in [0, 1] or uint8 [B, K, H, W, 3], depth [B, K, H, W], poses [B, K, 5],
-    valid [B, K] bool, target poses [B, 5]; see `reproject` (`splat_levels` is its `magnified`) and
-    `encode_hint`."""
-    return encode_hint(autoencoder, reproject(rgb, depth, poses, target, valid, fov_deg, magnified=splat_levels),
-                       noise)
+    valid [B, K] bool, target poses [B, 5], preferred [B, K] bool or None (`start_preferred`); see
+    `reproject` (`splat_levels` is its `magnified`) and `encode_hint`."""
+    return encode_hint(autoencoder, reproject(rgb, depth, poses, target, valid, fov_deg, magnified=splat_levels,
+                                              preferred=preferred), noise)
+
+
+def start_preferred(source_ticks: torch.Tensor, valid: torch.Tensor, target: torch.Tensor, start: torch.Tensor,
+                    radius: float) -> torch.Tensor | None:
+    """Which hint sources win over the others wherever they land (`reproject`'s `preferred`): the
+    start frame (source tick 0) while the target camera is within `radius` metres of the start pose;
+    None when `radius` is 0 (the rule off). source_ticks [B, K] long, valid [B, K] bool, target and
+    start poses [B, 5] -> [B, K] bool.
+
+    Why: the start frame is the one true picture, every other source a generated frame that has
+    been through the latent and the compositing chain (docs/model_card.md: by tick 10 the recent
+    frames have lost the floor's stripes while the start frame still has them); but the start
+    frame's predicted depth misplaces its pixels more the farther the camera has moved from it,
+    so the preference ends at a radius."""
+    if radius <= 0:
+        return None
+    near = (target[:, :3].float() - start[:, :3].float()).norm(dim=-1) <= radius  # [B]
+    return (source_ticks == 0) & valid & near[:, None]

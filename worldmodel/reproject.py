@@ -19,7 +19,9 @@ Forward splatting with a z-buffer, vectorised over batch and sources:
   surface shows holes, and through them the farther surfaces behind it (speckle that compounds when
   the output is reprojected again, tick after tick);
 - each target pixel keeps one point, chosen by one int64 key per candidate, smallest first:
-  (depth bin, distance to the pixel centre, source order, point index); then the winner of a
+  (depth bin, distance to the pixel centre, source order, point index), behind an optional first
+  field that puts the points of `preferred` sources before every other point (the hint's start
+  frame near its pose: a true picture beats generated ones); then the winner of a
   coarse pixel takes those fine pixels in its footprint that no point covered or that show a
   surface more than SURFACE_GAP farther (what leaks through a crack); elsewhere the fine level
   stays. Depth bins are
@@ -67,6 +69,8 @@ SURFACE_GAP = 0.2
 spacing in the target is a disocclusion, which no splat size should close)."""
 SKY_BIN = (1 << DEPTH_BITS) - 1
 """Depth bin of sky points: behind every surface."""
+RANK_SHIFT = DEPTH_BITS + DIST_BITS + SOURCE_BITS + POINT_BITS
+"""Position of the key's optional first field: 0 for the points of preferred sources, 1 for the rest."""
 MAX_SOURCES = 1 << SOURCE_BITS
 NO_KEY = torch.iinfo(torch.int64).max
 
@@ -147,7 +151,8 @@ def _move(xyz: torch.Tensor, sky: torch.Tensor, matrix: torch.Tensor) -> torch.T
 
 def reproject(rgb: torch.Tensor, depth: torch.Tensor, poses: torch.Tensor, target: torch.Tensor,
               valid: torch.Tensor | None = None, fov_deg: float = DEFAULT_FOV_DEG,
-              points: "WorldPoints | None" = None, magnified: bool = True) -> Reprojection:
+              points: "WorldPoints | None" = None, magnified: bool = True,
+              preferred: torch.Tensor | None = None) -> Reprojection:
     """Splat K source frames (and, optionally, a set of world points) into the target camera.
 
     rgb [B, K, 3, H, W] float in [0, 1] (or uint8 [B, K, H, W, 3]), depth [B, K, H, W] (binding
@@ -157,6 +162,12 @@ def reproject(rgb: torch.Tensor, depth: torch.Tensor, poses: torch.Tensor, targe
     in the source order (worldmodel.point_cache: the pixels generated frames added to the world).
     `magnified` False splats every point at the fine level alone (the rule before coarse levels, kept
     for checkpoints measured with it and for the one-point-at-a-time reference test).
+    `preferred` [B, K] bool (None = none): sources whose points win every pixel they land on over the
+    other sources' points, whatever the depths, their sky included (the module docstring's first key
+    field; the hint prefers its one true picture, the start frame, over generated frames while the
+    camera is near it: where that picture saw sky, a generated frame's "geometry" is mostly haze the
+    depth head took for a surface). Among the preferred sources, and among the others, the z-buffer
+    decides as before (sky never occludes geometry).
     Returns a `Reprojection` at the sources' resolution.
     """
     if rgb.dtype == torch.uint8:
@@ -186,6 +197,8 @@ def reproject(rgb: torch.Tensor, depth: torch.Tensor, poses: torch.Tensor, targe
         if magnified else None
     p, sky = p.reshape(b, k * h * w, 3), sky.reshape(b, k * h * w)
     order = order.expand(b, -1)  # [B, N]: each point's source
+    # [B, N]: 1 for the points of sources that are not preferred (they lose to a preferred source's geometry)
+    rank = None if preferred is None else (~preferred.to(dev)).long().repeat_interleave(h * w, dim=1)
     colours = rgb.permute(0, 2, 1, 3, 4).reshape(b, 3, k * h * w)
     if points is not None:  # the world points: after every frame in the source order (source K)
         psky = points.sky.to(dev)
@@ -194,11 +207,13 @@ def reproject(rgb: torch.Tensor, depth: torch.Tensor, poses: torch.Tensor, targe
         sky = torch.cat([sky, psky[None]], dim=1)
         ok = torch.cat([ok, torch.ones(1, extra, dtype=torch.bool, device=dev)], dim=1)
         order = torch.cat([order, torch.full((1, extra), k, dtype=order.dtype, device=dev)], dim=1)
+        if rank is not None:  # world points are never preferred
+            rank = torch.cat([rank, torch.ones(1, extra, dtype=rank.dtype, device=dev)], dim=1)
         colours = torch.cat([colours, points.rgb.to(dev).float().T[None] / 255.0], dim=2)
         if spacing is not None:  # a point's spacing: its pixel's width seen from the target
             spread = points.size.to(dev).float() * focal_length(w, fov_deg) / (-q[:, 2]).clamp(min=NEAR_PLANE)
             spacing = torch.cat([spacing, spread[None]], dim=1)
-    return _splat(p, sky, ok, order, colours, h, w, fov_deg, spacing)
+    return _splat(p, sky, ok, order, colours, h, w, fov_deg, spacing, rank)
 
 
 def _spacing(p: torch.Tensor, depth: torch.Tensor, sky: torch.Tensor, ok: torch.Tensor, fov_deg: float
@@ -226,7 +241,8 @@ def _spacing(p: torch.Tensor, depth: torch.Tensor, sky: torch.Tensor, ok: torch.
 
 
 def _splat(p: torch.Tensor, sky: torch.Tensor, ok: torch.Tensor, order: torch.Tensor, colours: torch.Tensor,
-           h: int, w: int, fov_deg: float, spacing: torch.Tensor | None = None) -> Reprojection:
+           h: int, w: int, fov_deg: float, spacing: torch.Tensor | None = None,
+           rank: torch.Tensor | None = None) -> Reprojection:
     """The z-buffer splat of N target-camera points (module docstring): p [B, N, 3] (points, or
     directions where sky [B, N]), ok [B, N] (False: not a point), order [B, N] (source order, ties),
     colours [B, 3, N] in [0, 1], spacing [B, N] (target pixels between a point and its neighbours on
@@ -235,7 +251,8 @@ def _splat(p: torch.Tensor, sky: torch.Tensor, ok: torch.Tensor, order: torch.Te
     needs it also on the grid of 2**L-wide pixels, the first at least as wide as its spacing (the
     points an approaching surface magnifies: gathered, not masked). The winners of the 4 coarse
     pixels around a fine pixel reach it if its centre lies within FOOTPRINT times their spacing: so a
-    crack closes while a silhouette grows by one spacing at most."""
+    crack closes while a silhouette grows by one spacing at most. rank [B, N] (None: all 0): a
+    point of rank 0 wins over every point of rank 1 (`reproject`'s `preferred`)."""
     b, n = sky.shape
     dev = p.device
     focal = focal_length(w, fov_deg)
@@ -247,7 +264,10 @@ def _splat(p: torch.Tensor, sky: torch.Tensor, ok: torch.Tensor, order: torch.Te
                  .mul_(1.0 / math.log1p(DEPTH_TOLERANCE)).floor_().clamp_(0, SKY_BIN - 1)
                  .masked_fill_(sky, float(SKY_BIN)).long())
     index = torch.arange(n, device=dev).expand(b, n)
-    per_point = ((depth_bin << (DIST_BITS + SOURCE_BITS + POINT_BITS)) | (order << POINT_BITS) | index).reshape(-1)
+    per_point = (depth_bin << (DIST_BITS + SOURCE_BITS + POINT_BITS)) | (order << POINT_BITS) | index
+    if rank is not None:  # above the depth bin: a preferred source's sky too beats the others' geometry
+        per_point |= rank << RANK_SHIFT
+    per_point = per_point.reshape(-1)
     image = torch.arange(b, device=dev).view(b, 1).expand(b, n).reshape(-1)
     best = _zbuffer(x.reshape(-1), y.reshape(-1), zs.reshape(-1), ok.reshape(-1), per_point, image, b, h, w, focal)
     if spacing is not None:

@@ -34,7 +34,7 @@ from worldmodel.config import DEFAULT_PRECISION, PRECISION_NAMES, WorldModelConf
 from worldmodel.data import LATENT_DTYPE, RGB_CHANNELS, VIEW_DEPTH_DTYPE
 from conventions.depth import check_depth
 from conventions.errors import UserError
-from worldmodel.hint import encode_hint, hint_recent_ticks
+from worldmodel.hint import encode_hint, hint_recent_ticks, start_preferred
 from worldmodel.point_cache import PointCache
 from worldmodel.reproject import Reprojection, reproject
 from worldmodel.kv_cache import KVCache
@@ -298,10 +298,11 @@ class WorldModelSession:
                  use_memory: bool = True, defer_commit: bool = True, sample_steps: int | None = None,
                  autoencoder: torch.nn.Module | None = None, use_hint: bool = True,
                  composite: float | None = None, cache: KVCache | None = None,
-                 point_cache: int | None = None, splat_levels: bool | None = None) -> None:
+                 point_cache: int | None = None, splat_levels: bool | None = None,
+                 start_radius: float | None = None) -> None:
         """`cache`: a one-row cache to run in (a row of a `SessionBatch`'s cache); by default the
-        session allocates its own. `composite`, `point_cache`, `splat_levels`: the config's
-        hint_composite, hint_point_cache and hint_splat_levels by default."""
+        session allocates its own. `composite`, `point_cache`, `splat_levels`, `start_radius`: the
+        config's hint_composite, hint_point_cache, hint_splat_levels and hint_start_radius by default."""
         self.model = model.eval().to(device=device, dtype=dtype)
         self.config = model.config
         self.device = torch.device(device)
@@ -324,6 +325,11 @@ class WorldModelSession:
         """The point cache (worldmodel.point_cache) that replaces the recent frames as hint sources."""
         self.splat_levels = self.config.hint_splat_levels if splat_levels is None else bool(splat_levels)
         """The hint's reprojection closes cracks on coarser grids (worldmodel.reproject, `magnified`)."""
+        self.start_radius = self.config.hint_start_radius if start_radius is None else float(start_radius)
+        """Metres from the start pose within which the start frame wins over the generated sources
+        (worldmodel.hint.start_preferred; 0 = off)."""
+        if not (math.isfinite(self.start_radius) and self.start_radius >= 0):
+            raise ValueError(f"start_radius must be a finite number of metres >= 0, got {self.start_radius}")
         self.depth_source: Callable[[torch.Tensor], torch.Tensor] | None = None
         """Measurement only (`worldmodel eval --depth oracle`): pose [5] -> depth [H, W] that replaces the
         depth head's depth of every view, e.g. the ray caster's: what exact depth would be worth."""
@@ -425,9 +431,12 @@ class WorldModelSession:
         valid = torch.zeros(1, s_max, dtype=torch.bool)
         for i, v in enumerate(sources):
             rgb[0, i], depth[0, i], poses[0, i], valid[0, i] = v.rgb, v.depth, v.pose, True
+        source_ticks = torch.full((1, s_max), -1, dtype=torch.long)  # only the start frame's tick (0) matters
+        source_ticks[0, len(sources) - 1] = 0
+        preferred = start_preferred(source_ticks, valid, pose[None], self.views[0].pose[None], self.start_radius)
         points = None if self.points is None else self.points.points()
         return reproject(rgb, depth, poses, pose[None].float(), valid, c.fov_deg, points=points,
-                         magnified=self.splat_levels)
+                         magnified=self.splat_levels, preferred=preferred)
 
     def _commit_noised(self, latent: torch.Tensor) -> torch.Tensor:
         """A clean latent as it enters the cache: noised to ctx_noise_play (as training did)."""
@@ -678,12 +687,13 @@ class ModelFrameSource:
     def __init__(self, checkpoint: str | Path | None = None, device: str = "cpu", use_memory: bool = True,
                  dtype: torch.dtype | None = None, sample_steps: int | None = None,
                  precision: str | None = None, hint: bool | None = None, composite: float | None = None,
-                 point_cache: int | None = None, splat_levels: bool | None = None) -> None:
+                 point_cache: int | None = None, splat_levels: bool | None = None,
+                 start_radius: float | None = None) -> None:
         """`precision` ("fp32" / "bf16", see PRECISIONS) or `dtype` picks the generator's dtype (fp32 by
         default; not both). The autoencoder always decodes in fp32. `hint`: build the geometric hint
         (None = whenever the checkpoint reads one; True for a checkpoint without it is refused).
-        `composite`, `point_cache`, `splat_levels`: the checkpoint's hint_composite, hint_point_cache and
-        hint_splat_levels by default."""
+        `composite`, `point_cache`, `splat_levels`, `start_radius`: the checkpoint's hint_composite,
+        hint_point_cache, hint_splat_levels and hint_start_radius by default."""
         self.checkpoint_path = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
         model, autoencoder, config = load_checkpoint(self.checkpoint_path)
         self.checkpoint_sha256 = checkpoint_sha256(self.checkpoint_path)
@@ -703,7 +713,8 @@ class ModelFrameSource:
         self.session = WorldModelSession(model, device=self.device, dtype=run_dtype, use_memory=use_memory,
                                          sample_steps=sample_steps, autoencoder=self.autoencoder,
                                          use_hint=config.hint if hint is None else hint, composite=composite,
-                                         point_cache=point_cache, splat_levels=splat_levels)
+                                         point_cache=point_cache, splat_levels=splat_levels,
+                                         start_radius=start_radius)
         self.hint = self.session.use_hint
         """Whether frames are generated with the geometric hint (recorded in action logs)."""
         self.pose_history: deque[list[float]] = deque(maxlen=PATH_HISTORY)
@@ -726,6 +737,11 @@ class ModelFrameSource:
     def use_memory(self) -> bool:
         """Whether frames are generated with the memory (`--memory`; recorded in action logs)."""
         return self.session.use_memory
+
+    @property
+    def start_radius(self) -> float | None:
+        """The hint's start radius (recorded in action logs); None with the hint off."""
+        return self.session.start_radius if self.hint else None
 
     @torch.no_grad()
     def _decode(self, latent: torch.Tensor, session: WorldModelSession | None = None) -> np.ndarray:
@@ -797,7 +813,7 @@ class SessionBatch:
     def __init__(self, model: WorldModel, size: int, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32, **session_options) -> None:
         """`session_options`: `WorldModelSession`'s (use_memory, sample_steps, autoencoder, use_hint,
-        composite) for every row."""
+        composite, point_cache, splat_levels, start_radius) for every row."""
         if size < 1:
             raise ValueError(f"a session batch has at least one row, got {size}")
         self.cache = KVCache(model.config, batch=size, device=device, dtype=dtype)
@@ -836,7 +852,8 @@ class ModelFrameBatch:
         self.sessions = SessionBatch(one.model, size, one.device, one.dtype, use_memory=one.use_memory,
                                      sample_steps=one.sample_steps, autoencoder=source.autoencoder,
                                      use_hint=one.use_hint, composite=one.composite,
-                                     point_cache=0 if one.points is None else one.points.max_points)
+                                     point_cache=0 if one.points is None else one.points.max_points,
+                                     splat_levels=one.splat_levels, start_radius=one.start_radius)
 
     def __len__(self) -> int:
         return len(self.sessions)
