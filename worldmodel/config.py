@@ -112,12 +112,13 @@ class WorldModelConfig:
     approached surface has no cracks and nothing behind it leaks through (worldmodel.reproject,
     `magnified`); False: the fine level alone, the rule the shipped checkpoint was trained and
     measured with (docs/model_card.md compares them)."""
-    hint_start_radius: float = 3.0
+    hint_start_radius: float = 1.0
     """Metres: while the camera is this close to the start pose, the start frame's pixels win every
     pixel they land on over the generated sources' (worldmodel.hint.start_preferred); 0 = off, the
     z-buffer alone decides (the rule the shipped weights were trained with, and the rule of every
     measurement before 2026-12-07). Checkpoints saved without the field get this default. 1, 2, 3 m
-    and no limit were measured (docs/model_card.md); the gain is on returns and early ticks."""
+    and no limit were measured (docs/model_card.md): the gain is on returns and early ticks, and
+    beyond ~1 m some walks lose more to the start frame's depth errors than the others gain."""
 
     # --- diffusion / sampling ---
     ctx_noise_max: float = 0.1
