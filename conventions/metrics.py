@@ -36,7 +36,11 @@ def psnr(a: torch.Tensor, b: torch.Tensor, channel_dim: int = -1) -> torch.Tenso
     a, b = to_unit(a), to_unit(b)
     if channel_dim != -1:
         a, b = a.movedim(channel_dim, -1), b.movedim(channel_dim, -1)
-    mse = ((a - b) ** 2).flatten(-3).mean(-1)
+    return _mse_db(((a - b) ** 2).flatten(-3).mean(-1))
+
+
+def _mse_db(mse: torch.Tensor) -> torch.Tensor:
+    """Mean squared errors of values in [0, 1] -> PSNR in dB, capped at PSNR_MAX_DB."""
     return (10 * torch.log10(1.0 / mse.clamp(min=1e-10))).clamp(max=PSNR_MAX_DB)
 
 
@@ -49,8 +53,7 @@ def masked_psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.T
     m = mask.float()
     count = m.flatten(-2).sum(-1)
     mse = (((a - b) ** 2).mean(-1) * m).flatten(-2).sum(-1) / count.clamp(min=1)
-    db = (10 * torch.log10(1.0 / mse.clamp(min=1e-10))).clamp(max=PSNR_MAX_DB)
-    return db.masked_fill(count == 0, float("nan"))
+    return _mse_db(mse).masked_fill(count == 0, float("nan"))
 
 
 def _gaussian_window(device, dtype) -> torch.Tensor:

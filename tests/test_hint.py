@@ -66,13 +66,12 @@ def test_training_hint_equals_play_hint(latent_cache, splat_levels, start_radius
         play = session.build_hint(pose, t)
         memory = select_training_memory(data.poses[0], t, config, kept)
         src = hint_sources(data, 0, [t], [memory], config, torch.Generator().manual_seed(0), HintAugment(0, 0, 0))
-        preferred = src["hint_preferred"] if start_radius > 0 else None  # as worldmodel.batches.attach_hints
         assert int(src["hint_preferred"].sum()) == (start_radius > 0 and
                                                     float((pose[:3] - data.poses[0, 0, :3]).norm()) <= start_radius)
         preferred_ticks += int(src["hint_preferred"].sum())
         train = build_hint(ae, src["hint_rgb"], src["hint_depth"], src["hint_poses"], src["hint_valid"],
                            src["hint_target"], config.fov_deg, splat_levels=config.hint_splat_levels,
-                           preferred=preferred)[0]
+                           preferred=src["hint_preferred"])[0]  # as worldmodel.batches.attach_hints
         assert len(session._memory_views) == len(memory), f"tick {t}: play retrieved other memory"
         compared_with_memory += bool(memory)
         assert torch.allclose(play, train, atol=1e-3), f"tick {t}: max diff {float((play - train).abs().max())}"

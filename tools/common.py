@@ -26,8 +26,8 @@ def apply_threads(args: argparse.Namespace) -> None:
 
 def add_hint_setting_flags(p: argparse.ArgumentParser, whose: str) -> None:
     """The hint's play-time settings (WorldModelConfig.hint_splat_levels, hint_point_cache,
-    hint_composite, hint_start_radius) as flags; `whose` names what they set in the help ("the hint's", "the hint-on
-    row's")."""
+    hint_composite, hint_start_radius) as flags; `whose` names what they set in the help ("the
+    hint's", "the hint-on row's")."""
     p.add_argument("--splat-levels", choices=("on", "off"), default=None,
                    help=f"{whose} reprojection also closes the cracks of magnified surfaces on coarser grids "
                         f"(default: the checkpoint's hint_splat_levels)")

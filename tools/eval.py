@@ -36,7 +36,8 @@ from scenes.world import HELDOUT_SEED_START, World, generate_world
 from conventions.camera import CameraPose, integrate_sequence
 from worldmodel.config import DEFAULT_PRECISION, PRECISION_NAMES
 from conventions.errors import UserError
-from conventions.metrics import DRIFT_EARLY_TICKS, DRIFT_LATE_TICKS, detail_ratio, drift_scores, masked_psnr, psnr, ssim
+from conventions.metrics import (DRIFT_EARLY_TICKS, DRIFT_LATE_TICKS, detail_ratio, drift_scores, masked_psnr, psnr,
+                                 ssim)
 from tools.recipe import EvalRecipe
 from tools.common import add_hint_setting_flags, add_threads_flag, apply_threads, hint_settings
 from conventions.atomic import atomic_write_text, check_output_path
@@ -216,11 +217,6 @@ def start_view_masks(log: EvalLog, fov: float) -> torch.Tensor:
     return torch.cat(masks)
 
 
-def _nanmean(values: torch.Tensor) -> float:
-    kept = values[~torch.isnan(values)]
-    return float(kept.mean()) if len(kept) else float("nan")
-
-
 def split_scores(frames: torch.Tensor, truth: torch.Tensor, seen: torch.Tensor, prefill: int) -> dict[str, float]:
     """PSNR on the start view's pixels and on new content (`start_view_masks`) and the share of new
     content, each over ticks prefill+1..h for every action-suite horizon h the log reaches."""
@@ -230,9 +226,9 @@ def split_scores(frames: torch.Tensor, truth: torch.Tensor, seen: torch.Tensor, 
     out = {}
     for h in ACTION_SUITE_HORIZONS:
         if len(frames) >= h:
-            out[f"psnr_start_view_{h}"] = _nanmean(start_view[prefill:h])
-            out[f"psnr_new_content_{h}"] = _nanmean(new_content[prefill:h])
-            out[f"new_content_share_{h}"] = _nanmean(share[prefill:h])
+            out[f"psnr_start_view_{h}"] = float(start_view[prefill:h].nanmean())
+            out[f"psnr_new_content_{h}"] = float(new_content[prefill:h].nanmean())
+            out[f"new_content_share_{h}"] = float(share[prefill:h].mean())
     return out
 
 

@@ -303,8 +303,7 @@ def attach_hints(batch: "TrainBatch", autoencoder: torch.nn.Module, config: Worl
     flat = {key: v.flatten(0, 1) for key, v in batch.hint_sources.items()}
     hint = build_hint(autoencoder, flat["hint_rgb"], flat["hint_depth"], flat["hint_poses"], flat["hint_valid"],
                       flat["hint_target"], config.fov_deg, noise=flat["hint_noise"],
-                      splat_levels=config.hint_splat_levels,
-                      preferred=flat["hint_preferred"] if config.hint_start_radius > 0 else None
+                      splat_levels=config.hint_splat_levels, preferred=flat["hint_preferred"]
                       ).view(b, k, -1, *batch.target_x0.shape[-2:])
     g = batch.joint.ticks.shape[1]
     full = torch.zeros(b, g, *hint.shape[2:], dtype=hint.dtype, device=hint.device)

@@ -197,7 +197,7 @@ def reproject(rgb: torch.Tensor, depth: torch.Tensor, poses: torch.Tensor, targe
         if magnified else None
     p, sky = p.reshape(b, k * h * w, 3), sky.reshape(b, k * h * w)
     order = order.expand(b, -1)  # [B, N]: each point's source
-    # [B, N]: 1 for the points of sources that are not preferred (they lose to a preferred source's geometry)
+    # [B, N]: 1 for the points of sources that are not preferred (they lose to every preferred source's point)
     rank = None if preferred is None else (~preferred.to(dev)).long().repeat_interleave(h * w, dim=1)
     colours = rgb.permute(0, 2, 1, 3, 4).reshape(b, 3, k * h * w)
     if points is not None:  # the world points: after every frame in the source order (source K)
