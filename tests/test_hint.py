@@ -262,35 +262,22 @@ def test_point_cache_replaces_the_recent_frames_and_keeps_new_pixels_once():
 def test_action_logs_record_the_start_radius_and_replays_use_it(tmp_path):
     """A replay builds the hints the recording did: the log records hint_start_radius; a log from before
     it was recorded replays with the rule of its time (0 m); a radius that is no distance is refused."""
-    import json
-
     import numpy as np
 
-    from game.loop import GameConfig, build_session
+    from wm_helpers import log_with_header, record_model_session
+
     from game.replay import LOGS_BEFORE_START_RADIUS, load_replay
     from worldmodel.checkpoint import save_checkpoint
 
     config = tiny_config(hint=True, window_frames=3, memory_entries=2, hint_recent=2, hint_start_radius=2.5)
     ckpt = save_checkpoint(tmp_path / "hint.safetensors", randomized_model(config), _ae_with_depth())
-    session = build_session(GameConfig(scene="courtyard", backend="model", checkpoint=str(ckpt), seed=3))
-    shown = [session.reset()]
     log = tmp_path / "hint.jsonl"
-    session.start_recording(log)
-    for action in ([0.1, 0.0, 0.0, 0.05, 0.0], [0.0, 0.1, 0.0, -0.05, 0.02]):
-        shown.append(session.step(action))
-    session.close()
+    shown = record_model_session(ckpt, log)
     replay = load_replay(log, checkpoint=str(ckpt))
     assert replay.log.header["hint_start_radius"] == 2.5 and replay.session.source.start_radius == 2.5
     assert all(np.array_equal(a, b) for a, b in zip(shown, replay.frames()))
-    lines = log.read_text().splitlines()
-    header = json.loads(lines[0])
     for value in (None, -1.0, "near"):
-        if value is None:
-            header.pop("hint_start_radius")
-        else:
-            header["hint_start_radius"] = value
-        edited = tmp_path / f"edited-{value}.jsonl"
-        edited.write_text("\n".join([json.dumps(header)] + lines[1:]) + "\n")
+        edited = log_with_header(log, tmp_path / f"edited-{value}.jsonl", "hint_start_radius", value)
         if value is None:
             assert load_replay(edited, checkpoint=str(ckpt)).session.source.start_radius == LOGS_BEFORE_START_RADIUS
         else:

@@ -263,20 +263,13 @@ def test_replay_cli(tmp_path, capsys):
 def test_model_backend_session_replays_to_the_frames_shown(tmp_path, precision):
     """The learned generator (tiny random checkpoint): replay of a recorded session is bit-identical,
     and the log names the checkpoint by sha256 and the precision it ran in, which the replay uses."""
-    from wm_helpers import randomized_model, tiny_autoencoder
+    from wm_helpers import log_with_header, randomized_model, record_model_session, tiny_autoencoder
 
-    from game.loop import build_session
     from worldmodel.checkpoint import checkpoint_sha256, save_checkpoint
 
     ckpt = save_checkpoint(tmp_path / "tiny.safetensors", randomized_model(), tiny_autoencoder())
-    session = build_session(GameConfig(scene="courtyard", backend="model", checkpoint=str(ckpt), seed=3,
-                                       precision=precision))
-    shown = [session.reset()]
     log = tmp_path / "model.jsonl"
-    session.start_recording(log)
-    for action in ([0.1, 0.0, 0.0, 0.05, 0.0], [0.0, 0.1, 0.0, -0.05, 0.02]):
-        shown.append(session.step(action))
-    session.close()
+    shown = record_model_session(ckpt, log, precision=precision)
     replay = load_replay(log, checkpoint=str(ckpt))
     assert replay.log.header["checkpoint_sha256"] == checkpoint_sha256(ckpt)
     assert replay.log.header["precision"] == (precision or "fp32")
@@ -289,15 +282,8 @@ def test_model_backend_session_replays_to_the_frames_shown(tmp_path, precision):
     if precision is None:
         return
     # a log written before precision was recorded ran fp32; a precision nobody knows is refused
-    lines = log.read_text().splitlines()
-    header = json.loads(lines[0])
     for value, expect in ((None, "fp32"), ("fp8", None)):
-        if value is None:
-            header.pop("precision")
-        else:
-            header["precision"] = value
-        edited = tmp_path / f"edited-{value}.jsonl"
-        edited.write_text("\n".join([json.dumps(header)] + lines[1:]) + "\n")
+        edited = log_with_header(log, tmp_path / f"edited-{value}.jsonl", "precision", value)
         if expect is None:
             with pytest.raises(UserError, match=r"line 1: \"precision\" must be one of \['fp32', 'bf16'\]"):
                 load_replay(edited, checkpoint=str(ckpt))

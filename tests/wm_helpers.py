@@ -87,3 +87,33 @@ def rigid_transform(poses: torch.Tensor, yaw: float, shift: tuple[float, float, 
     out[..., 2] = -s * x + c * z + shift[2]
     out[..., 3] = poses[..., 3] + yaw
     return out
+
+
+RECORDED_ACTIONS = ([0.1, 0.0, 0.0, 0.05, 0.0], [0.0, 0.1, 0.0, -0.05, 0.02])
+"""The two ticks `record_model_session` plays."""
+
+
+def record_model_session(checkpoint: Path, log: Path, **game_options) -> list:
+    """Play the courtyard with the model backend of `checkpoint` (seed 3, plus `game_options` for
+    GameConfig), recording RECORDED_ACTIONS to `log`; -> the frames shown (reset frame first)."""
+    from game.loop import GameConfig, build_session
+
+    session = build_session(GameConfig(scene="courtyard", backend="model", checkpoint=str(checkpoint), seed=3,
+                                       **game_options))
+    shown = [session.reset()]
+    session.start_recording(log)
+    for action in RECORDED_ACTIONS:
+        shown.append(session.step(action))
+    session.close()
+    return shown
+
+
+def log_with_header(log: Path, out: Path, key: str, value) -> Path:
+    """A copy of action log `log` at `out` whose header has `key` set to `value` (None: left out)."""
+    lines = log.read_text().splitlines()
+    header = json.loads(lines[0])
+    header.pop(key, None)
+    if value is not None:
+        header[key] = value
+    out.write_text("\n".join([json.dumps(header)] + lines[1:]) + "\n")
+    return out
