@@ -48,6 +48,8 @@ class FrameSource(Protocol):
     start_radius: float | None
     """The hint's hint_start_radius (metres; recorded so a replay builds the same hints); None without a
     hint."""
+    sampling: str | None
+    """The hint's hint_sampling (recorded so a replay builds the same hints); None without a hint."""
     memory: Any
     """The MemoryStore the map draws and saved worlds keep; None without one."""
     saves_worlds: bool
@@ -76,6 +78,7 @@ class OracleFrameSource:
     hint = None
     use_memory = None
     start_radius = None
+    sampling = None
     memory = None
     saves_worlds = False
 
@@ -127,14 +130,15 @@ class OracleFrameSource:
 def make_frame_source(backend: str, *, resolution: int = DEFAULT_RESOLUTION, fov_deg: float | None = None,
                       start_image_path: str | None = None, checkpoint: str | None = None,
                       device: str = "cpu", precision: str | None = None, hint: bool | None = None,
-                      memory: bool | None = None, start_radius: float | None = None) -> FrameSource:
+                      memory: bool | None = None, start_radius: float | None = None,
+                      sampling: str | None = None) -> FrameSource:
     """The frame source for a backend name; the model is imported lazily (it is heavy and optional).
 
     `start_image_path` (the `--image` picture) makes the oracle show it as the first frame; the
     model always starts from `scene.image`, which the caller replaces with that picture. `precision`
     ("fp32" / "bf16", default fp32) is the model's; the oracle has none. `hint` (None = the
     checkpoint's choice) turns the model's geometric hint on or off; `memory` (None: on) its memory;
-    `start_radius` (None: the checkpoint's) its hint_start_radius.
+    `start_radius` and `sampling` (None: the checkpoint's) its hint_start_radius and hint_sampling.
     """
     if precision is not None and backend == ORACLE_BACKEND:
         raise UserError(f"--precision {precision}: only the model backend has a precision (the oracle renders)")
@@ -144,6 +148,8 @@ def make_frame_source(backend: str, *, resolution: int = DEFAULT_RESOLUTION, fov
         raise UserError("--memory: only the model backend has a memory (the oracle renders)")
     if start_radius is not None and backend == ORACLE_BACKEND:
         raise ValueError("start_radius: only the model backend has a geometric hint (the oracle renders)")
+    if sampling is not None and backend == ORACLE_BACKEND:
+        raise ValueError("sampling: only the model backend has a geometric hint (the oracle renders)")
     if backend == ORACLE_BACKEND:
         start_image = None
         if start_image_path is not None:
@@ -151,5 +157,6 @@ def make_frame_source(backend: str, *, resolution: int = DEFAULT_RESOLUTION, fov
         return OracleFrameSource(resolution, fov_deg, start_image)
     if backend == MODEL_BACKEND:
         return ModelFrameSource(checkpoint=checkpoint, device=device, precision=precision, hint=hint,
-                                use_memory=True if memory is None else memory, start_radius=start_radius)
+                                use_memory=True if memory is None else memory, start_radius=start_radius,
+                                sampling=sampling)
     raise UserError(f"--backend: unknown backend {backend!r} (choose from {', '.join(BACKEND_CHOICES)})")

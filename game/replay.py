@@ -27,7 +27,7 @@ from game.action_log import ActionLogReader, image_sha256
 from game.frame_source import MODEL_BACKEND, make_frame_source
 from game.session import PlaySession, scene_with_image
 from conventions.camera import CameraPose
-from worldmodel.config import DEFAULT_PRECISION, PRECISION_NAMES
+from worldmodel.config import DEFAULT_PRECISION, HINT_SAMPLINGS, PRECISION_NAMES
 from conventions.errors import UserError
 from conventions.limits import check_number, number_problem, short_repr
 from conventions.progress import ProgressBar
@@ -48,6 +48,8 @@ MP4_BOX_HEADER = 8
 """An ISO-BMFF box starts with a 4-byte size and a 4-byte type."""
 LOGS_BEFORE_START_RADIUS = 0.0
 """hint_start_radius of logs recorded before it was (the start frame had no preference then)."""
+LOGS_BEFORE_SAMPLING = "nearest"
+"""hint_sampling of logs recorded before it was (the hint copied the nearest source pixel then)."""
 LOW_DISK_BYTES = 1 << 20
 """Less free space than this when a write fails: report the disk as full."""
 GIF_MAX_BYTES = 1 << 30
@@ -165,7 +167,7 @@ def _load_replay(log: ActionLogReader, log_path, backend, checkpoint, device, hi
         warnings.append(f"{log_path}: the start image differs from the one recorded (image_sha256); "
                         "the first frames may differ")
     height = int(header["resolution"][0])
-    precision = start_radius = None
+    precision = start_radius = sampling = None
     hint_on = memory_on = None
     if backend == MODEL_BACKEND:
         # the hint setting the log was made with (logs from before the hint ran without one),
@@ -183,6 +185,11 @@ def _load_replay(log: ActionLogReader, log_path, backend, checkpoint, device, hi
                 or number_problem("distance", start_radius):
             raise UserError(f"{log_path}: line 1: \"hint_start_radius\" must be a distance in metres, got "
                             f"{short_repr(start_radius)}")
+        # the hint's colour sampling the log was made with; logs from before it copied the nearest pixel
+        sampling = header.get("hint_sampling", LOGS_BEFORE_SAMPLING)
+        if sampling not in HINT_SAMPLINGS:
+            raise UserError(f"{log_path}: line 1: \"hint_sampling\" must be one of {list(HINT_SAMPLINGS)}, got "
+                            f"{short_repr(sampling)}")
         # the arithmetic the log was made with; logs from before precision was recorded ran fp32
         precision = header.get("precision", DEFAULT_PRECISION)
         if precision not in PRECISION_NAMES:
@@ -200,7 +207,8 @@ def _load_replay(log: ActionLogReader, log_path, backend, checkpoint, device, hi
                                 "picture, so the first frames show the scene's start view")
     source = make_frame_source(backend, resolution=height, start_image_path=image_path,
                                checkpoint=checkpoint, device=device, precision=precision, hint=hint_on,
-                               memory=memory_on, start_radius=float(start_radius) if hint_on else None)
+                               memory=memory_on, start_radius=float(start_radius) if hint_on else None,
+                               sampling=sampling if hint_on else None)
     if source.resolution != height:
         warnings.append(f"{log_path}: recorded at {height}x{height}, the {backend} backend makes "
                         f"{source.resolution}x{source.resolution} frames")

@@ -211,6 +211,8 @@ class PlaySession:
             extra.setdefault("memory", bool(self.source.use_memory))  # ... with or without its memory
         if self.source.start_radius is not None:
             extra.setdefault("hint_start_radius", float(self.source.start_radius))  # ... and the same hints
+        if self.source.sampling is not None:
+            extra.setdefault("hint_sampling", str(self.source.sampling))
         return make_header(
             scene=self.scene_spec, prompt=self.prompt, backend=self.source.name, seed=self.seed,
             tick_hz=self.tick_hz, resolution=self.source.resolution, start_pose=self.pose,

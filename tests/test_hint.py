@@ -42,16 +42,19 @@ def latent_cache(tmp_path_factory):
     return path, ae
 
 
-@pytest.mark.parametrize("splat_levels, start_radius", [(False, 0.0), (True, 0.0), (False, 1.0)])
-def test_training_hint_equals_play_hint(latent_cache, splat_levels, start_radius):
+@pytest.mark.parametrize("splat_levels, start_radius, sampling", [
+    (False, 0.0, "nearest"), (True, 0.0, "nearest"), (False, 1.0, "nearest"), (False, 1.0, "bilinear-start"),
+    (True, 0.0, "bilinear")])
+def test_training_hint_equals_play_hint(latent_cache, splat_levels, start_radius, sampling):
     """The hint a training batch builds for a clip's frame is the one a play session builds when it is
     fed the same frames (teacher forcing) and poses: same sources, same views, same function (with
-    the reprojection's coarse levels or without, with the start frame preferred near its pose or not)."""
+    the reprojection's coarse levels or without, with the start frame preferred near its pose or not,
+    with nearest or bilinear colours)."""
     from worldmodel.batches import hint_sources, load_latents, select_training_memory
 
     path, ae = latent_cache
     config = tiny_config(hint=True, window_frames=3, memory_entries=2, hint_recent=2, hint_splat_levels=splat_levels,
-                         hint_start_radius=start_radius)
+                         hint_start_radius=start_radius, hint_sampling=sampling)
     data = load_latents(path, config)
     assert data.view_rgb is not None
     model = randomized_model(config)
@@ -71,7 +74,7 @@ def test_training_hint_equals_play_hint(latent_cache, splat_levels, start_radius
         preferred_ticks += int(src["hint_preferred"].sum())
         train = build_hint(ae, src["hint_rgb"], src["hint_depth"], src["hint_poses"], src["hint_valid"],
                            src["hint_target"], config.fov_deg, splat_levels=config.hint_splat_levels,
-                           preferred=src["hint_preferred"])[0]  # as worldmodel.batches.attach_hints
+                           preferred=src["hint_preferred"], bilinear=src["hint_bilinear"])[0]  # as attach_hints
         assert len(session._memory_views) == len(memory), f"tick {t}: play retrieved other memory"
         compared_with_memory += bool(memory)
         assert torch.allclose(play, train, atol=1e-3), f"tick {t}: max diff {float((play - train).abs().max())}"
@@ -177,7 +180,7 @@ def test_strip_tool_writes_truth_hint_on_and_off_rows_and_an_image_depth_strip(t
 
     ckpt = save_checkpoint(tmp_path / "hint.safetensors", randomized_model(tiny_config(hint=True)), _ae_with_depth())
     args = argparse.Namespace(out=tmp_path / "s.png", checkpoint=ckpt, ticks="0,3", image=None, prompt="a yard",
-                              threads=None, splat_levels=None, point_cache=None, composite=None, start_radius=None,
+                              threads=None, splat_levels=None, point_cache=None, composite=None, start_radius=None, sampling=None,
                               oracle_row=False)
     assert run(args) == 0
     side = 64 * CELL_SCALE
@@ -260,21 +263,24 @@ def test_point_cache_replaces_the_recent_frames_and_keeps_new_pixels_once():
 
 
 def test_action_logs_record_the_start_radius_and_replays_use_it(tmp_path):
-    """A replay builds the hints the recording did: the log records hint_start_radius; a log from before
-    it was recorded replays with the rule of its time (0 m); a radius that is no distance is refused."""
+    """A replay builds the hints the recording did: the log records hint_start_radius and
+    hint_sampling; a log from before either was recorded replays with the rule of its time (0 m,
+    nearest); a radius that is no distance, or an unknown sampling, is refused."""
     import numpy as np
 
     from wm_helpers import log_with_header, record_model_session
 
-    from game.replay import LOGS_BEFORE_START_RADIUS, load_replay
+    from game.replay import LOGS_BEFORE_SAMPLING, LOGS_BEFORE_START_RADIUS, load_replay
     from worldmodel.checkpoint import save_checkpoint
 
-    config = tiny_config(hint=True, window_frames=3, memory_entries=2, hint_recent=2, hint_start_radius=2.5)
+    config = tiny_config(hint=True, window_frames=3, memory_entries=2, hint_recent=2, hint_start_radius=2.5,
+                         hint_sampling="bilinear")
     ckpt = save_checkpoint(tmp_path / "hint.safetensors", randomized_model(config), _ae_with_depth())
     log = tmp_path / "hint.jsonl"
     shown = record_model_session(ckpt, log)
     replay = load_replay(log, checkpoint=str(ckpt))
     assert replay.log.header["hint_start_radius"] == 2.5 and replay.session.source.start_radius == 2.5
+    assert replay.log.header["hint_sampling"] == "bilinear" and replay.session.source.sampling == "bilinear"
     assert all(np.array_equal(a, b) for a, b in zip(shown, replay.frames()))
     for value in (None, -1.0, "near"):
         edited = log_with_header(log, tmp_path / f"edited-{value}.jsonl", "hint_start_radius", value)
@@ -283,3 +289,27 @@ def test_action_logs_record_the_start_radius_and_replays_use_it(tmp_path):
         else:
             with pytest.raises(UserError, match=r"line 1: \"hint_start_radius\" must be a distance in metres"):
                 load_replay(edited, checkpoint=str(ckpt))
+    before = log_with_header(log, tmp_path / "before-sampling.jsonl", "hint_sampling", None)
+    assert load_replay(before, checkpoint=str(ckpt)).session.source.sampling == LOGS_BEFORE_SAMPLING == "nearest"
+    with pytest.raises(UserError, match=r"line 1: \"hint_sampling\" must be one of \['nearest', 'bilinear-start', 'bilinear'\]"):
+        load_replay(log_with_header(log, tmp_path / "cubic.jsonl", "hint_sampling", "cubic"), checkpoint=str(ckpt))
+
+
+def test_bilinear_sources_follow_the_config_rule():
+    """hint_sampling -> which sources reproject samples bilinearly: none, the start frame (tick 0) alone,
+    every valid source; an absent source never; an unknown rule is refused by the function and the
+    config alike."""
+    from worldmodel.config import WorldModelConfig
+    from worldmodel.hint import bilinear_sources
+
+    ticks = torch.tensor([[5, 4, 0, -1], [3, 0, -1, -1]])
+    valid = torch.tensor([[True, True, True, False], [False, True, False, False]])
+    assert bilinear_sources(ticks, valid, "nearest") is None
+    assert bilinear_sources(ticks, valid, "bilinear-start").tolist() == [[False, False, True, False],
+                                                                          [False, True, False, False]]
+    assert torch.equal(bilinear_sources(ticks, valid, "bilinear"), valid)
+    with pytest.raises(ValueError, match="hint sampling must be one of"):
+        bilinear_sources(ticks, valid, "cubic")
+    with pytest.raises(ValueError, match="hint_sampling must be one of"):
+        tiny_config(hint=True, hint_sampling="cubic")
+    assert WorldModelConfig.hint_sampling == "bilinear-start"

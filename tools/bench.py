@@ -87,7 +87,10 @@ REPROJECT_SOURCES = (1, 3, 6, 7)
 
 def bench_reproject(resolution: int, iterations: int = 100, seed: int = 102) -> dict:
     """Median ms per `reproject` call of K true frames (with their true depth) of one world into the
-    next pose of a walk, for each K of REPROJECT_SOURCES."""
+    next pose of a walk, for each K of REPROJECT_SOURCES: the fine level alone with nearest colours
+    (the rule the shipped weights were trained with), with the coarse levels (hint_splat_levels),
+    and the fine level with every source sampled bilinearly (hint_sampling "bilinear"; the shipped
+    play rule samples the start frame alone so)."""
     world = generate_world(seed)
     start = world.spawn_pose().as_tensor()
     k_max = max(REPROJECT_SOURCES)
@@ -99,14 +102,14 @@ def bench_reproject(resolution: int, iterations: int = 100, seed: int = 102) -> 
     out = {"resolution": resolution}
     for k in REPROJECT_SOURCES:
         args = (rgb[None, :k], depth[None, :k], poses[None, :k], poses[k_max:])
-        # the fine level alone (the shipped rule) and with the coarse levels (hint_splat_levels)
-        for name, levels in (("", False), ("_levels", True)):
+        every = torch.ones(1, k, dtype=torch.bool)
+        for name, levels, bilinear in (("", False, None), ("_levels", True, None), ("_bilinear", False, every)):
             for _ in range(5):
-                reproject(*args, magnified=levels)
+                reproject(*args, magnified=levels, bilinear=bilinear)
             times = []
             for _ in range(iterations):
                 t0 = time.perf_counter()
-                reproject(*args, magnified=levels)
+                reproject(*args, magnified=levels, bilinear=bilinear)
                 times.append((time.perf_counter() - t0) * 1e3)
             times.sort()
             out[f"k{k}{name}_ms"] = times[len(times) // 2]
@@ -125,8 +128,10 @@ def run(args: argparse.Namespace) -> int:
     if "reproject" in args.what:
         r = bench_reproject(args.resolution)
         results["reproject"] = r
-        print(f"reproject {r['resolution']}x{r['resolution']} (median ms per call, fine level / with coarse levels): "
-              + ", ".join(f"K={k}: {r[f'k{k}_ms']:.2f} / {r[f'k{k}_levels_ms']:.2f}" for k in REPROJECT_SOURCES))
+        print(f"reproject {r['resolution']}x{r['resolution']} (median ms per call, fine level / with coarse levels / "
+              f"fine level, bilinear colours): "
+              + ", ".join(f"K={k}: {r[f'k{k}_ms']:.2f} / {r[f'k{k}_levels_ms']:.2f} / {r[f'k{k}_bilinear_ms']:.2f}"
+                          for k in REPROJECT_SOURCES))
     if "play" in args.what:
         r = bench_play(args)
         results["play"] = r

@@ -9,6 +9,7 @@ import argparse
 import torch
 
 from conventions.limits import flag_type
+from worldmodel.config import HINT_SAMPLINGS
 
 THREADS_HELP = ("CPU threads for torch (default: torch's choice; 1 is often fastest for 64 px frames on a busy "
                 "machine)")
@@ -26,7 +27,7 @@ def apply_threads(args: argparse.Namespace) -> None:
 
 def add_hint_setting_flags(p: argparse.ArgumentParser, whose: str) -> None:
     """The hint's play-time settings (WorldModelConfig.hint_splat_levels, hint_point_cache,
-    hint_composite, hint_start_radius) as flags; `whose` names what they set in the help ("the
+    hint_composite, hint_start_radius, hint_sampling) as flags; `whose` names what they set in the help ("the
     hint's", "the hint-on row's")."""
     p.add_argument("--splat-levels", choices=("on", "off"), default=None,
                    help=f"{whose} reprojection also closes the cracks of magnified surfaces on coarser grids "
@@ -39,9 +40,14 @@ def add_hint_setting_flags(p: argparse.ArgumentParser, whose: str) -> None:
     p.add_argument("--start-radius", type=flag_type("distance"), default=None,
                    help=f"metres from the start pose within which {whose} start frame wins over the generated "
                         f"frames, 0 = off (default: the checkpoint's hint_start_radius)")
+    p.add_argument("--sampling", choices=HINT_SAMPLINGS, default=None,
+                   help=f"which of {whose} sources are sampled bilinearly where a pixel's ray meets them, not "
+                        f"copied nearest: none, the start frame, every frame (default: the checkpoint's "
+                        f"hint_sampling)")
 
 
 def hint_settings(args: argparse.Namespace) -> dict[str, object]:
     """The `add_hint_setting_flags` flags as ModelFrameSource arguments (None = the checkpoint's)."""
     return {"splat_levels": None if args.splat_levels is None else args.splat_levels == "on",
-            "point_cache": args.point_cache, "composite": args.composite, "start_radius": args.start_radius}
+            "point_cache": args.point_cache, "composite": args.composite, "start_radius": args.start_radius,
+            "sampling": args.sampling}

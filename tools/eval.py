@@ -455,7 +455,8 @@ def run(args: argparse.Namespace) -> int:
     if args.suite == "reduced":
         if args.log is not None or args.memory or args.prefill is not None or args.hint or args.precision \
                 or args.steps or args.limit or args.plot or args.splat_levels or args.point_cache is not None \
-                or args.composite is not None or args.start_radius is not None or args.depth != "head":
+                or args.composite is not None or args.start_radius is not None \
+                or args.sampling is not None or args.depth != "head":
             raise UserError("eval --suite reduced: runs each checkpoint as it plays by default; only "
                             "--checkpoint, --json and --threads apply")
         doc = reduced_eval(ckpt, EvalRecipe(), "reduced")
@@ -467,8 +468,8 @@ def run(args: argparse.Namespace) -> int:
     hint_options = hint_settings(args)
     probe = ModelFrameSource(checkpoint=ckpt, hint=hint, **hint_options)
     if not probe.hint and (args.depth != "head" or any(v is not None for v in hint_options.values())):
-        raise UserError("eval: --splat-levels, --point-cache, --composite, --start-radius and --depth set the "
-                        "geometric hint, which is off here")
+        raise UserError("eval: --splat-levels, --point-cache, --composite, --start-radius, --sampling and --depth "
+                        "set the geometric hint, which is off here")
     resolution, fov = probe.resolution, probe.config.fov_deg
     memory = args.memory or ("both" if args.suite in ("revisit", "drift") else "on")
     modes = {"on": [True], "off": [False], "both": [True, False]}[memory]
@@ -507,6 +508,7 @@ def run(args: argparse.Namespace) -> int:
                "splat_levels": probe.session.splat_levels,
                "point_cache": probe.session.points.max_points if probe.session.points is not None else 0,
                "composite": probe.session.composite, "start_radius": probe.session.start_radius,
+               "sampling": probe.session.sampling,
                "depth": args.depth,
                "summary": summary,
                "logs": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]}

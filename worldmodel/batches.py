@@ -15,7 +15,7 @@ import torch
 
 from worldmodel.config import WorldModelConfig
 from conventions.errors import UserError
-from worldmodel.hint import HintAugment, build_hint, hint_source_ticks, start_preferred
+from worldmodel.hint import HintAugment, bilinear_sources, build_hint, hint_source_ticks, start_preferred
 from worldmodel.model import JointBatch
 from worldmodel.sampler import add_noise, noise_levels
 from worldmodel.text import Tokenizer
@@ -283,13 +283,15 @@ def hint_sources(data: LatentData, clip: int, tgt_ticks: list[int], memory_ticks
     noise = torch.randn(k, 3, h, w, generator=gen) * (torch.rand(k, 1, 1, 1, generator=gen) * augment.noise_max)
     target = data.poses[clip][tgt_ticks]
     preferred = start_preferred(ticks, valid, target, data.poses[clip][:1].expand(k, -1), c.hint_start_radius)
+    bilinear = bilinear_sources(ticks, valid, c.hint_sampling)
     return dict(hint_rgb=data.view_rgb[clip][ticks], hint_depth=data.view_depth[clip][ticks].float(),
                 hint_poses=data.poses[clip][ticks], hint_valid=valid, hint_target=target,
-                hint_noise=noise, hint_preferred=torch.zeros_like(valid) if preferred is None else preferred)
+                hint_noise=noise, hint_preferred=torch.zeros_like(valid) if preferred is None else preferred,
+                hint_bilinear=torch.zeros_like(valid) if bilinear is None else bilinear)
 
 
 HINT_KEYS = ("hint_rgb", "hint_depth", "hint_poses", "hint_valid", "hint_target", "hint_noise",
-             "hint_preferred")
+             "hint_preferred", "hint_bilinear")
 
 
 @torch.no_grad()
@@ -303,8 +305,8 @@ def attach_hints(batch: "TrainBatch", autoencoder: torch.nn.Module, config: Worl
     flat = {key: v.flatten(0, 1) for key, v in batch.hint_sources.items()}
     hint = build_hint(autoencoder, flat["hint_rgb"], flat["hint_depth"], flat["hint_poses"], flat["hint_valid"],
                       flat["hint_target"], config.fov_deg, noise=flat["hint_noise"],
-                      splat_levels=config.hint_splat_levels, preferred=flat["hint_preferred"]
-                      ).view(b, k, -1, *batch.target_x0.shape[-2:])
+                      splat_levels=config.hint_splat_levels, preferred=flat["hint_preferred"],
+                      bilinear=flat["hint_bilinear"]).view(b, k, -1, *batch.target_x0.shape[-2:])
     g = batch.joint.ticks.shape[1]
     full = torch.zeros(b, g, *hint.shape[2:], dtype=hint.dtype, device=hint.device)
     full[:, batch.target_index.to(full.device)] = hint

@@ -35,6 +35,9 @@ CAMERA_BLOCK = 4
 
 MEMORY_COMPRESSIONS = ("pool", "patch")
 TIME_SAMPLINGS = ("logit_normal", "uniform")
+HINT_SAMPLINGS = ("nearest", "bilinear-start", "bilinear")
+"""Values of WorldModelConfig.hint_sampling: which hint sources are sampled bilinearly
+(worldmodel.hint.bilinear_sources): none, the start frame alone, every frame."""
 
 
 @dataclass
@@ -119,6 +122,14 @@ class WorldModelConfig:
     measurement before 2026-12-07). Checkpoints saved without the field get this default. 1, 2, 3 m
     and no limit were measured (docs/model_card.md): the gain is on returns and early ticks, and
     beyond ~1 m some walks lose more to the start frame's depth errors than the others gain."""
+    hint_sampling: str = "bilinear-start"
+    """How the hint's reprojection colours the pixels a source frame won (HINT_SAMPLINGS;
+    worldmodel.hint.bilinear_sources, worldmodel.reproject's `bilinear`): "nearest" copies the winning
+    source pixel (the rule the shipped weights were trained with, and of every measurement before
+    2026-12-07); "bilinear-start" samples the start frame bilinearly where the pixel's ray meets it
+    and copies the generated frames' pixels; "bilinear" samples every frame so, which blurs over
+    long walks (a generated frame is the last tick's resampled output, resampled again). Checkpoints
+    saved without the field get this default (docs/model_card.md measures all three)."""
 
     # --- diffusion / sampling ---
     ctx_noise_max: float = 0.1
@@ -144,7 +155,7 @@ class WorldModelConfig:
 
     TRAINING_ONLY_FIELDS = ("ctx_noise_max", "target_frames", "time_sampling", "logit_normal_mean",
                             "logit_normal_std", "schedule_time_prob", "hint_composite", "hint_point_cache",
-                            "hint_splat_levels", "hint_start_radius")
+                            "hint_splat_levels", "hint_start_radius", "hint_sampling")
     """Fields no weight depends on (the training objective, and the play-time compositing), so a
     fine-tune may change them from the checkpoint it starts from."""
 
@@ -215,6 +226,8 @@ class WorldModelConfig:
             problems.append("hint_composite must be in [0, 1]")
         if not (math.isfinite(self.hint_start_radius) and self.hint_start_radius >= 0):
             problems.append("hint_start_radius must be a finite number of metres >= 0")
+        if self.hint_sampling not in HINT_SAMPLINGS:
+            problems.append(f"hint_sampling must be one of {list(HINT_SAMPLINGS)}")
         if self.window_frames < 1 or self.target_frames < 1:
             problems.append("window_frames and target_frames must be >= 1")
         if not self.vocab or self.vocab[:2] != ["<pad>", "<unk>"]:

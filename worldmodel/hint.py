@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from worldmodel.config import HINT_SAMPLINGS
 from worldmodel.reproject import Reprojection, reproject
 
 HINT_EXTRA_CHANNELS = 1
@@ -78,14 +79,15 @@ def encode_hint(autoencoder: torch.nn.Module, warped: Reprojection, noise: torch
 def build_hint(autoencoder: torch.nn.Module, rgb: torch.Tensor, depth: torch.Tensor, poses: torch.Tensor,
                valid: torch.Tensor, target: torch.Tensor, fov_deg: float,
                noise: torch.Tensor | None = None, splat_levels: bool = False,
-               preferred: torch.Tensor | None = None) -> torch.Tensor:
+               preferred: torch.Tensor | None = None, bilinear: torch.Tensor | None = None) -> torch.Tensor:
     """Sources -> hint tokens [B, C + 1, h, w].
 
     rgb [B, K, 3, H, W] float in [0, 1] or uint8 [B, K, H, W, 3], depth [B, K, H, W], poses [B, K, 5],
-    valid [B, K] bool, target poses [B, 5], preferred [B, K] bool or None (`start_preferred`); see
+    valid [B, K] bool, target poses [B, 5], preferred [B, K] bool or None (`start_preferred`), bilinear
+    [B, K] bool or None (`bilinear_sources`); see
     `reproject` (`splat_levels` is its `magnified`) and `encode_hint`."""
     return encode_hint(autoencoder, reproject(rgb, depth, poses, target, valid, fov_deg, magnified=splat_levels,
-                                              preferred=preferred), noise)
+                                              preferred=preferred, bilinear=bilinear), noise)
 
 
 def start_preferred(source_ticks: torch.Tensor, valid: torch.Tensor, target: torch.Tensor, start: torch.Tensor,
@@ -104,3 +106,20 @@ def start_preferred(source_ticks: torch.Tensor, valid: torch.Tensor, target: tor
         return None
     near = (target[:, :3].float() - start[:, :3].float()).norm(dim=-1) <= radius  # [B]
     return (source_ticks == 0) & valid & near[:, None]
+
+
+def bilinear_sources(source_ticks: torch.Tensor, valid: torch.Tensor, sampling: str) -> torch.Tensor | None:
+    """Which hint sources `reproject` samples bilinearly (its `bilinear`) under the config's
+    hint_sampling (config.HINT_SAMPLINGS): none, the start frame (source tick 0) alone, or every
+    valid source. source_ticks [B, K] long, valid [B, K] bool -> [B, K] bool, or None for none.
+
+    Why the start frame alone by default: bilinear sampling is a low-pass filter. The start frame is
+    the one true picture, resampled once per tick from the original, so it gains the warp's accuracy
+    at no cost; a generated frame shown with compositing is the last tick's resampled output, and
+    resampling it bilinearly every tick blurs the world over a long walk (docs/model_card.md: late
+    detail 0.68 of the truth's with every frame sampled so, 0.87 with the start frame alone)."""
+    if sampling not in HINT_SAMPLINGS:
+        raise ValueError(f"hint sampling must be one of {HINT_SAMPLINGS}, got {sampling!r}")
+    if sampling == "nearest":
+        return None
+    return valid & (source_ticks == 0) if sampling == "bilinear-start" else valid.clone()

@@ -30,11 +30,11 @@ import numpy as np
 import torch
 
 from conventions.camera import ACTION_DIM, PATH_HISTORY, CameraPose
-from worldmodel.config import DEFAULT_PRECISION, PRECISION_NAMES, WorldModelConfig
+from worldmodel.config import DEFAULT_PRECISION, HINT_SAMPLINGS, PRECISION_NAMES, WorldModelConfig
 from worldmodel.data import LATENT_DTYPE, RGB_CHANNELS, VIEW_DEPTH_DTYPE
 from conventions.depth import check_depth
 from conventions.errors import UserError
-from worldmodel.hint import encode_hint, hint_recent_ticks, start_preferred
+from worldmodel.hint import bilinear_sources, encode_hint, hint_recent_ticks, start_preferred
 from worldmodel.point_cache import PointCache
 from worldmodel.reproject import Reprojection, reproject
 from worldmodel.kv_cache import KVCache
@@ -299,10 +299,11 @@ class WorldModelSession:
                  autoencoder: torch.nn.Module | None = None, use_hint: bool = True,
                  composite: float | None = None, cache: KVCache | None = None,
                  point_cache: int | None = None, splat_levels: bool | None = None,
-                 start_radius: float | None = None) -> None:
+                 start_radius: float | None = None, sampling: str | None = None) -> None:
         """`cache`: a one-row cache to run in (a row of a `SessionBatch`'s cache); by default the
-        session allocates its own. `composite`, `point_cache`, `splat_levels`, `start_radius`: the
-        config's hint_composite, hint_point_cache, hint_splat_levels and hint_start_radius by default."""
+        session allocates its own. `composite`, `point_cache`, `splat_levels`, `start_radius`,
+        `sampling`: the config's hint_composite, hint_point_cache, hint_splat_levels, hint_start_radius
+        and hint_sampling by default."""
         self.model = model.eval().to(device=device, dtype=dtype)
         self.config = model.config
         self.device = torch.device(device)
@@ -330,6 +331,10 @@ class WorldModelSession:
         (worldmodel.hint.start_preferred; 0 = off)."""
         if not (math.isfinite(self.start_radius) and self.start_radius >= 0):
             raise ValueError(f"start_radius must be a finite number of metres >= 0, got {self.start_radius}")
+        self.sampling = self.config.hint_sampling if sampling is None else sampling
+        """Which hint sources are sampled bilinearly (config.HINT_SAMPLINGS, worldmodel.hint.bilinear_sources)."""
+        if self.sampling not in HINT_SAMPLINGS:
+            raise ValueError(f"sampling must be one of {HINT_SAMPLINGS}, got {self.sampling!r}")
         self.depth_source: Callable[[torch.Tensor], torch.Tensor] | None = None
         """Measurement only (`worldmodel eval --depth oracle`): pose [5] -> depth [H, W] that replaces the
         depth head's depth of every view, e.g. the ray caster's: what exact depth would be worth."""
@@ -436,7 +441,8 @@ class WorldModelSession:
         preferred = start_preferred(source_ticks, valid, pose[None], self.views[0].pose[None], self.start_radius)
         points = None if self.points is None else self.points.points()
         return reproject(rgb, depth, poses, pose[None].float(), valid, c.fov_deg, points=points,
-                         magnified=self.splat_levels, preferred=preferred)
+                         magnified=self.splat_levels, preferred=preferred,
+                         bilinear=bilinear_sources(source_ticks, valid, self.sampling))
 
     def _commit_noised(self, latent: torch.Tensor) -> torch.Tensor:
         """A clean latent as it enters the cache: noised to ctx_noise_play (as training did)."""
@@ -688,12 +694,13 @@ class ModelFrameSource:
                  dtype: torch.dtype | None = None, sample_steps: int | None = None,
                  precision: str | None = None, hint: bool | None = None, composite: float | None = None,
                  point_cache: int | None = None, splat_levels: bool | None = None,
-                 start_radius: float | None = None) -> None:
+                 start_radius: float | None = None, sampling: str | None = None) -> None:
         """`precision` ("fp32" / "bf16", see PRECISIONS) or `dtype` picks the generator's dtype (fp32 by
         default; not both). The autoencoder always decodes in fp32. `hint`: build the geometric hint
         (None = whenever the checkpoint reads one; True for a checkpoint without it is refused).
-        `composite`, `point_cache`, `splat_levels`, `start_radius`: the checkpoint's hint_composite,
-        hint_point_cache, hint_splat_levels and hint_start_radius by default."""
+        `composite`, `point_cache`, `splat_levels`, `start_radius`, `sampling`: the checkpoint's
+        hint_composite, hint_point_cache, hint_splat_levels, hint_start_radius and hint_sampling by
+        default."""
         self.checkpoint_path = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
         model, autoencoder, config = load_checkpoint(self.checkpoint_path)
         self.checkpoint_sha256 = checkpoint_sha256(self.checkpoint_path)
@@ -714,7 +721,7 @@ class ModelFrameSource:
                                          sample_steps=sample_steps, autoencoder=self.autoencoder,
                                          use_hint=config.hint if hint is None else hint, composite=composite,
                                          point_cache=point_cache, splat_levels=splat_levels,
-                                         start_radius=start_radius)
+                                         start_radius=start_radius, sampling=sampling)
         self.hint = self.session.use_hint
         """Whether frames are generated with the geometric hint (recorded in action logs)."""
         self.pose_history: deque[list[float]] = deque(maxlen=PATH_HISTORY)
@@ -742,6 +749,11 @@ class ModelFrameSource:
     def start_radius(self) -> float | None:
         """The hint's start radius (recorded in action logs); None with the hint off."""
         return self.session.start_radius if self.hint else None
+
+    @property
+    def sampling(self) -> str | None:
+        """The hint's colour sampling (recorded in action logs); None with the hint off."""
+        return self.session.sampling if self.hint else None
 
     @torch.no_grad()
     def _decode(self, latent: torch.Tensor, session: WorldModelSession | None = None) -> np.ndarray:
@@ -813,7 +825,7 @@ class SessionBatch:
     def __init__(self, model: WorldModel, size: int, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32, **session_options) -> None:
         """`session_options`: `WorldModelSession`'s (use_memory, sample_steps, autoencoder, use_hint,
-        composite, point_cache, splat_levels, start_radius) for every row."""
+        composite, point_cache, splat_levels, start_radius, sampling) for every row."""
         if size < 1:
             raise ValueError(f"a session batch has at least one row, got {size}")
         self.cache = KVCache(model.config, batch=size, device=device, dtype=dtype)
@@ -853,7 +865,8 @@ class ModelFrameBatch:
                                      sample_steps=one.sample_steps, autoencoder=source.autoencoder,
                                      use_hint=one.use_hint, composite=one.composite,
                                      point_cache=0 if one.points is None else one.points.max_points,
-                                     splat_levels=one.splat_levels, start_radius=one.start_radius)
+                                     splat_levels=one.splat_levels, start_radius=one.start_radius,
+                                     sampling=one.sampling)
 
     def __len__(self) -> int:
         return len(self.sessions)
