@@ -192,7 +192,7 @@ def test_masked_psnr_scores_only_the_masked_pixels() -> None:
     assert masked_psnr(a, b, empty)[0].isnan() and not masked_psnr(a, b, empty)[1].isnan()
 
 
-def test_start_view_masks_cover_what_the_start_frame_shows() -> None:
+def test_start_view_covers_what_the_start_frame_shows() -> None:
     world = generate_world(SEED)
     tr = make_trajectory(world, 17, "walk", random.Random(0))
     start = ev.CameraPose.from_sequence(tr.poses[0].tolist())
@@ -202,8 +202,12 @@ def test_start_view_masks_cover_what_the_start_frame_shows() -> None:
     poses = torch.cat([still, turned])
     truth = render_views(world, torch.cat([start.as_tensor()[None], poses]), 16)
     log = ev.EvalLog("s", world, start, "", torch.zeros(len(poses), 5), poses, truth)
-    seen = ev.start_view_masks(log, 90.0)
+    seen, warped = ev.start_view(log, 90.0)
     assert seen.shape == (6, 16, 16) and seen[:4].all()
+    # the no-model reprojection: the start frame itself where the camera has not moved, and the held
+    # start frame where the start view does not reach (facing back)
+    assert warped.shape == (6, 16, 16, 3) and warped.dtype == torch.uint8
+    assert (warped[:4].int() - truth[:1].int()).abs().max() <= 1 and torch.equal(warped[5], truth[0])
     assert 0.3 < seen[4].float().mean() < 0.7  # a 45-degree turn keeps about half of a 90-degree view
     assert not seen[5].any()  # facing back: nothing of the start view
     # the split of a perfect rollout: both parts exact; held start frame: the new part is worse
@@ -214,3 +218,31 @@ def test_start_view_masks_cover_what_the_start_frame_shows() -> None:
     scores = ev.split_scores(frames, frames, long_seen, prefill=0)
     assert scores["psnr_start_view_64"] == 100.0 and scores["psnr_new_content_64"] == 100.0
     assert scores["new_content_share_16"] == pytest.approx((~long_seen[:16]).float().mean().item())
+
+
+def test_action_logs_score_the_no_model_reprojection_of_the_start_frame() -> None:
+    """Logs of 16 ticks or more get a third baseline: the true start frame reprojected with its true
+    depth (no model). On a walk it beats holding the start frame, and its start-view split is the
+    bound docs/model_card.md compares the model with; a source that returns the truth scores above it."""
+    world = generate_world(SEED)
+    tr = make_trajectory(world, 17, "walk", random.Random(2))
+    start = ev.CameraPose.from_sequence(tr.poses[0].tolist())
+    truth = render_views(world, tr.poses, 64)
+    log = ev.EvalLog("walk", world, start, "", tr.actions[1:], tr.poses[1:], truth)
+
+    class TruthSource:  # the frames a perfect model would make
+        def reset(self, scene, start_pose, prompt, seed):
+            self.tick = 0
+
+        def step(self, action, pose, observed=None):
+            self.tick += 1
+            return truth[self.tick].numpy()
+
+    out = ev.evaluate_log(lambda mem: TruthSource(), log, [True], 0, False, 90.0)
+    assert "baselines" not in out
+    out = ev.evaluate_log(lambda mem: TruthSource(), log, [True], 0, True, 90.0)
+    warp, hold = out["baselines"]["reproject_start_frame"], out["baselines"]["hold_start_frame"]
+    assert warp["psnr_16"] > hold["psnr_16"] + 3.0
+    assert 24.0 < warp["split"]["psnr_start_view_16"] < out["runs"]["memory_on"]["split"]["psnr_start_view_16"]
+    summary = ev.summarise([out])
+    assert summary["reproject_start_frame.split.psnr_start_view_16"] == warp["split"]["psnr_start_view_16"]

@@ -198,27 +198,33 @@ def rollout(source, log: EvalLog, actions: torch.Tensor, poses: torch.Tensor, pr
     return torch.stack(frames)
 
 
-def start_view_masks(log: EvalLog, fov: float) -> torch.Tensor:
-    """bool [T, H, W]: the pixels of ticks 1..T that the true start frame shows, reprojected with its
-    true depth into each tick's pose (the one reprojection function, as the hint). The rest is new
-    content: what the model had to make up, or carry along from its own earlier frames. Splitting the
-    error this way says whether a loss comes from keeping what was seen or from inventing what was
-    not (docs/architecture.md §Metrics)."""
+def start_view(log: EvalLog, fov: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The true start frame reprojected with its true depth into each tick's pose (the one
+    reprojection function, as the hint, sampled bilinearly): -> (seen bool [T, H, W], the pixels of
+    ticks 1..T it shows; frames uint8 [T, H, W, 3], the reprojection where it shows them and the held
+    start frame elsewhere). The rest of `seen` is new content: what the model had to make up, or
+    carry along from its own earlier frames. Splitting the error this way says whether a loss comes
+    from keeping what was seen or from inventing what was not, and the frames are the no-model bound
+    on the first part (docs/architecture.md §Metrics)."""
     res = log.truth.shape[1]
     start = log.start_pose.as_tensor()[None].float()
     depth = render_views_with_depth(log.world, start, res, fov)[1]  # [1, H, W]
-    masks = []
+    first = log.truth[:1].permute(0, 3, 1, 2).float() / 255  # [1, 3, H, W]
+    masks, frames = [], []
     for lo in range(0, len(log.poses), START_VIEW_CHUNK):
         targets = log.poses[lo: lo + START_VIEW_CHUNK].float()
         n = len(targets)
         warp = reproject(log.truth[:1][None].expand(n, 1, -1, -1, -1), depth[None].expand(n, 1, -1, -1),
-                         start[None].expand(n, 1, -1), targets, fov_deg=fov)
+                         start[None].expand(n, 1, -1), targets, fov_deg=fov,
+                         bilinear=torch.ones(n, 1, dtype=torch.bool))
+        rgb = warp.rgb * warp.coverage + first * (1 - warp.coverage)  # [n, 3, H, W]
         masks.append(warp.coverage[:, 0] > 0)
-    return torch.cat(masks)
+        frames.append((rgb * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1))
+    return torch.cat(masks), torch.cat(frames)
 
 
 def split_scores(frames: torch.Tensor, truth: torch.Tensor, seen: torch.Tensor, prefill: int) -> dict[str, float]:
-    """PSNR on the start view's pixels and on new content (`start_view_masks`) and the share of new
+    """PSNR on the start view's pixels and on new content (`start_view`) and the share of new
     content, each over ticks prefill+1..h for every action-suite horizon h the log reaches."""
     start_view = masked_psnr(frames, truth, seen)
     new_content = masked_psnr(frames, truth, ~seen)
@@ -271,7 +277,7 @@ def evaluate_log(make_source, log: EvalLog, memory_modes: list[bool], prefill: i
     truth = log.truth[1:]
     out: dict = {"log": log.name, "policy": log.policy, "world_seed": log.world.seed, "ticks": T, "prefill": prefill,
                  "runs": {}}
-    seen = start_view_masks(log, fov) if T >= min(ACTION_SUITE_HORIZONS) else None
+    seen, warped = start_view(log, fov) if T >= min(ACTION_SUITE_HORIZONS) else (None, None)
     for mem in memory_modes:
         source = make_source(mem)
         t0 = time.perf_counter()
@@ -306,10 +312,17 @@ def evaluate_log(make_source, log: EvalLog, memory_modes: list[bool], prefill: i
                                                  "psnr": hp},
                             "shuffled_actions": {"mean_psnr": _mean(sp, prefill), "mean_ssim": _mean(ss, prefill),
                                                  "psnr": sp}}
+        if warped is not None:
+            wp, ws = frame_scores(warped, truth)
+            out["baselines"]["reproject_start_frame"] = {
+                "mean_psnr": _mean(wp, prefill), "mean_ssim": _mean(ws, prefill), "psnr": wp,
+                "split": split_scores(warped, truth, seen, prefill)}
         for h in ACTION_SUITE_HORIZONS:
             if T >= h:
                 out["baselines"]["hold_start_frame"][f"psnr_{h}"] = _mean(hp, prefill, h)
                 out["baselines"]["shuffled_actions"][f"psnr_{h}"] = _mean(sp, prefill, h)
+                if warped is not None:
+                    out["baselines"]["reproject_start_frame"][f"psnr_{h}"] = _mean(wp, prefill, h)
     return out
 
 
