@@ -180,8 +180,8 @@ def test_strip_tool_writes_truth_hint_on_and_off_rows_and_an_image_depth_strip(t
 
     ckpt = save_checkpoint(tmp_path / "hint.safetensors", randomized_model(tiny_config(hint=True)), _ae_with_depth())
     args = argparse.Namespace(out=tmp_path / "s.png", checkpoint=ckpt, ticks="0,3", image=None, prompt="a yard",
-                              threads=None, splat_levels=None, point_cache=None, composite=None, start_radius=None, sampling=None,
-                              oracle_row=False)
+                              threads=None, splat_levels=None, point_cache=None, composite=None, start_radius=None,
+                              sampling=None, oracle_row=False)
     assert run(args) == 0
     side = 64 * CELL_SCALE
     assert Image.open(args.out).size == (2 * side + GAP, 3 * side + 2 * GAP)
@@ -291,7 +291,8 @@ def test_action_logs_record_the_start_radius_and_replays_use_it(tmp_path):
                 load_replay(edited, checkpoint=str(ckpt))
     before = log_with_header(log, tmp_path / "before-sampling.jsonl", "hint_sampling", None)
     assert load_replay(before, checkpoint=str(ckpt)).session.source.sampling == LOGS_BEFORE_SAMPLING == "nearest"
-    with pytest.raises(UserError, match=r"line 1: \"hint_sampling\" must be one of \['nearest', 'bilinear-start', 'bilinear'\]"):
+    refused = r"line 1: \"hint_sampling\" must be one of \['nearest', 'bilinear-start', 'bilinear'\]"
+    with pytest.raises(UserError, match=refused):
         load_replay(log_with_header(log, tmp_path / "cubic.jsonl", "hint_sampling", "cubic"), checkpoint=str(ckpt))
 
 

@@ -36,9 +36,10 @@ fraction of a pixel shifts the picture by up to half a pixel and a magnified sur
 For the sources marked `bilinear` the pixel's own ray, at the winner's depth, is followed back into
 the winning source, which is sampled there between its 4 pixels: the resampling an image warp does
 (measured: a true start frame reprojected with its true depth gains 2.6 dB over nearest in the
-first 16 ticks of the action suite's walks, docs/model_card.md). But bilinear sampling is a low-pass filter: a frame that is
-itself the last tick's resampled output, sampled again every tick, blurs (worldmodel.hint decides
-which sources are sampled so). World points keep their nearest colour.
+first 16 ticks of the action suite's walks, docs/model_card.md). But bilinear sampling is a
+low-pass filter: a frame that is itself the last tick's resampled output, sampled again every
+tick, blurs (worldmodel.hint decides which sources are sampled so). World points keep their
+nearest colour.
 """
 
 from __future__ import annotations
@@ -242,8 +243,9 @@ def _sample_back(rep: Reprojection, rgb: torch.Tensor, poses: torch.Tensor, targ
 
     All 4 pixels around the point count, whatever surface they show: weighting by surface (source
     depths within SURFACE_GAP of the point's) measured 2 dB worse on the start view (27.8 against
-    29.9 dB at 16 ticks, 60 degree field of view), because on a floor seen at a grazing angle the pixel's ray at the winner's
-    depth is not on the floor, and neighbouring rows of it differ by more than the gap."""
+    29.9 dB at 16 ticks, 60 degree field of view), because on a floor seen at a grazing angle the
+    pixel's ray at the winner's depth is not on the floor, and neighbouring rows of it differ by
+    more than the gap."""
     b, k, _, h, w = rgb.shape
     dev = rgb.device
     src = rep.source.reshape(b, h * w)
