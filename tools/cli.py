@@ -14,7 +14,8 @@ import sys
 from types import ModuleType
 
 from conventions.errors import UserError
-from tools import average, bench, dataset, distill, eval as eval_tool, play, plot_train, replay, strip, train
+from tools import (average, bench, dataset, distill, eval as eval_tool, export_autoencoder, play, plot_train, replay,
+                   strip, train)
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[ModuleType, str]] = {
@@ -24,6 +25,7 @@ COMMANDS: dict[str, tuple[ModuleType, str]] = {
     "train": (train, "train the autoencoder and the world model"),
     "distill": (distill, "distil the teacher into a 1-2 step student (Self Forcing + DMD)"),
     "average": (average, "average fine-tuned checkpoints' weights into a new checkpoint"),
+    "export-autoencoder": (export_autoencoder, "write the autoencoder a world-model checkpoint bundles as its own file"),
     "eval": (eval_tool, "score the model against the procedural ground truth"),
     "bench": (bench, "benchmark the oracle renderer and the play loop"),
     "strip": (strip, "a picture strip of a rollout (truth / hint on / hint off, or a picture's depth)"),

@@ -423,7 +423,8 @@ def read_checkpoint_metadata(path: str | os.PathLike) -> dict[str, str]:
         raise UserError(f"{path}: not a readable safetensors file ({exc})") from exc
     if metadata.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path}: not an autoencoder checkpoint (metadata format is "
-                        f"{metadata.get('format')!r}, expected {CHECKPOINT_FORMAT!r})")
+                        f"{metadata.get('format')!r}, expected {CHECKPOINT_FORMAT!r}; a world-model "
+                        f"checkpoint bundles one: `worldmodel export-autoencoder {path} --out AE.safetensors`)")
     if metadata.get("version") != CHECKPOINT_VERSION:
         raise UserError(f"{path}: autoencoder checkpoint version {metadata.get('version')!r} is not "
                         f"supported (expected {CHECKPOINT_VERSION!r})")
