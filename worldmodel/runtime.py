@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from conventions.camera import ACTION_DIM, PATH_HISTORY, CameraPose
-from worldmodel.config import DEFAULT_PRECISION, HINT_SAMPLINGS, PRECISION_NAMES, WorldModelConfig
+from worldmodel.config import DEFAULT_PRECISION, PRECISION_NAMES, WorldModelConfig
 from worldmodel.data import LATENT_DTYPE, RGB_CHANNELS, VIEW_DEPTH_DTYPE
 from conventions.depth import check_depth
 from conventions.errors import UserError
@@ -329,12 +329,10 @@ class WorldModelSession:
         self.start_radius = self.config.hint_start_radius if start_radius is None else float(start_radius)
         """Metres from the start pose within which the start frame wins over the generated sources
         (worldmodel.hint.start_preferred; 0 = off)."""
-        if not (math.isfinite(self.start_radius) and self.start_radius >= 0):
-            raise ValueError(f"start_radius must be a finite number of metres >= 0, got {self.start_radius}")
         self.sampling = self.config.hint_sampling if sampling is None else sampling
         """Which hint sources are sampled bilinearly (config.HINT_SAMPLINGS, worldmodel.hint.bilinear_sources)."""
-        if self.sampling not in HINT_SAMPLINGS:
-            raise ValueError(f"sampling must be one of {HINT_SAMPLINGS}, got {self.sampling!r}")
+        # the overrides must be values the config itself accepts: its checks, not a copy of them
+        self.config.replace(hint_start_radius=self.start_radius, hint_sampling=self.sampling).validate()
         self.depth_source: Callable[[torch.Tensor], torch.Tensor] | None = None
         """Measurement only (`worldmodel eval --depth oracle`): pose [5] -> depth [H, W] that replaces the
         depth head's depth of every view, e.g. the ray caster's: what exact depth would be worth."""
