@@ -131,14 +131,16 @@ def make_frame_source(backend: str, *, resolution: int = DEFAULT_RESOLUTION, fov
                       start_image_path: str | None = None, checkpoint: str | None = None,
                       device: str = "cpu", precision: str | None = None, hint: bool | None = None,
                       memory: bool | None = None, start_radius: float | None = None,
-                      sampling: str | None = None) -> FrameSource:
+                      sampling: str | None = None, composite: float | None = None,
+                      point_cache: int | None = None, splat_levels: bool | None = None) -> FrameSource:
     """The frame source for a backend name; the model is imported lazily (it is heavy and optional).
 
     `start_image_path` (the `--image` picture) makes the oracle show it as the first frame; the
     model always starts from `scene.image`, which the caller replaces with that picture. `precision`
     ("fp32" / "bf16", default fp32) is the model's; the oracle has none. `hint` (None = the
     checkpoint's choice) turns the model's geometric hint on or off; `memory` (None: on) its memory;
-    `start_radius` and `sampling` (None: the checkpoint's) its hint_start_radius and hint_sampling.
+    `start_radius`, `sampling`, `composite`, `point_cache` and `splat_levels` (None: the checkpoint's)
+    its hint_start_radius, hint_sampling, hint_composite, hint_point_cache and hint_splat_levels.
     """
     if precision is not None and backend == ORACLE_BACKEND:
         raise UserError(f"--precision {precision}: only the model backend has a precision (the oracle renders)")
@@ -146,10 +148,12 @@ def make_frame_source(backend: str, *, resolution: int = DEFAULT_RESOLUTION, fov
         raise UserError("--hint: only the model backend has a geometric hint (the oracle renders)")
     if memory is not None and backend == ORACLE_BACKEND:
         raise UserError("--memory: only the model backend has a memory (the oracle renders)")
-    if start_radius is not None and backend == ORACLE_BACKEND:
-        raise ValueError("start_radius: only the model backend has a geometric hint (the oracle renders)")
-    if sampling is not None and backend == ORACLE_BACKEND:
-        raise ValueError("sampling: only the model backend has a geometric hint (the oracle renders)")
+    hint_settings = {"start_radius": start_radius, "sampling": sampling, "composite": composite,
+                     "point_cache": point_cache, "splat_levels": splat_levels}
+    given = [name for name, value in hint_settings.items() if value is not None]
+    if given and backend == ORACLE_BACKEND:
+        raise UserError(f"{', '.join('--' + name.replace('_', '-') for name in given)}: only the model backend "
+                        f"has a geometric hint (the oracle renders)")
     if backend == ORACLE_BACKEND:
         start_image = None
         if start_image_path is not None:
@@ -157,6 +161,5 @@ def make_frame_source(backend: str, *, resolution: int = DEFAULT_RESOLUTION, fov
         return OracleFrameSource(resolution, fov_deg, start_image)
     if backend == MODEL_BACKEND:
         return ModelFrameSource(checkpoint=checkpoint, device=device, precision=precision, hint=hint,
-                                use_memory=True if memory is None else memory, start_radius=start_radius,
-                                sampling=sampling)
+                                use_memory=True if memory is None else memory, **hint_settings)
     raise UserError(f"--backend: unknown backend {backend!r} (choose from {', '.join(BACKEND_CHOICES)})")

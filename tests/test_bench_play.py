@@ -7,6 +7,7 @@ import argparse
 import os
 
 import numpy as np
+import pytest
 import torch
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
@@ -70,3 +71,25 @@ def test_bench_play_reports_sequential_and_interleaved_ratios(capsys):
     assert set(ab) == {"early", "late", "late_over_early"}  # no memory-off contender without a model
     assert abs(ab["late_over_early"] - ab["late"] / ab["early"]) < 1e-12
     assert f"interleaved A/B ({AB_TICKS} ticks each" in capsys.readouterr().out
+
+
+def test_bench_play_times_the_hint_settings_it_is_given(capsys):
+    """`bench play --sampling / --composite / --start-radius ...` time that rule (an A/B of hint rules
+    needs no script) and say so in the result; settings without a hint are refused, not ignored."""
+    from conventions.errors import UserError
+    from tools.bench_play import bench_play
+
+    args = argparse.Namespace(backend="model", resolution=64, checkpoint=None, memory="on", ticks=3,
+                              sampling="nearest", composite=0.5, start_radius=2.0, splat_levels=None,
+                              point_cache=None)
+    r = bench_play(args)
+    assert r["hint"] is True
+    assert r["hint_settings"] == {"composite": 0.5, "start_radius": 2.0, "sampling": "nearest",
+                                  "splat_levels": False, "point_cache": 0}
+    assert "sampling nearest" in capsys.readouterr().out
+    with pytest.raises(UserError, match="--sampling"):
+        bench_play(argparse.Namespace(backend="oracle", resolution=32, checkpoint=None, memory="on", ticks=3,
+                                      sampling="nearest"))
+    with pytest.raises(UserError, match="off here"):
+        bench_play(argparse.Namespace(backend="model", resolution=64, checkpoint=None, memory="on", ticks=3,
+                                      hint="off", composite=0.5))

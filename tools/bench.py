@@ -25,7 +25,7 @@ import torch
 
 from conventions.camera import DEFAULT_RESOLUTION
 from worldmodel.config import PRECISION_NAMES
-from tools.common import add_threads_flag, apply_threads
+from tools.common import add_hint_setting_flags, add_threads_flag, apply_threads
 from conventions.limits import flag_type
 from scenes.render import render_views, render_views_with_depth
 from scenes.world import generate_world
@@ -53,6 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="vecenv: the numbers of environments N (default 1 8 32)")
     p.add_argument("--vec-steps", type=flag_type("count"), default=4,
                    help="vecenv: timed vector steps per round and N (default 4)")
+    add_hint_setting_flags(p, "play: the hint's")
     add_threads_flag(p)
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
 

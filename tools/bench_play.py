@@ -29,11 +29,13 @@ import numpy as np
 import torch
 
 from conventions.progress import ProgressBar
+from conventions.errors import UserError
 from game.frame_source import make_frame_source
 from game.session import PlaySession
 from scenes.scene import DEFAULT_SCENE, load_scene
 from scenes.trajectories import chained_trajectory
 from scenes.world import generate_world
+from tools.common import hint_settings
 
 EARLY_TICK = 100
 """Frame time 'at tick 100' is the median over ticks [EARLY_TICK, EARLY_TICK + SPAN)."""
@@ -64,6 +66,17 @@ def _fork(session, source):
     shared = {id(m): m for m in (getattr(getattr(source, "session", None), "model", None),
                                   getattr(source, "autoencoder", None)) if m is not None}
     return copy.deepcopy(session, shared)
+
+
+def _hint_settings_used(source) -> dict[str, object] | None:
+    """The play-time hint settings the benchmarked session ran with (flags or the checkpoint's), so a
+    JSON result says which rule it timed; None without a hint."""
+    session = getattr(source, "session", None)
+    if session is None or not session.use_hint:
+        return None
+    return {"composite": session.composite, "start_radius": session.start_radius, "sampling": session.sampling,
+            "splat_levels": session.splat_levels,
+            "point_cache": 0 if session.points is None else session.points.max_points}
 
 
 def _timed_step(session, action: list[float]) -> float:
@@ -100,7 +113,12 @@ def bench_play(args: argparse.Namespace) -> dict:
               "precision": getattr(args, "precision", None)}
     if getattr(args, "hint", None) is not None:
         kwargs["hint"] = args.hint == "on"
+    settings = hint_settings(args)
+    kwargs.update(settings)
     source = make_frame_source(args.backend, resolution=args.resolution, **kwargs)
+    if args.backend == "model" and not source.hint and any(v is not None for v in settings.values()):
+        raise UserError("bench play: --splat-levels, --point-cache, --composite, --start-radius and --sampling "
+                        "set the geometric hint, which is off here (--hint off, or a checkpoint without it)")
     if args.backend == "model" and args.memory == "off":
         source.session.use_memory = False
     memory_label = args.memory if args.backend == "model" else "n/a"
@@ -146,9 +164,12 @@ def bench_play(args: argparse.Namespace) -> dict:
         "threads": torch.get_num_threads(),
         "precision": source.precision,
         "hint": source.hint,
+        "hint_settings": _hint_settings_used(source),
     }
     precision = f", {result['precision']}" if result["precision"] else ""
     precision += "" if result["hint"] is None else f", hint {'on' if result['hint'] else 'off'}"
+    if result["hint_settings"] is not None:
+        precision += " (" + ", ".join(f"{k} {v}" for k, v in result["hint_settings"].items()) + ")"
     print(f"play loop ({args.backend}{precision}, memory {memory_label}, {args.ticks} ticks, {result['threads']} threads): "
           f"p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms per frame; "
           f"tick {args.ticks} / tick {EARLY_TICK} frame time {result['late_over_early']:.3f} "

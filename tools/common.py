@@ -47,7 +47,9 @@ def add_hint_setting_flags(p: argparse.ArgumentParser, whose: str) -> None:
 
 
 def hint_settings(args: argparse.Namespace) -> dict[str, object]:
-    """The `add_hint_setting_flags` flags as ModelFrameSource arguments (None = the checkpoint's)."""
-    return {"splat_levels": None if args.splat_levels is None else args.splat_levels == "on",
-            "point_cache": args.point_cache, "composite": args.composite, "start_radius": args.start_radius,
-            "sampling": args.sampling}
+    """The `add_hint_setting_flags` flags as ModelFrameSource arguments (None = the checkpoint's; a
+    namespace built without the flags, as a test or a script may build one, gives all None)."""
+    splat_levels = getattr(args, "splat_levels", None)
+    return {"splat_levels": None if splat_levels is None else splat_levels == "on",
+            "point_cache": getattr(args, "point_cache", None), "composite": getattr(args, "composite", None),
+            "start_radius": getattr(args, "start_radius", None), "sampling": getattr(args, "sampling", None)}
