@@ -181,10 +181,15 @@ def test_strip_tool_writes_truth_hint_on_and_off_rows_and_an_image_depth_strip(t
     ckpt = save_checkpoint(tmp_path / "hint.safetensors", randomized_model(tiny_config(hint=True)), _ae_with_depth())
     args = argparse.Namespace(out=tmp_path / "s.png", checkpoint=ckpt, ticks="0,3", image=None, prompt="a yard",
                               threads=None, splat_levels=None, point_cache=None, composite=None, start_radius=None,
-                              sampling=None, oracle_row=False)
+                              sampling=None, oracle_row=False, memory_off_row=False)
     assert run(args) == 0
     side = 64 * CELL_SCALE
     assert Image.open(args.out).size == (2 * side + GAP, 3 * side + 2 * GAP)
+    # the hint-on row once more with the memory off
+    args.out, args.memory_off_row = tmp_path / "m.png", True
+    assert run(args) == 0
+    assert Image.open(args.out).size == (2 * side + GAP, 4 * side + 3 * GAP)
+    args.memory_off_row = False
     # the hint-on row once more with exact depth, the hint's settings as eval takes them
     args.out, args.oracle_row, args.point_cache, args.splat_levels = tmp_path / "o.png", True, 4096, "on"
     assert run(args) == 0

@@ -48,6 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_hint_setting_flags(p, "the hint-on row's")
     p.add_argument("--oracle-row", action="store_true",
                    help="add the hint-on row with the ray caster's depth for every view (an upper bound)")
+    p.add_argument("--memory-off-row", action="store_true",
+                   help="add the hint-on row with the memory off (what the memory does to a long walk)")
     add_threads_flag(p)
 
 
@@ -118,20 +120,26 @@ def run(args: argparse.Namespace) -> int:
                       world_seed=log.world.seed, image=log.truth[0].numpy(), path=None)
         rows = [[log.truth[t].numpy() for t in ticks]]
         options = hint_settings(args)
-        runs = [(True, False), (False, False)] if probe.config.hint else [(False, False)]
+        # (hint, exact depth, memory) of each model row
+        runs = [(True, False, True), (False, False, True)] if probe.config.hint else [(False, False, True)]
         if args.oracle_row:
             if not probe.config.hint:
                 raise UserError(f"{ckpt}: --oracle-row sets the depth of the geometric hint, which this checkpoint "
                                 f"does not read")
-            runs.append((True, True))
-        for hint, oracle in runs:
-            source = ModelFrameSource(ckpt, hint=hint, **(options if hint else {}))
+            runs.append((True, True, True))
+        if args.memory_off_row:
+            if not probe.config.use_memory:
+                raise UserError(f"{ckpt}: --memory-off-row turns the memory off; this checkpoint has none")
+            runs.append((probe.config.hint, False, False))
+        for hint, oracle, memory in runs:
+            source = ModelFrameSource(ckpt, hint=hint, use_memory=memory, **(options if hint else {}))
             if oracle:
                 source.session.depth_source = oracle_depth(log.world, probe.resolution, probe.config.fov_deg)
             frames, _ = _rollout(source, scene, log, last, ticks)
             rows.append([frames[t] for t in ticks])
         labels = ("truth / hint on / hint off" + (" / hint on, exact depth" if args.oracle_row else "")
                   if probe.config.hint else "truth / model")
+        labels += (" / hint on, memory off" if probe.config.hint else " / memory off") if args.memory_off_row else ""
     image = Image.fromarray(_tile(rows))
     atomic_write(args.out, lambda tmp: image.save(tmp, format="PNG"))
     print(f"wrote {args.out}: rows {labels}, ticks {ticks}", file=sys.stderr)
