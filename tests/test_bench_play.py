@@ -71,6 +71,7 @@ def test_bench_play_reports_sequential_and_interleaved_ratios(capsys):
     assert set(ab) == {"early", "late", "late_over_early"}  # no memory-off contender without a model
     assert abs(ab["late_over_early"] - ab["late"] / ab["early"]) < 1e-12
     assert f"interleaved A/B ({AB_TICKS} ticks each" in capsys.readouterr().out
+    assert r["parts_ms"] is None  # the oracle renders: no model parts to time
 
 
 def test_bench_play_times_the_hint_settings_it_is_given(capsys):
@@ -86,7 +87,13 @@ def test_bench_play_times_the_hint_settings_it_is_given(capsys):
     assert r["hint"] is True
     assert r["hint_settings"] == {"composite": 0.5, "start_radius": 2.0, "sampling": "nearest",
                                   "splat_levels": False, "point_cache": 0}
-    assert "sampling nearest" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "sampling nearest" in out
+    # where the model's tick went: every TickTiming part, and what they leave of the frame time
+    assert set(r["parts_ms"]) == {"memory", "hint", "generate", "decode", "rest"}
+    assert r["parts_ms"]["generate"] > 0 and r["parts_ms"]["hint"] > 0 and r["parts_ms"]["decode"] > 0
+    assert sum(r["parts_ms"].values()) <= r["p50_ms"] * 3
+    assert "median per part: memory" in out
     with pytest.raises(UserError, match="--sampling"):
         bench_play(argparse.Namespace(backend="oracle", resolution=32, checkpoint=None, memory="on", ticks=3,
                                       sampling="nearest"))

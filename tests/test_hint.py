@@ -126,6 +126,29 @@ def test_hint_on_for_a_checkpoint_without_it_is_refused_clearly(tmp_path):
     assert ModelFrameSource(path).hint is False
 
 
+def test_hint_settings_with_the_hint_off_are_refused_in_one_place(tmp_path):
+    """ModelFrameSource refuses the hint's play-time settings when the hint is off (by --hint off or
+    by a checkpoint without it), so play, replay, eval, bench and strip cannot measure a setting that
+    did nothing; None settings (what replay passes for a hint-off log) are accepted."""
+    from worldmodel.checkpoint import save_checkpoint
+    from worldmodel.runtime import ModelFrameSource
+    from wm_helpers import tiny_autoencoder
+
+    hinted = save_checkpoint(tmp_path / "hint.safetensors", randomized_model(tiny_config(hint=True)),
+                             _ae_with_depth())
+    with pytest.raises(UserError, match=r"hint.safetensors: --composite, --sampling set the geometric hint, "
+                                        r"which is off here \(--hint off\)"):
+        ModelFrameSource(hinted, hint=False, composite=0.5, sampling="nearest")
+    for name, value in (("splat_levels", True), ("point_cache", 64), ("start_radius", 1.0)):
+        with pytest.raises(UserError, match="--" + name.replace("_", "-")):
+            ModelFrameSource(hinted, hint=False, **{name: value})
+    assert ModelFrameSource(hinted, hint=False, start_radius=None, sampling=None).hint is False
+    assert ModelFrameSource(hinted, composite=0.5).session.composite == 0.5
+    plain = save_checkpoint(tmp_path / "plain.safetensors", randomized_model(tiny_config()), tiny_autoencoder())
+    with pytest.raises(UserError, match="this checkpoint has no hint"):
+        ModelFrameSource(plain, start_radius=2.0)
+
+
 def test_a_data_set_with_bad_depth_names_the_file(tmp_path):
     from safetensors.torch import load_file, save_file
 

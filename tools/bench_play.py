@@ -29,7 +29,6 @@ import numpy as np
 import torch
 
 from conventions.progress import ProgressBar
-from conventions.errors import UserError
 from game.frame_source import make_frame_source
 from game.session import PlaySession
 from scenes.scene import DEFAULT_SCENE, load_scene
@@ -40,6 +39,9 @@ from tools.common import hint_settings
 EARLY_TICK = 100
 """Frame time 'at tick 100' is the median over ticks [EARLY_TICK, EARLY_TICK + SPAN)."""
 SPAN = 100
+TICK_PARTS = ("memory", "hint", "generate", "decode")
+"""The parts of a model tick that `TickTiming` times (`<part>_ms`); the JSON adds "rest", the frame
+time they do not explain (game loop, HUD, encoding, bookkeeping)."""
 AB_TICKS = 200
 """Ticks each contender runs in the interleaved A/B phase."""
 AB_CHUNK = 10
@@ -116,9 +118,6 @@ def bench_play(args: argparse.Namespace) -> dict:
     settings = hint_settings(args)
     kwargs.update(settings)
     source = make_frame_source(args.backend, resolution=args.resolution, **kwargs)
-    if args.backend == "model" and not source.hint and any(v is not None for v in settings.values()):
-        raise UserError("bench play: --splat-levels, --point-cache, --composite, --start-radius and --sampling "
-                        "set the geometric hint, which is off here (--hint off, or a checkpoint without it)")
     if args.backend == "model" and args.memory == "off":
         source.session.use_memory = False
     memory_label = args.memory if args.backend == "model" else "n/a"
@@ -129,11 +128,15 @@ def bench_play(args: argparse.Namespace) -> dict:
     session.reset()
     early_session = None
     times = np.zeros(args.ticks)
+    timed = hasattr(source, "timing")  # the model reports where its tick went (worldmodel.runtime.TickTiming)
+    parts = np.zeros((args.ticks, len(TICK_PARTS)))
     rss: dict[int, float] = {}
     late = args.ticks - SPAN
     with ProgressBar(args.ticks, f"bench play ({args.backend}, memory {memory_label})") as bar:
         for t in range(args.ticks):
             times[t] = _timed_step(session, actions[t].tolist())
+            if timed:
+                parts[t] = [getattr(source.timing, f"{part}_ms") for part in TICK_PARTS]
             if ab and t + 1 == EARLY_TICK:
                 early_session = _fork(session, source)
             if t + 1 in (EARLY_TICK, EARLY_TICK + SPAN, late, args.ticks):
@@ -142,6 +145,11 @@ def bench_play(args: argparse.Namespace) -> dict:
     early_ms = float(np.median(times[EARLY_TICK:EARLY_TICK + SPAN])) if ab else float("nan")
     late_ms = float(np.median(times[late:]))
     steady = times[min(EARLY_TICK, args.ticks // 2):]
+    parts_ms = None
+    if timed:
+        split = parts[min(EARLY_TICK, args.ticks // 2):]
+        parts_ms = {part: float(np.median(split[:, i])) for i, part in enumerate(TICK_PARTS)}
+        parts_ms["rest"] = float(np.median(steady - split.sum(axis=1)))  # UI, HUD, encode, bookkeeping
     interleaved = None
     if ab:
         contenders = {"early": (early_session, actions[EARLY_TICK:]), "late": (session, actions[args.ticks:])}
@@ -157,6 +165,7 @@ def bench_play(args: argparse.Namespace) -> dict:
         "backend": args.backend, "memory": memory_label, "ticks": args.ticks,
         "p50_ms": float(np.percentile(steady, 50)), "p99_ms": float(np.percentile(steady, 99)),
         "mean_ms": float(steady.mean()), "early_ms": early_ms, "late_ms": late_ms,
+        "parts_ms": parts_ms,
         "late_over_early": late_ms / early_ms if early_ms == early_ms else float("nan"),
         "rss_mb": {str(k): v for k, v in sorted(rss.items())},
         "memory_entries": len(source.memory) if source.memory is not None else 0,
@@ -175,6 +184,8 @@ def bench_play(args: argparse.Namespace) -> dict:
           f"tick {args.ticks} / tick {EARLY_TICK} frame time {result['late_over_early']:.3f} "
           f"({late_ms:.1f} / {early_ms:.1f} ms); RSS {statistics.fmean(list(rss.values())[:1] or [float('nan')]):.0f}"
           f" -> {list(rss.values())[-1] if rss else float('nan'):.0f} MB; memory entries {result['memory_entries']}")
+    if parts_ms is not None:
+        print("median per part: " + ", ".join(f"{part} {ms:.1f} ms" for part, ms in parts_ms.items()))
     if interleaved is not None:
         line = (f"interleaved A/B ({AB_TICKS} ticks each, turns of {AB_CHUNK}): tick {args.ticks} / tick {EARLY_TICK} "
                 f"{interleaved['late_over_early']:.3f} ({interleaved['late']:.1f} / {interleaved['early']:.1f} ms)")

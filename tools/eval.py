@@ -479,10 +479,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     hint = None if args.hint is None else args.hint == "on"
     hint_options = hint_settings(args)
-    probe = ModelFrameSource(checkpoint=ckpt, hint=hint, **hint_options)
-    if not probe.hint and (args.depth != "head" or any(v is not None for v in hint_options.values())):
-        raise UserError("eval: --splat-levels, --point-cache, --composite, --start-radius, --sampling and --depth "
-                        "set the geometric hint, which is off here")
+    probe = ModelFrameSource(checkpoint=ckpt, hint=hint, **hint_options)  # refuses hint settings with the hint off
+    if not probe.hint and args.depth != "head":
+        raise UserError(f"{ckpt}: --depth {args.depth} sets the depth of the geometric hint, which is off here")
     resolution, fov = probe.resolution, probe.config.fov_deg
     memory = args.memory or ("both" if args.suite in ("revisit", "drift") else "on")
     modes = {"on": [True], "off": [False], "both": [True, False]}[memory]

@@ -715,6 +715,14 @@ class ModelFrameSource:
             raise UserError(f"{self.checkpoint_path}: --hint on needs a checkpoint trained with the geometric "
                             f"hint (and an autoencoder with a depth head); this one has neither, so play it "
                             f"with --hint off")
+        settings = {"splat-levels": splat_levels, "point-cache": point_cache, "composite": composite,
+                    "start-radius": start_radius, "sampling": sampling}
+        given = [f"--{flag}" for flag, value in settings.items() if value is not None]
+        if given and not (config.hint if hint is None else hint):
+            # one refusal for every command (play, replay, eval, bench, strip): a setting that would
+            # silently do nothing makes a measurement say what it did not measure
+            raise UserError(f"{self.checkpoint_path}: {', '.join(given)} set the geometric hint, which is off "
+                            f"here ({'--hint off' if hint is False else 'this checkpoint has no hint'})")
         self.session = WorldModelSession(model, device=self.device, dtype=run_dtype, use_memory=use_memory,
                                          sample_steps=sample_steps, autoencoder=self.autoencoder,
                                          use_hint=config.hint if hint is None else hint, composite=composite,
