@@ -94,6 +94,11 @@ def test_bench_play_times_the_hint_settings_it_is_given(capsys):
     assert r["parts_ms"]["generate"] > 0 and r["parts_ms"]["hint"] > 0 and r["parts_ms"]["decode"] > 0
     assert sum(r["parts_ms"].values()) <= r["p50_ms"] * 3
     assert "median per part: memory" in out
+    assert r["sample_steps"] == 2  # the checkpoint's
+    r = bench_play(argparse.Namespace(backend="model", resolution=64, checkpoint=None, memory="on", ticks=3, steps=1))
+    assert r["sample_steps"] == 1
+    with pytest.raises(UserError, match="--steps 1: only the model backend"):
+        bench_play(argparse.Namespace(backend="oracle", resolution=32, checkpoint=None, memory="on", ticks=3, steps=1))
     with pytest.raises(UserError, match="--sampling"):
         bench_play(argparse.Namespace(backend="oracle", resolution=32, checkpoint=None, memory="on", ticks=3,
                                       sampling="nearest"))

@@ -49,6 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="play: the geometric hint (default: on when the checkpoint reads one)")
     p.add_argument("--precision", choices=PRECISION_NAMES, default=None,
                    help="play: model arithmetic, fp32 (default) or bf16")
+    p.add_argument("--steps", type=flag_type("count"), default=None,
+                   help="play: the model's sampling steps per frame (default: the checkpoint's)")
     p.add_argument("--envs", type=flag_type("count"), nargs="+", default=None,
                    help="vecenv: the numbers of environments N (default 1 8 32)")
     p.add_argument("--vec-steps", type=flag_type("count"), default=4,

@@ -28,6 +28,7 @@ import time
 import numpy as np
 import torch
 
+from conventions.errors import UserError
 from conventions.progress import ProgressBar
 from game.frame_source import make_frame_source
 from game.session import PlaySession
@@ -118,6 +119,11 @@ def bench_play(args: argparse.Namespace) -> dict:
     settings = hint_settings(args)
     kwargs.update(settings)
     source = make_frame_source(args.backend, resolution=args.resolution, **kwargs)
+    steps = getattr(args, "steps", None)
+    if steps is not None:
+        if args.backend != "model":
+            raise UserError(f"bench play --steps {steps}: only the model backend samples (the oracle renders)")
+        source.session.sample_steps = steps  # after the warm-up frames, as eval --steps
     if args.backend == "model" and args.memory == "off":
         source.session.use_memory = False
     memory_label = args.memory if args.backend == "model" else "n/a"
@@ -172,6 +178,8 @@ def bench_play(args: argparse.Namespace) -> dict:
         "interleaved_ms": interleaved,
         "threads": torch.get_num_threads(),
         "precision": source.precision,
+        "sample_steps": None if args.backend != "model" else (source.session.sample_steps
+                                                               or source.config.sample_steps),
         "hint": source.hint,
         "hint_settings": _hint_settings_used(source),
     }
