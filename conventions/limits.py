@@ -73,6 +73,7 @@ RANGES: dict[str, Range] = {
     "ticks": Range(0, 10 ** 9, True, "a count of ticks"),
     "seed": Range(0, MAX_SEED, True, "a 64-bit random seed"),
     "count": Range(1, 10 ** 7, True, "a count of worlds, clips or items"),
+    "sample_steps": Range(1, 64, True, "denoising steps per generated frame (each is one transformer pass)"),
     "fov_deg": Range(10.0, 170.0, False, "horizontal field of view in degrees"),
     "position": Range(-WORLD_COORD_LIMIT_M, WORLD_COORD_LIMIT_M, False, "a position in metres"),
     "yaw": Range(-YAW_LIMIT_RAD, YAW_LIMIT_RAD, False, "yaw in radians"),

@@ -50,6 +50,9 @@ class FrameSource(Protocol):
     hint."""
     sampling: str | None
     """The hint's hint_sampling (recorded so a replay builds the same hints); None without a hint."""
+    sample_steps: int | None
+    """The generator's denoising steps per frame after its warm-up frames (recorded so a replay samples
+    the same); None for a source without a generator."""
     memory: Any
     """The MemoryStore the map draws and saved worlds keep; None without one."""
     saves_worlds: bool
@@ -79,6 +82,7 @@ class OracleFrameSource:
     use_memory = None
     start_radius = None
     sampling = None
+    sample_steps = None
     memory = None
     saves_worlds = False
 
@@ -132,7 +136,8 @@ def make_frame_source(backend: str, *, resolution: int = DEFAULT_RESOLUTION, fov
                       device: str = "cpu", precision: str | None = None, hint: bool | None = None,
                       memory: bool | None = None, start_radius: float | None = None,
                       sampling: str | None = None, composite: float | None = None,
-                      point_cache: int | None = None, splat_levels: bool | None = None) -> FrameSource:
+                      point_cache: int | None = None, splat_levels: bool | None = None,
+                      sample_steps: int | None = None) -> FrameSource:
     """The frame source for a backend name; the model is imported lazily (it is heavy and optional).
 
     `start_image_path` (the `--image` picture) makes the oracle show it as the first frame; the
@@ -140,7 +145,8 @@ def make_frame_source(backend: str, *, resolution: int = DEFAULT_RESOLUTION, fov
     ("fp32" / "bf16", default fp32) is the model's; the oracle has none. `hint` (None = the
     checkpoint's choice) turns the model's geometric hint on or off; `memory` (None: on) its memory;
     `start_radius`, `sampling`, `composite`, `point_cache` and `splat_levels` (None: the checkpoint's)
-    its hint_start_radius, hint_sampling, hint_composite, hint_point_cache and hint_splat_levels.
+    its hint_start_radius, hint_sampling, hint_composite, hint_point_cache and hint_splat_levels;
+    `sample_steps` (None: the checkpoint's) its denoising steps per frame after the warm-up frames.
     """
     if precision is not None and backend == ORACLE_BACKEND:
         raise UserError(f"--precision {precision}: only the model backend has a precision (the oracle renders)")
@@ -148,6 +154,8 @@ def make_frame_source(backend: str, *, resolution: int = DEFAULT_RESOLUTION, fov
         raise UserError("--hint: only the model backend has a geometric hint (the oracle renders)")
     if memory is not None and backend == ORACLE_BACKEND:
         raise UserError("--memory: only the model backend has a memory (the oracle renders)")
+    if sample_steps is not None and backend == ORACLE_BACKEND:
+        raise UserError(f"--steps {sample_steps}: only the model backend samples (the oracle renders)")
     hint_settings = {"start_radius": start_radius, "sampling": sampling, "composite": composite,
                      "point_cache": point_cache, "splat_levels": splat_levels}
     given = [name for name, value in hint_settings.items() if value is not None]
@@ -161,5 +169,6 @@ def make_frame_source(backend: str, *, resolution: int = DEFAULT_RESOLUTION, fov
         return OracleFrameSource(resolution, fov_deg, start_image)
     if backend == MODEL_BACKEND:
         return ModelFrameSource(checkpoint=checkpoint, device=device, precision=precision, hint=hint,
-                                use_memory=True if memory is None else memory, **hint_settings)
+                                use_memory=True if memory is None else memory, sample_steps=sample_steps,
+                                **hint_settings)
     raise UserError(f"--backend: unknown backend {backend!r} (choose from {', '.join(BACKEND_CHOICES)})")

@@ -90,6 +90,8 @@ class GameConfig:
     """The model's geometric hint on/off (None: on when the checkpoint reads one)."""
     memory: bool | None = None
     """The model's memory on/off (None: on)."""
+    sample_steps: int | None = None
+    """The model's denoising steps per frame (None: the checkpoint's)."""
     seed: int = 0
     tick_hz: float = DEFAULT_TICK_HZ
     resolution: int = DEFAULT_RESOLUTION
@@ -137,7 +139,8 @@ def build_session(config: GameConfig) -> PlaySession:
         scene = scene_with_image(scene, scene.image, config.prompt)
     source: FrameSource = make_frame_source(config.backend, resolution=config.resolution,
                                             start_image_path=config.image, checkpoint=config.checkpoint,
-                                            precision=config.precision, hint=config.hint, memory=config.memory)
+                                            precision=config.precision, hint=config.hint, memory=config.memory,
+                                            sample_steps=config.sample_steps)
     return PlaySession(source, scene, scene_spec=spec, seed=config.seed, tick_hz=config.tick_hz,
                        image_path=config.image, recordings_dir=config.recordings_dir)
 

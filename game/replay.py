@@ -167,7 +167,7 @@ def _load_replay(log: ActionLogReader, log_path, backend, checkpoint, device, hi
         warnings.append(f"{log_path}: the start image differs from the one recorded (image_sha256); "
                         "the first frames may differ")
     height = int(header["resolution"][0])
-    precision = start_radius = sampling = None
+    precision = start_radius = sampling = sample_steps = None
     hint_on = memory_on = None
     if backend == MODEL_BACKEND:
         # the hint setting the log was made with (logs from before the hint ran without one),
@@ -190,6 +190,14 @@ def _load_replay(log: ActionLogReader, log_path, backend, checkpoint, device, hi
         if sampling not in HINT_SAMPLINGS:
             raise UserError(f"{log_path}: line 1: \"hint_sampling\" must be one of {list(HINT_SAMPLINGS)}, got "
                             f"{short_repr(sampling)}")
+        # the denoising steps the log was made with; logs from before they were recorded ran the checkpoint's
+        sample_steps = header.get("sample_steps")
+        if sample_steps is not None:
+            problem = (f"must be a whole number, got {short_repr(sample_steps)}"
+                       if isinstance(sample_steps, bool) or not isinstance(sample_steps, int)
+                       else number_problem("sample_steps", sample_steps))
+            if problem:
+                raise UserError(f"{log_path}: line 1: \"sample_steps\" {problem}")
         # the arithmetic the log was made with; logs from before precision was recorded ran fp32
         precision = header.get("precision", DEFAULT_PRECISION)
         if precision not in PRECISION_NAMES:
@@ -208,7 +216,7 @@ def _load_replay(log: ActionLogReader, log_path, backend, checkpoint, device, hi
     source = make_frame_source(backend, resolution=height, start_image_path=image_path,
                                checkpoint=checkpoint, device=device, precision=precision, hint=hint_on,
                                memory=memory_on, start_radius=float(start_radius) if hint_on else None,
-                               sampling=sampling if hint_on else None)
+                               sampling=sampling if hint_on else None, sample_steps=sample_steps)
     if source.resolution != height:
         warnings.append(f"{log_path}: recorded at {height}x{height}, the {backend} backend makes "
                         f"{source.resolution}x{source.resolution} frames")

@@ -213,6 +213,8 @@ class PlaySession:
             extra.setdefault("hint_start_radius", float(self.source.start_radius))  # ... and the same hints
         if self.source.sampling is not None:
             extra.setdefault("hint_sampling", str(self.source.sampling))
+        if self.source.sample_steps is not None:
+            extra.setdefault("sample_steps", int(self.source.sample_steps))  # ... and the same denoising steps
         return make_header(
             scene=self.scene_spec, prompt=self.prompt, backend=self.source.name, seed=self.seed,
             tick_hz=self.tick_hz, resolution=self.source.resolution, start_pose=self.pose,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -342,3 +344,35 @@ def test_bilinear_sources_follow_the_config_rule():
     with pytest.raises(ValueError, match="hint_sampling must be one of"):
         tiny_config(hint=True, hint_sampling="cubic")
     assert WorldModelConfig.hint_sampling == "bilinear-start"
+
+
+def test_play_steps_are_recorded_and_replays_sample_the_same(tmp_path):
+    """`play --steps N` plays with N denoising steps per frame after the warm-up; the log records them
+    and a replay samples the same frames; a log from before they were recorded replays with the
+    checkpoint's; an absurd count is refused naming the file, and the oracle refuses the flag."""
+    import numpy as np
+
+    from wm_helpers import log_with_header, record_model_session
+
+    from game.frame_source import make_frame_source
+    from game.replay import load_replay
+    from worldmodel.checkpoint import save_checkpoint
+
+    config = tiny_config(hint=True, window_frames=3, memory_entries=2, hint_recent=2, sample_steps=2, warmup_frames=0)
+    ckpt = save_checkpoint(tmp_path / "hint.safetensors", randomized_model(config), _ae_with_depth())
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    shown_one = record_model_session(ckpt, one, sample_steps=1)
+    shown_two = record_model_session(ckpt, two)
+    assert json.loads(one.read_text().splitlines()[0])["sample_steps"] == 1
+    assert json.loads(two.read_text().splitlines()[0])["sample_steps"] == 2  # the checkpoint's
+    assert not all(np.array_equal(a, b) for a, b in zip(shown_one[-2:], shown_two[-2:]))
+    replay = load_replay(one, checkpoint=str(ckpt))
+    assert replay.session.source.sample_steps == 1
+    assert all(np.array_equal(a, b) for a, b in zip(shown_one, replay.frames()))
+    before = log_with_header(one, tmp_path / "before.jsonl", "sample_steps", None)
+    assert load_replay(before, checkpoint=str(ckpt)).session.source.sample_steps == 2
+    for value in (0, 65, 1.5, True, "2"):
+        with pytest.raises(UserError, match=r"bad-.*\.jsonl: line 1: \"sample_steps\" "):
+            load_replay(log_with_header(one, tmp_path / f"bad-{value}.jsonl", "sample_steps", value), checkpoint=str(ckpt))
+    with pytest.raises(UserError, match="--steps 1: only the model backend samples"):
+        make_frame_source("oracle", sample_steps=1)

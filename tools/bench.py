@@ -49,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="play: the geometric hint (default: on when the checkpoint reads one)")
     p.add_argument("--precision", choices=PRECISION_NAMES, default=None,
                    help="play: model arithmetic, fp32 (default) or bf16")
-    p.add_argument("--steps", type=flag_type("count"), default=None,
+    p.add_argument("--steps", type=flag_type("sample_steps"), default=None,
                    help="play: the model's sampling steps per frame (default: the checkpoint's)")
     p.add_argument("--envs", type=flag_type("count"), nargs="+", default=None,
                    help="vecenv: the numbers of environments N (default 1 8 32)")

@@ -41,7 +41,7 @@ from conventions.metrics import (DRIFT_EARLY_TICKS, DRIFT_LATE_TICKS, detail_rat
 from tools.recipe import EvalRecipe
 from tools.common import add_hint_setting_flags, add_threads_flag, apply_threads, hint_settings
 from conventions.atomic import atomic_write_text, check_output_path
-from conventions.limits import flag_type
+from conventions.limits import MAX_SEED, flag_type
 from game.action_log import read_action_log
 from memory.map_view import draw_memory_map
 from tools.plot import line_chart, save_image_atomic
@@ -87,6 +87,9 @@ class EvalLog:
     truth: torch.Tensor  # uint8 [T + 1, H, W, 3]: tick 0 (start) .. T
     seed: int = 0
     policy: str = "log"
+    sample_seed: int | None = None
+    """The generator's sampling seed for this log (None: `seed`); `--seed-offset` moves it, so a suite
+    can be run again with other noise on the same worlds and walks."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -97,7 +100,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="memory on/off (default: on for --log and action, both for revisit and drift)")
     p.add_argument("--prefill", type=flag_type("ticks"), default=None,
                    help="feed the first N ticks from the true renders (default 0; revisit suite: the outbound half)")
-    p.add_argument("--steps", type=flag_type("count"), default=None, help="sampling steps (default: the checkpoint's)")
+    p.add_argument("--steps", type=flag_type("sample_steps"), default=None,
+                   help="sampling steps per frame (default: the checkpoint's)")
     p.add_argument("--hint", choices=("on", "off"), default=None,
                    help="the model's geometric hint (default: on when the checkpoint reads one)")
     add_hint_setting_flags(p, "the hint's")
@@ -106,6 +110,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "pose; an upper bound no play has, to measure what better depth is worth)")
     p.add_argument("--precision", choices=PRECISION_NAMES, default=None, help="model arithmetic: fp32 (default) or bf16")
     p.add_argument("--limit", type=flag_type("count"), default=None, help="use only the first N worlds of a suite")
+    p.add_argument("--seed-offset", type=flag_type("seed"), default=0,
+                   help="added to every log's sampling seed (default 0): the same worlds and walks with other "
+                        "noise, to see how much of a difference between two checkpoints is sampling noise")
     add_threads_flag(p)
     p.add_argument("--json", type=Path, default=None, help="write the summary JSON here")
     p.add_argument("--plot", type=Path, default=None,
@@ -189,7 +196,7 @@ def rollout(source, log: EvalLog, actions: torch.Tensor, poses: torch.Tensor, pr
     """Generated frames uint8 [T, H, W, 3] for ticks 1..T; ticks <= prefill are teacher-forced."""
     scene = Scene(name=log.name, prompt=log.prompt, start_pose=log.start_pose, fov_deg=90.0,
                   world_seed=log.world.seed, image=log.truth[0].numpy(), path=None)
-    source.reset(scene, log.start_pose, log.prompt, log.seed)
+    source.reset(scene, log.start_pose, log.prompt, log.seed if log.sample_seed is None else log.sample_seed)
     frames = []
     for t in range(len(actions)):
         pose = CameraPose.from_sequence(poses[t].tolist())
@@ -469,7 +476,7 @@ def run(args: argparse.Namespace) -> int:
         if args.log is not None or args.memory or args.prefill is not None or args.hint or args.precision \
                 or args.steps or args.limit or args.plot or args.splat_levels or args.point_cache is not None \
                 or args.composite is not None or args.start_radius is not None \
-                or args.sampling is not None or args.depth != "head":
+                or args.sampling is not None or args.depth != "head" or args.seed_offset:
             raise UserError("eval --suite reduced: runs each checkpoint as it plays by default; only "
                             "--checkpoint, --json and --threads apply")
         doc = reduced_eval(ckpt, EvalRecipe(), "reduced")
@@ -489,6 +496,8 @@ def run(args: argparse.Namespace) -> int:
         logs = [log_from_file(args.log, resolution, fov)]
     else:
         logs = suite_logs(args.suite, resolution, fov, args.limit)
+    if args.seed_offset:
+        logs = [dataclasses.replace(log, sample_seed=(log.seed + args.seed_offset) % (MAX_SEED + 1)) for log in logs]
     prefill = args.prefill
     # a held start frame or another walk means nothing on returns or 1000 ticks in
     baselines = args.suite not in ("revisit", "drift")
@@ -521,7 +530,8 @@ def run(args: argparse.Namespace) -> int:
                "point_cache": probe.session.points.max_points if probe.session.points is not None else 0,
                "composite": probe.session.composite, "start_radius": probe.session.start_radius,
                "sampling": probe.session.sampling,
-               "depth": args.depth,
+               "depth": args.depth, "sample_steps": probe.sample_steps if args.steps is None else args.steps,
+               "seed_offset": args.seed_offset,
                "summary": summary,
                "logs": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]}
         atomic_write_text(args.json, json.dumps(doc, indent=1))

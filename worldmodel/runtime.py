@@ -752,6 +752,12 @@ class ModelFrameSource:
         return self.session.use_memory
 
     @property
+    def sample_steps(self) -> int:
+        """Denoising steps per frame after the warm-up frames (`--steps`, else the checkpoint's
+        sample_steps; recorded in action logs so a replay samples the same)."""
+        return self.session.sample_steps or self.config.sample_steps
+
+    @property
     def start_radius(self) -> float | None:
         """The hint's start radius (recorded in action logs); None with the hint off."""
         return self.session.start_radius if self.hint else None
