@@ -131,10 +131,12 @@ class Replay:
 
 
 def load_replay(log_path: str | os.PathLike, backend: str | None = None, checkpoint: str | None = None,
-                device: str = "cpu", hint: bool | None = None, memory: bool | None = None) -> Replay:
+                device: str = "cpu", hint: bool | None = None, memory: bool | None = None,
+                steps: int | None = None) -> Replay:
     """Open the log, load its scene (+ `--image` picture) and build the frame source.
 
-    `backend` defaults to the log's; `hint` and `memory` (model backend) to the log's settings. Differences that change the frames but do not prevent a
+    `backend` defaults to the log's; `hint`, `memory` and `steps` (the denoising steps per frame;
+    model backend) to the log's settings. Differences that change the frames but do not prevent a
     replay (another checkpoint, a changed start image, a recording started mid-session) are warnings.
     The model starts from the picture at the log's start pose: for a procedural world that is the
     oracle's render there (a recording started mid-session does not start at the spawn pose); a
@@ -142,13 +144,13 @@ def load_replay(log_path: str | os.PathLike, backend: str | None = None, checkpo
     """
     log = ActionLogReader(log_path)
     try:
-        return _load_replay(log, log_path, backend, checkpoint, device, hint, memory)
+        return _load_replay(log, log_path, backend, checkpoint, device, hint, memory, steps)
     except BaseException:
         log.close()
         raise
 
 
-def _load_replay(log: ActionLogReader, log_path, backend, checkpoint, device, hint, memory) -> Replay:
+def _load_replay(log: ActionLogReader, log_path, backend, checkpoint, device, hint, memory, steps) -> Replay:
     header = log.header
     log_dir = Path(log_path).resolve().parent
     warnings: list[str] = []
@@ -198,6 +200,8 @@ def _load_replay(log: ActionLogReader, log_path, backend, checkpoint, device, hi
                        else number_problem("sample_steps", sample_steps))
             if problem:
                 raise UserError(f"{log_path}: line 1: \"sample_steps\" {problem}")
+        if steps is not None:  # the caller asks for other steps than the recording's
+            sample_steps = check_number("sample_steps", steps, "--steps")
         # the arithmetic the log was made with; logs from before precision was recorded ran fp32
         precision = header.get("precision", DEFAULT_PRECISION)
         if precision not in PRECISION_NAMES:
@@ -213,6 +217,8 @@ def _load_replay(log: ActionLogReader, log_path, backend, checkpoint, device, hi
                 warnings.append(f"{log_path}: the log starts at pose {_pose_text(log.start_pose)}, but the scene's "
                                 f"picture was taken at {_pose_text(scene.start_pose)}; the model starts from that "
                                 "picture, so the first frames show the scene's start view")
+    if backend != MODEL_BACKEND:
+        sample_steps = steps  # make_frame_source refuses steps for a source that does not sample
     source = make_frame_source(backend, resolution=height, start_image_path=image_path,
                                checkpoint=checkpoint, device=device, precision=precision, hint=hint_on,
                                memory=memory_on, start_radius=float(start_radius) if hint_on else None,
@@ -511,7 +517,7 @@ class ExportResult:
 def export_replay(log_path: str | os.PathLike, out: str, backend: str | None = None, fps: float | None = None,
                   size: int | None = None, checkpoint: str | None = None, device: str = "cpu",
                   progress: bool = True, stream: TextIO | None = None, hint: bool | None = None,
-                  memory: bool | None = None) -> ExportResult:
+                  memory: bool | None = None, steps: int | None = None) -> ExportResult:
     """Replay `log_path` headless into `out` (.mp4, .gif or a PNG folder).
 
     Frames are the source's native resolution unless `size` (nearest upscaling). `fps` defaults
@@ -524,7 +530,8 @@ def export_replay(log_path: str | os.PathLike, out: str, backend: str | None = N
     if size is not None:
         check_number("size", size, "--size")
     target = check_output_path(out, inputs=(log_path, checkpoint))
-    replay = load_replay(log_path, backend=backend, checkpoint=checkpoint, device=device, hint=hint, memory=memory)
+    replay = load_replay(log_path, backend=backend, checkpoint=checkpoint, device=device, hint=hint, memory=memory,
+                         steps=steps)
     try:
         return _export(replay, target, kind, fps, size, progress, stream)
     finally:
@@ -575,11 +582,11 @@ def _export(replay: Replay, target: Path, kind: str, fps: float | None, size: in
 def replay_in_window(log_path: str | os.PathLike, backend: str | None = None, checkpoint: str | None = None,
                      window: int | None = None, fps: float | None = None, smooth: bool = False,
                      max_ticks: int | None = None, exit_when_done: bool = False, event_source=None,
-                     hint: bool | None = None, memory: bool | None = None) -> int:
+                     hint: bool | None = None, memory: bool | None = None, steps: int | None = None) -> int:
     """Play the log back in the game window at its tick rate (or `fps`); returns ticks shown."""
     if fps is not None:
         check_number("fps", fps, "--fps")
-    replay = load_replay(log_path, backend=backend, checkpoint=checkpoint, hint=hint, memory=memory)
+    replay = load_replay(log_path, backend=backend, checkpoint=checkpoint, hint=hint, memory=memory, steps=steps)
     try:
         for warning in replay.warnings:
             print(f"warning: {warning}", file=sys.stderr)

@@ -349,7 +349,8 @@ def test_bilinear_sources_follow_the_config_rule():
 def test_play_steps_are_recorded_and_replays_sample_the_same(tmp_path):
     """`play --steps N` plays with N denoising steps per frame after the warm-up; the log records them
     and a replay samples the same frames; a log from before they were recorded replays with the
-    checkpoint's; an absurd count is refused naming the file, and the oracle refuses the flag."""
+    checkpoint's; an absurd count is refused naming the file; `replay --steps` overrides the log's;
+    the oracle refuses the flag."""
     import numpy as np
 
     from wm_helpers import log_with_header, record_model_session
@@ -376,3 +377,12 @@ def test_play_steps_are_recorded_and_replays_sample_the_same(tmp_path):
             load_replay(log_with_header(one, tmp_path / f"bad-{value}.jsonl", "sample_steps", value), checkpoint=str(ckpt))
     with pytest.raises(UserError, match="--steps 1: only the model backend samples"):
         make_frame_source("oracle", sample_steps=1)
+    # `replay --steps N` asks for other steps than the recording's: the 1-step log replayed with 2
+    # shows the 2-step recording's frames (same actions, poses and seed)
+    other = load_replay(one, checkpoint=str(ckpt), steps=2)
+    assert other.session.source.sample_steps == 2
+    assert all(np.array_equal(a, b) for a, b in zip(shown_two, other.frames()))
+    with pytest.raises(UserError, match="--steps: 0 is out of range"):
+        load_replay(one, checkpoint=str(ckpt), steps=0)
+    with pytest.raises(UserError, match="--steps 2: only the model backend samples"):
+        load_replay(one, backend="oracle", steps=2)

@@ -1,7 +1,7 @@
 """`worldmodel replay`: replay an action log to a video file, PNG frames or the game window.
 
     worldmodel replay LOG [--out run.mp4|run.gif|DIR/] [--backend oracle|model] [--fps F] [--size 256]
-                          [--hint on|off] [--memory on|off]
+                          [--hint on|off] [--memory on|off] [--steps N]
 
 Replay follows the logged poses. With --out it runs headless (progress bar on stderr) and writes
 the file atomically; frames stay at their native resolution unless --size (nearest upscaling).
@@ -34,6 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the model's geometric hint (default: as the log was recorded)")
     p.add_argument("--memory", default=None, choices=("on", "off"),
                    help="the model's memory (default: as the log was recorded)")
+    p.add_argument("--steps", type=flag_type("sample_steps"), default=None,
+                   help="the model's denoising steps per frame (default: as the log was recorded)")
     p.add_argument("--fps", type=flag_type("fps"), default=None, help="playback frame rate (default: the log's tick rate)")
     p.add_argument("--size", type=flag_type("size"), default=None,
                    help="output side in pixels, nearest upscaling (default: native resolution)")
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         result = export_replay(args.log, args.out, backend=args.backend, fps=args.fps, size=args.size,
                                checkpoint=args.checkpoint, progress=not args.quiet, hint=_hint(args),
-                               memory=_memory(args))
+                               memory=_memory(args), steps=args.steps)
         print(f"wrote {result.path} ({result.frames} frames, {result.ms_per_frame:.1f} ms/frame)", file=sys.stderr)
         return 0
     if not display_available():
@@ -57,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     if args.size is not None:
         raise UserError("--size applies to --out exports; use --window for the window size")
     replay_in_window(args.log, backend=args.backend, checkpoint=args.checkpoint, window=args.window, fps=args.fps,
-                     hint=_hint(args), memory=_memory(args))
+                     hint=_hint(args), memory=_memory(args), steps=args.steps)
     return 0
 
 
