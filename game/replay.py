@@ -194,12 +194,9 @@ def _load_replay(log: ActionLogReader, log_path, backend, checkpoint, device, hi
                             f"{short_repr(sampling)}")
         # the denoising steps the log was made with; logs from before they were recorded ran the checkpoint's
         sample_steps = header.get("sample_steps")
-        if sample_steps is not None:
-            problem = (f"must be a whole number, got {short_repr(sample_steps)}"
-                       if isinstance(sample_steps, bool) or not isinstance(sample_steps, int)
-                       else number_problem("sample_steps", sample_steps))
-            if problem:
-                raise UserError(f"{log_path}: line 1: \"sample_steps\" {problem}")
+        problem = None if sample_steps is None else number_problem("sample_steps", sample_steps)
+        if problem:
+            raise UserError(f"{log_path}: line 1: \"sample_steps\" {problem}")
         if steps is not None:  # the caller asks for other steps than the recording's
             sample_steps = check_number("sample_steps", steps, "--steps")
         # the arithmetic the log was made with; logs from before precision was recorded ran fp32

@@ -28,7 +28,6 @@ import time
 import numpy as np
 import torch
 
-from conventions.errors import UserError
 from conventions.progress import ProgressBar
 from game.frame_source import make_frame_source
 from game.session import PlaySession
@@ -113,17 +112,12 @@ def bench_play(args: argparse.Namespace) -> dict:
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     scene = load_scene(DEFAULT_SCENE)
     kwargs = {"checkpoint": None if args.checkpoint is None else str(args.checkpoint),
-              "precision": getattr(args, "precision", None)}
+              "precision": getattr(args, "precision", None), "sample_steps": getattr(args, "steps", None)}
     if getattr(args, "hint", None) is not None:
         kwargs["hint"] = args.hint == "on"
     settings = hint_settings(args)
     kwargs.update(settings)
-    source = make_frame_source(args.backend, resolution=args.resolution, **kwargs)
-    steps = getattr(args, "steps", None)
-    if steps is not None:
-        if args.backend != "model":
-            raise UserError(f"bench play --steps {steps}: only the model backend samples (the oracle renders)")
-        source.session.sample_steps = steps  # after the warm-up frames, as eval --steps
+    source = make_frame_source(args.backend, resolution=args.resolution, **kwargs)  # refuses what does not apply
     if args.backend == "model" and args.memory == "off":
         source.session.use_memory = False
     memory_label = args.memory if args.backend == "model" else "n/a"
@@ -178,8 +172,7 @@ def bench_play(args: argparse.Namespace) -> dict:
         "interleaved_ms": interleaved,
         "threads": torch.get_num_threads(),
         "precision": source.precision,
-        "sample_steps": None if args.backend != "model" else (source.session.sample_steps
-                                                               or source.config.sample_steps),
+        "sample_steps": source.sample_steps,
         "hint": source.hint,
         "hint_settings": _hint_settings_used(source),
     }

@@ -486,7 +486,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     hint = None if args.hint is None else args.hint == "on"
     hint_options = hint_settings(args)
-    probe = ModelFrameSource(checkpoint=ckpt, hint=hint, **hint_options)  # refuses hint settings with the hint off
+    # refuses hint settings with the hint off
+    probe = ModelFrameSource(checkpoint=ckpt, hint=hint, sample_steps=args.steps, **hint_options)
     if not probe.hint and args.depth != "head":
         raise UserError(f"{ckpt}: --depth {args.depth} sets the depth of the geometric hint, which is off here")
     resolution, fov = probe.resolution, probe.config.fov_deg
@@ -530,7 +531,7 @@ def run(args: argparse.Namespace) -> int:
                "point_cache": probe.session.points.max_points if probe.session.points is not None else 0,
                "composite": probe.session.composite, "start_radius": probe.session.start_radius,
                "sampling": probe.session.sampling,
-               "depth": args.depth, "sample_steps": probe.sample_steps if args.steps is None else args.steps,
+               "depth": args.depth, "sample_steps": probe.sample_steps,
                "seed_offset": args.seed_offset,
                "summary": summary,
                "logs": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]}

@@ -718,14 +718,15 @@ class ModelFrameSource:
         settings = {"splat-levels": splat_levels, "point-cache": point_cache, "composite": composite,
                     "start-radius": start_radius, "sampling": sampling}
         given = [f"--{flag}" for flag, value in settings.items() if value is not None]
-        if given and not (config.hint if hint is None else hint):
+        use_hint = config.hint if hint is None else hint
+        if given and not use_hint:
             # one refusal for every command (play, replay, eval, bench, strip): a setting that would
             # silently do nothing makes a measurement say what it did not measure
             raise UserError(f"{self.checkpoint_path}: {', '.join(given)} set the geometric hint, which is off "
                             f"here ({'--hint off' if hint is False else 'this checkpoint has no hint'})")
         self.session = WorldModelSession(model, device=self.device, dtype=run_dtype, use_memory=use_memory,
                                          sample_steps=sample_steps, autoencoder=self.autoencoder,
-                                         use_hint=config.hint if hint is None else hint, composite=composite,
+                                         use_hint=use_hint, composite=composite,
                                          point_cache=point_cache, splat_levels=splat_levels,
                                          start_radius=start_radius, sampling=sampling)
         self.hint = self.session.use_hint
