@@ -175,12 +175,18 @@ def test_a_data_set_with_bad_depth_names_the_file(tmp_path):
 
 def test_closed_loop_cache_holds_own_rollouts_and_the_truth(latent_cache, tmp_path):
     """The rollouts stage writes the play session's own frames as context and the truth as targets,
-    and a training sample built from it takes its targets from the truth."""
+    and a training sample built from it takes its targets from the truth; it records each clip's
+    world (not its index: world seed 7 is clip 0 here), from which the oracle renders the truth."""
+    from tools.dataset import write_dataset
     from worldmodel.checkpoint import save_checkpoint
     from worldmodel.closed_loop import write_rollout_cache
+    from worldmodel.data import LatentClips, encode_dataset
     from worldmodel.batches import build_sample, load_latents
 
-    path, ae = latent_cache
+    _, ae = latent_cache
+    write_dataset(tmp_path / "ds", worlds=1, clips_per_world=1, ticks=14, policy="walk", progress=False,
+                  seed_start=7)
+    path = encode_dataset(ae, tmp_path / "ds", tmp_path / "views.safetensors", batch=16, progress=False)
     config = tiny_config(hint=True, window_frames=3, memory_entries=2)
     ckpt = save_checkpoint(tmp_path / "hint.safetensors", randomized_model(config), ae)
     out = write_rollout_cache(ckpt, [path], tmp_path / "roll.safetensors", clips=1, ticks=12)
@@ -190,6 +196,8 @@ def test_closed_loop_cache_holds_own_rollouts_and_the_truth(latent_cache, tmp_pa
     assert torch.equal(roll.target_latents[0], truth.latents[0, :13])
     assert torch.equal(roll.latents[0, 0], truth.latents[0, 0])  # play starts from the true frame
     assert not torch.equal(roll.latents[0, 1:], truth.latents[0, 1:13])  # then feeds on its own frames
+    assert roll.world_seeds.tolist() == [7]
+    assert LatentClips(out).world_seeds_valid
     sample = build_sample(roll, 0, 6, config, torch.tensor([2, 3]), torch.full((2,), 0.5),
                           torch.zeros(config.window_frames + 2), torch.Generator().manual_seed(0), 2)
     assert torch.equal(sample["target_x0"], truth.latents[0, 6:8].float())

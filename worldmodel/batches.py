@@ -47,6 +47,8 @@ class LatentData:
     target_latents: torch.Tensor | None = None
     """bf16 [N, T, C, h, w]: the truth of a closed-loop cache whose `latents` (context, memory, hint
     sources) are the model's own rollouts (worldmodel.closed_loop); None: the latents are the truth."""
+    world_seeds: torch.Tensor | None = None
+    """int64 [N]: the procedural world of each clip (what the oracle renders its truth from), or None."""
     _revisits: dict[int, list[torch.Tensor]] = field(default_factory=dict, repr=False)
     _kept: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
@@ -115,7 +117,9 @@ def load_latents(path: str | Path | list[str | Path], config: WorldModelConfig) 
                           torch.cat([p.view_rgb for p in parts]) if views else None,
                           torch.cat([p.view_depth for p in parts]) if views else None,
                           torch.cat([p.latents if p.target_latents is None else p.target_latents for p in parts])
-                          if closed else None)
+                          if closed else None,
+                          torch.cat([p.world_seeds for p in parts]) if all(p.world_seeds is not None for p in parts)
+                          else None)
 
     path = Path(path)
     clips = LatentClips(path)
@@ -140,7 +144,7 @@ def load_latents(path: str | Path | list[str | Path], config: WorldModelConfig) 
                         f"trains on; encode it again with an autoencoder that has a depth head "
                         f"(worldmodel train --stage depth, then --stage latents)")
     return LatentData(latents, clips.actions.float(), clips.poses.float(), captions, str(path), sha,
-                      clips.view_rgb, clips.view_depth, clips.target_latents)
+                      clips.view_rgb, clips.view_depth, clips.target_latents, clips.world_seeds.long())
 
 
 @dataclass

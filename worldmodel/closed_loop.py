@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from worldmodel.autoencoder import atomic_save_safetensors, file_sha256
-from worldmodel.data import LATENT_DTYPE, LATENTS_FORMAT, LATENTS_VERSION, VIEW_DEPTH_DTYPE
+from worldmodel.data import LATENT_DTYPE, LATENTS_FORMAT, LATENTS_VERSION, ROLLOUT_SEEDS_KEY, VIEW_DEPTH_DTYPE
 from conventions.errors import UserError
 from conventions.progress import ProgressBar
 from worldmodel.batches import LatentData, load_latents
@@ -44,6 +44,8 @@ def generate_rollouts(checkpoint: str | Path, data: LatentData, clips: list[int]
     session = source.session
     if composite is not None:  # play with another compositing weight than the checkpoint's
         session.composite = float(composite)
+    if data.world_seeds is None:
+        raise UserError(f"{data.source}: rollouts need the clips' world seeds (a latent cache has them)")
     if not session.config.hint:
         raise UserError(f"{checkpoint}: closed-loop rollouts are for hint models (hint=true)")
     if ticks < 2 or ticks + 1 > data.ticks:
@@ -54,7 +56,7 @@ def generate_rollouts(checkpoint: str | Path, data: LatentData, clips: list[int]
     out = {"latents": torch.empty(n, t, *shape, dtype=LATENT_DTYPE),
            "target_latents": data.latents[clips, :t].to(LATENT_DTYPE).clone(),
            "actions": data.actions[clips, :t].clone(), "poses": data.poses[clips, :t].clone(),
-           "world_seeds": torch.tensor(clips, dtype=torch.int64),
+           "world_seeds": data.world_seeds[clips].clone(),
            "view_rgb": torch.empty(n, t, res, res, 3, dtype=torch.uint8),
            "view_depth": torch.empty(n, t, res, res, dtype=VIEW_DEPTH_DTYPE)}
     bar = ProgressBar(n * ticks, "rollouts")
@@ -102,7 +104,7 @@ def write_rollouts(checkpoint: str | Path, data: LatentData, out: str | Path, ch
             "policies": json.dumps(["rollout"] * len(chosen)), "autoencoder_sha256": ae_sha or "",
             "resolution": json.dumps([config.resolution, config.resolution]), "fov_deg": repr(config.fov_deg),
             "tick_hz": repr(config.tick_hz), "split": "train", "source": data.source,
-            "rollouts_of": file_sha256(checkpoint)}
+            "rollouts_of": file_sha256(checkpoint), ROLLOUT_SEEDS_KEY: "true"}
     path = atomic_save_safetensors(tensors, out, meta)
     print(f"rollouts: {len(chosen)} clips x {ticks} ticks of {checkpoint} -> {path}", file=sys.stderr)
     return path

@@ -392,6 +392,12 @@ def encode_dataset(autoencoder: Any, dataset_dir: str | os.PathLike, out_path: s
     return atomic_save_safetensors(tensors, out_path, meta)
 
 
+ROLLOUT_SEEDS_KEY = "world_seeds_valid"
+"""Metadata key of a closed-loop rollout cache (worldmodel.closed_loop) whose `world_seeds` are the
+clips' worlds. Rollout caches written before 2026-12-07 (sixth session) stored each clip's index in
+its source cache there, so the oracle's truth of their frames cannot be rendered from them."""
+
+
 class LatentClips:
     """A latent cache loaded once: latents bf16 [N, T, C, h, w], actions/poses float32 [N, T, 5],
     world_seeds int64 [N], captions/policies (N strings) and where the latents came from.
@@ -452,6 +458,10 @@ class LatentClips:
         self.autoencoder_sha256: str = meta.get("autoencoder_sha256", "")
         self.autoencoder_config: str = meta.get("autoencoder_config", "")
         self.split: str = meta.get("split", "")
+        self.rollouts_of: str = meta.get("rollouts_of", "")
+        """sha256 of the checkpoint whose closed-loop rollouts these latents are ("" for encoded frames)."""
+        self.world_seeds_valid: bool = not self.rollouts_of or meta.get(ROLLOUT_SEEDS_KEY) == "true"
+        """False for rollout caches written before their world seeds were recorded (ROLLOUT_SEEDS_KEY)."""
         try:
             self.tick_hz = float(meta.get("tick_hz", DEFAULT_TICK_HZ))
             self.fov_deg = float(meta.get("fov_deg", DEFAULT_FOV_DEG))
