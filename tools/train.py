@@ -73,7 +73,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_threads_flag(p)
     p.add_argument("--autoencoder", type=Path, default=None,
                    help="latents: the autoencoder to encode with; world: the one the latents were encoded "
-                        "with (bundled into the checkpoint)")
+                        "with (bundled into the checkpoint); depth: the autoencoder whose head is trained, or a "
+                        "world-model checkpoint (OUT then also gets world_model.safetensors with the new head)")
     p.add_argument("--preset", default=None,
                    help="world: model config preset (default, tiny; default default); all: the recipe "
                         "(tiny, cpu, gpu, or a .toml file written like tools/presets/*.toml)")

@@ -84,6 +84,24 @@ def save_checkpoint(path: str | Path, model: WorldModel, autoencoder: nn.Module,
     return path
 
 
+def checkpoint_float_dtype(path: str | Path) -> torch.dtype:
+    """The storage type of a checkpoint's floating-point weights (float32, or bfloat16 for a halved
+    file): a tool that rewrites part of a checkpoint keeps the rest as it was stored."""
+    from safetensors import safe_open
+
+    _open(Path(path))  # UserError for a missing or foreign file
+    with safe_open(str(path), framework="pt") as f:
+        for name in f.keys():
+            t = f.get_slice(name).get_dtype()
+            if t in STORED_FLOAT_DTYPES:
+                return STORED_FLOAT_DTYPES[t]
+    return torch.float32
+
+
+STORED_FLOAT_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+"""safetensors' names of the floating-point storage types a checkpoint may have."""
+
+
 def read_checkpoint_metadata(path: str | Path) -> dict[str, str]:
     """The metadata dict of a checkpoint (UserError for a missing/non-safetensors/foreign file)."""
     path = Path(path)

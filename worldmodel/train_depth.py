@@ -10,8 +10,9 @@ Loss on a frame: L1 of log depth on the truth's non-sky pixels + the sky flag's 
 L1 of log-depth finite differences (sharp depth edges make sharp reprojected edges).
 
 What a run leaves in OUT_DIR: autoencoder.safetensors (the autoencoder with its depth head, written
-atomically at the end and at every validation), log.jsonl (loss terms, validation abs-rel,
-delta<1.25, sky accuracy) and train_state.pt (the head, its optimizer, the step and the sampler's
+atomically at the end and at every validation), world_model.safetensors when the base was a
+world-model checkpoint (that checkpoint with the new head, written at the end: what play and eval
+load), log.jsonl (loss terms, validation abs-rel, delta<1.25, sky accuracy) and train_state.pt (the head, its optimizer, the step and the sampler's
 RNG, written atomically every `ckpt_every` steps): a run started again with the same arguments
 continues from it and takes the steps an uninterrupted run would have taken.
 """
@@ -30,15 +31,19 @@ import torch
 import torch.nn.functional as F
 
 from worldmodel.autoencoder import DEFAULT_DEPTH_WIDTHS, Autoencoder, load_autoencoder, save_autoencoder
+from worldmodel.autoencoder import read_checkpoint_metadata as read_autoencoder_metadata
 from worldmodel.data import ClipDataset, FrameSampler
 from conventions.depth import depth_errors, sky_mask
 from conventions.errors import UserError
 from conventions.progress import ProgressBar
 from worldmodel.scalars import LOG_FILE, ScalarLog
-from worldmodel.checkpoint import CHECKPOINT_FORMAT, checkpoint_sha256, load_checkpoint, read_checkpoint_metadata
+from worldmodel.checkpoint import (CHECKPOINT_FORMAT, checkpoint_float_dtype, checkpoint_sha256, load_checkpoint,
+                                   read_checkpoint_metadata, save_checkpoint)
 from worldmodel.run_io import atomic_torch_save, read_state_file, resolve_device
 
 CHECKPOINT_NAME = "autoencoder.safetensors"
+WORLD_CHECKPOINT_NAME = "world_model.safetensors"
+"""Written beside the autoencoder when the base is a world-model checkpoint: that model with the new head."""
 LOG_NAME = LOG_FILE
 VAL_SEED = 1234
 VAL_FRAMES = 512
@@ -59,16 +64,37 @@ class DepthTrainConfig:
     """Steps between resumable states (train_state.pt)."""
 
 
+def is_world_checkpoint(path: str | Path) -> bool:
+    """True for a world-model checkpoint (which bundles an autoencoder), False for anything else."""
+    try:
+        return read_checkpoint_metadata(path).get("format") == CHECKPOINT_FORMAT
+    except UserError:
+        return False
+
+
 def load_base_autoencoder(path: str | Path) -> Autoencoder:
     """An autoencoder checkpoint, or the autoencoder bundled in a world-model checkpoint."""
-    path = Path(path)
-    try:
-        is_world = read_checkpoint_metadata(path).get("format") == CHECKPOINT_FORMAT
-    except UserError:
-        is_world = False
-    if is_world:
+    if is_world_checkpoint(path):
         return load_checkpoint(path)[1]
-    return load_autoencoder(path)
+    return load_autoencoder(Path(path))
+
+
+def write_world_checkpoint(base: str | Path, ae: Autoencoder, out: Path, metrics: dict[str, float],
+                           steps: int) -> Path:
+    """The world-model checkpoint `base` with `ae` (its new depth head) in place of its autoencoder,
+    written to `out`: what play, eval and the closed-loop stages load. Only the depth head differs,
+    so the world model's latents are still the ones it was trained on. Weights keep `base`'s storage
+    type; the train summary keeps `base`'s and records the head's steps and held-out metrics."""
+    model, base_ae, _ = load_checkpoint(base)
+    changed = [k for k, v in ae.state_dict().items() if not k.startswith("depth_decoder.")
+               and not torch.equal(v.cpu(), base_ae.state_dict()[k])]
+    if changed:
+        raise RuntimeError(f"write_world_checkpoint: the frozen autoencoder changed ({changed[:3]})")
+    meta = read_checkpoint_metadata(base)
+    summary = {**json.loads(meta.get("train", "{}")),
+               "depth_head": {"base": str(base), "base_sha256": checkpoint_sha256(base), "steps": steps,
+                              "val": metrics}}
+    return save_checkpoint(out, model, ae.cpu(), summary, dtype=checkpoint_float_dtype(base))
 
 
 def with_depth_head(ae: Autoencoder, widths: tuple[int, ...] = DEFAULT_DEPTH_WIDTHS) -> Autoencoder:
@@ -194,6 +220,10 @@ def train_depth_head(data_dir: str | Path, out_dir: str | Path, base_autoencoder
     if not ckpt.exists():  # resumed a finished run whose checkpoint was removed
         save_autoencoder(ae, ckpt, {"depth_val": json.dumps(evaluate_depth(ae, val_frames, val_depth)),
                                     "depth_steps": str(cfg.steps)})
+    if is_world_checkpoint(base_autoencoder):
+        final = json.loads(read_autoencoder_metadata(ckpt).get("depth_val", "{}"))
+        world = write_world_checkpoint(base_autoencoder, ae, out / WORLD_CHECKPOINT_NAME, final, cfg.steps)
+        print(f"world model with this depth head: {world}", file=sys.stderr)
     bar.close()
     scalars.close()
     return ckpt
