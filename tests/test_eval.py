@@ -268,3 +268,31 @@ def test_action_logs_score_the_no_model_reprojection_of_the_start_frame() -> Non
     assert 24.0 < warp["split"]["psnr_start_view_16"] < out["runs"]["memory_on"]["split"]["psnr_start_view_16"]
     summary = ev.summarise([out])
     assert summary["reproject_start_frame.split.psnr_start_view_16"] == warp["split"]["psnr_start_view_16"]
+
+
+def test_play_depth_is_scored_against_the_oracle(hint_checkpoint: Path, tmp_path: Path) -> None:
+    """Every hint run scores the depth its frames are kept with (what later hints reproject them
+    with): exact when that depth is the oracle's own (`--depth oracle`), not with the depth head;
+    models without views have no such score."""
+    _write_log(tmp_path / "a.jsonl", 16)
+    runs = {}
+    for depth in ("oracle", "head"):
+        out = tmp_path / f"{depth}.json"
+        assert main(["eval", "--log", str(tmp_path / "a.jsonl"), "--checkpoint", str(hint_checkpoint), "--json",
+                     str(out), "--depth", depth]) == 0
+        runs[depth] = json.loads(out.read_text())["logs"][0]["runs"]["memory_on"]["depth"]
+    assert runs["oracle"]["abs_rel_16"] < 1e-3  # float16 rounding of the views
+    assert runs["oracle"]["delta_1_25_16"] == 1.0 and runs["oracle"]["sky_accuracy_16"] == 1.0
+    assert runs["head"]["abs_rel_16"] > 0.05
+    assert "abs_rel_64" not in runs["head"] and "abs_rel_late" not in runs["head"]  # the log is 16 ticks long
+
+
+def test_depth_scores_cover_the_horizons_and_drift_windows_a_log_reaches(monkeypatch) -> None:
+    monkeypatch.setattr(ev, "DRIFT_WINDOWS", ((1, 4), (17, 20)))
+    truth = torch.full((20, 2, 2), 2.0)
+    depths = [torch.full((2, 2), 2.0)] * 16 + [torch.full((2, 2), 3.0)] * 4  # the last 4 ticks 50% too far
+    scores = ev.depth_scores(depths, truth, prefill=0)
+    assert scores["abs_rel_16"] == 0.0 and scores["abs_rel_early"] == 0.0
+    assert scores["abs_rel_late"] == pytest.approx(0.5) and scores["delta_1_25_late"] == 0.0
+    assert "abs_rel_64" not in scores
+    assert "abs_rel_early" not in ev.depth_scores(depths, truth, prefill=4)  # teacher-forced ticks do not count

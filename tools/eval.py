@@ -35,6 +35,7 @@ from scenes.trajectories import chained_trajectory, make_trajectory, revisit_tic
 from scenes.world import HELDOUT_SEED_START, World, generate_world
 from conventions.camera import CameraPose, integrate_sequence
 from worldmodel.config import DEFAULT_PRECISION, PRECISION_NAMES
+from conventions.depth import depth_errors
 from conventions.errors import UserError
 from conventions.metrics import (DRIFT_EARLY_TICKS, DRIFT_LATE_TICKS, detail_ratio, drift_scores, masked_psnr, psnr,
                                  ssim)
@@ -192,8 +193,10 @@ def oracle_depth(world: World, resolution: int, fov: float) -> Callable[[torch.T
 
 
 # --- rollouts ---------------------------------------------------------------------------------------
-def rollout(source, log: EvalLog, actions: torch.Tensor, poses: torch.Tensor, prefill: int) -> torch.Tensor:
-    """Generated frames uint8 [T, H, W, 3] for ticks 1..T; ticks <= prefill are teacher-forced."""
+def rollout(source, log: EvalLog, actions: torch.Tensor, poses: torch.Tensor, prefill: int,
+            depths: list | None = None) -> torch.Tensor:
+    """Generated frames uint8 [T, H, W, 3] for ticks 1..T; ticks <= prefill are teacher-forced.
+    `depths` (a list) receives each tick's depth as play keeps it (`current_depth`; None without)."""
     scene = Scene(name=log.name, prompt=log.prompt, start_pose=log.start_pose, fov_deg=90.0,
                   world_seed=log.world.seed, image=log.truth[0].numpy(), path=None)
     source.reset(scene, log.start_pose, log.prompt, log.seed if log.sample_seed is None else log.sample_seed)
@@ -202,7 +205,32 @@ def rollout(source, log: EvalLog, actions: torch.Tensor, poses: torch.Tensor, pr
         pose = CameraPose.from_sequence(poses[t].tolist())
         observed = log.truth[t + 1].numpy() if t + 1 <= prefill else None
         frames.append(torch.from_numpy(np.asarray(source.step(actions[t].tolist(), pose, observed=observed))))
+        if depths is not None:  # sources without views (the oracle, test doubles) have no play depth
+            depths.append(source.current_depth() if hasattr(source, "current_depth") else None)
     return torch.stack(frames)
+
+
+def true_depth(log: EvalLog, fov: float) -> torch.Tensor:
+    """The oracle's depth [T, H, W] at the poses of ticks 1..T."""
+    res = log.truth.shape[1]
+    return torch.cat([render_views_with_depth(log.world, log.poses[lo: lo + START_VIEW_CHUNK].float(), res, fov)[1]
+                      for lo in range(0, len(log.poses), START_VIEW_CHUNK)])
+
+
+def depth_scores(depths: list, truth: torch.Tensor, prefill: int) -> dict[str, float]:
+    """The play-time depth of the generated frames (what their views are reprojected with in later
+    hints) against the oracle's, abs-rel and delta<1.25 on the truth's non-sky pixels and the sky
+    flag's accuracy, over ticks prefill+1..h for each action-suite horizon h and over the drift
+    windows the log reaches (docs/architecture.md §Metrics). depths: T tensors [H, W], truth [T, H, W]."""
+    pred = torch.stack(depths).float()
+    out: dict[str, float] = {}
+    windows = [(str(h), prefill + 1, h) for h in ACTION_SUITE_HORIZONS]
+    windows += [(name, lo, hi) for name, (lo, hi) in zip(("early", "late"), DRIFT_WINDOWS) if lo > prefill]
+    for name, lo, hi in windows:
+        if len(pred) >= hi:
+            errors = depth_errors(pred[lo - 1: hi], truth[lo - 1: hi])
+            out.update({f"{k}_{name}": v for k, v in errors.items()})
+    return out
 
 
 def start_view(log: EvalLog, fov: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -285,10 +313,12 @@ def evaluate_log(make_source, log: EvalLog, memory_modes: list[bool], prefill: i
     out: dict = {"log": log.name, "policy": log.policy, "world_seed": log.world.seed, "ticks": T, "prefill": prefill,
                  "runs": {}}
     seen, warped = start_view(log, fov) if T >= min(ACTION_SUITE_HORIZONS) else (None, None)
+    depth_truth = None
     for mem in memory_modes:
         source = make_source(mem)
         t0 = time.perf_counter()
-        frames = rollout(source, log, log.actions, log.poses, prefill)
+        depths: list = []
+        frames = rollout(source, log, log.actions, log.poses, prefill, depths)
         ms = (time.perf_counter() - t0) / T * 1000
         p, s = frame_scores(frames, truth)
         run = {"mean_psnr": _mean(p, prefill), "mean_ssim": _mean(s, prefill), "psnr": p, "ssim": s,
@@ -300,6 +330,9 @@ def evaluate_log(make_source, log: EvalLog, memory_modes: list[bool], prefill: i
                 run[f"ssim_{h}"] = _mean(s, prefill, h)
         if seen is not None:
             run["split"] = split_scores(frames, truth, seen, prefill)
+        if depths and all(d is not None for d in depths):
+            depth_truth = true_depth(log, fov) if depth_truth is None else depth_truth
+            run["depth"] = depth_scores(depths, depth_truth, prefill)
         drift = drift_scores(p, s, *DRIFT_WINDOWS) if prefill < DRIFT_WINDOWS[0][0] else None
         if drift is not None:
             lo, hi = DRIFT_WINDOWS[1]
@@ -365,7 +398,8 @@ def _means(results: list[dict]) -> dict:
 SUMMARY_PRINTED = ("psnr", "ssim", "psnr_16", "psnr_64", "ssim_16", "ssim_64", "ms_per_frame", "psnr_vs_truth",
                    "psnr_vs_first_visit", "return_ticks", "early_psnr", "late_psnr", "drift_db", "detail",
                    "late_detail", "psnr_start_view_16", "psnr_start_view_64", "psnr_new_content_16",
-                   "psnr_new_content_64", "new_content_share_16", "new_content_share_64")
+                   "psnr_new_content_64", "new_content_share_16", "new_content_share_64", "depth.abs_rel_16",
+                   "depth.abs_rel_64", "depth.abs_rel_early", "depth.abs_rel_late")
 POLICY_SUMMARY_PRINTED = ("revisit.psnr_vs_truth", "revisit.psnr_vs_first_visit", "revisit.truth_psnr_vs_first_visit")
 """Per-policy (`<policy>/...`) keys printed: only the revisit scores; the JSON has them all."""
 

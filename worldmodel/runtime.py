@@ -780,6 +780,13 @@ class ModelFrameSource:
         session.timing.decode_ms = (time.perf_counter() - t0) * 1e3
         return frame.cpu().numpy()
 
+    def current_depth(self) -> torch.Tensor | None:
+        """Depth [H, W] (conventions.depth) of the current tick's frame as the hint reprojects it
+        later (its view's), or None for a model without the hint. Eval scores it against the oracle:
+        how good the geometry play feeds back into its own hints is."""
+        view = self.session.views.get(self.session.tick)
+        return None if view is None else view.depth
+
     @torch.no_grad()
     def current_frame(self) -> np.ndarray:
         """The frame of the current tick, decoded again (e.g. after resuming a saved world)."""
