@@ -53,6 +53,8 @@ class HudStatus:
     replay: bool = False
     memory: bool | None = None
     """The model's memory on/off (None: the source has none, e.g. the oracle)."""
+    sample_steps: int | None = None
+    """The model's denoising steps per frame (`--steps`; None: the source samples nothing)."""
 
 
 def format_status_lines(status: HudStatus) -> list[str]:
@@ -67,6 +69,8 @@ def format_status_lines(status: HudStatus) -> list[str]:
     ]
     if status.memory is not None:
         lines[-1] += f"  memory {'on' if status.memory else 'off'}"
+    if status.sample_steps is not None:
+        lines[-1] += f"  steps {status.sample_steps}"
     return lines
 
 

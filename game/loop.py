@@ -279,7 +279,7 @@ class _Game:
                          recording=self.session.recording, record_path=self.session.record_path,
                          paused=self.paused, mouse_captured=self.state.mouse_captured, fly=self.state.fly,
                          replay=self.config.script is not None,
-                         memory=self.session.source.use_memory)
+                         memory=self.session.source.use_memory, sample_steps=self.session.source.sample_steps)
 
     def draw(self) -> None:
         assert self.session.frame is not None

@@ -260,6 +260,9 @@ def test_action_logs_score_the_no_model_reprojection_of_the_start_frame() -> Non
             self.tick += 1
             return truth[self.tick].numpy()
 
+        def current_depth(self):  # no views: no play depth to score
+            return None
+
     out = ev.evaluate_log(lambda mem: TruthSource(), log, [True], 0, False, 90.0)
     assert "baselines" not in out
     out = ev.evaluate_log(lambda mem: TruthSource(), log, [True], 0, True, 90.0)

@@ -44,7 +44,8 @@ class RecordingSource:
         self.inner = inner
         self.name = inner.name
         self.resolution = inner.resolution
-        for capability in ("checkpoint_sha256", "precision", "hint", "use_memory", "memory", "saves_worlds"):
+        for capability in ("checkpoint_sha256", "precision", "hint", "use_memory", "memory", "saves_worlds",
+                           "start_radius", "sampling", "sample_steps"):
             setattr(self, capability, getattr(inner, capability))  # the FrameSource capabilities, as the inner's
         self.frames: list[np.ndarray] = []
         self.poses: list[CameraPose] = []

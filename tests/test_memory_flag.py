@@ -20,12 +20,15 @@ from conventions.errors import UserError  # noqa: E402
 WINDOW = 128
 
 
-def test_hud_shows_the_memory_setting() -> None:
+def test_hud_shows_the_memory_setting_and_the_sampling_steps() -> None:
     status = HudStatus(fps=20.0, ms_per_frame=40.0, p99_ms=50.0, pose=CameraPose(), tick=3, source="model")
     assert "memory" not in " ".join(format_status_lines(status))  # the oracle has none
+    assert "steps" not in " ".join(format_status_lines(status))  # nor denoising steps
     for memory, text in ((True, "memory on"), (False, "memory off")):
         status.memory = memory
         assert text in format_status_lines(status)[-1]
+    status.sample_steps = 1
+    assert format_status_lines(status)[-1].endswith("memory off  steps 1")
 
 
 def test_play_memory_off_is_logged_and_replayed(tmp_path, monkeypatch) -> None:

@@ -205,8 +205,8 @@ def rollout(source, log: EvalLog, actions: torch.Tensor, poses: torch.Tensor, pr
         pose = CameraPose.from_sequence(poses[t].tolist())
         observed = log.truth[t + 1].numpy() if t + 1 <= prefill else None
         frames.append(torch.from_numpy(np.asarray(source.step(actions[t].tolist(), pose, observed=observed))))
-        if depths is not None:  # sources without views (the oracle, test doubles) have no play depth
-            depths.append(source.current_depth() if hasattr(source, "current_depth") else None)
+        if depths is not None:
+            depths.append(source.current_depth())
     return torch.stack(frames)
 
 
