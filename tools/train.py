@@ -11,6 +11,8 @@ stage: train the autoencoder (stage ae), cache latents (stage latents), train th
     worldmodel train --stage world   --data data/train_latents.safetensors data/retrace_latents.safetensors \
                      --autoencoder runs/ae/autoencoder.safetensors --out runs/memory --steps 2000 \
                      --opt init_from=worldmodel/checkpoints/default.safetensors --opt revisit_focus=0.5
+    worldmodel train --stage self-forcing --data data/train_latents.safetensors \
+                     --checkpoint worldmodel/checkpoints/default.safetensors --out runs/sf --steps 200 --ticks 6
     torchrun --nproc_per_node 8 -m tools.cli train --stage world ... [--fsdp]
 
 The ae and world stages resume from OUT when it holds a training state of the same config (--no-resume
@@ -40,6 +42,7 @@ from worldmodel.config import default_config, tiny_config, WorldModelConfig
 from worldmodel.data import DEFAULT_ENCODE_BATCH, encode_dataset
 from worldmodel.distributed import read_launch_env
 from worldmodel.run_io import resolve_device
+from worldmodel.self_forcing import SelfForcingOptions, train_self_forcing
 from worldmodel.train import train_world_model, TrainOptions
 from worldmodel.train_autoencoder import train_autoencoder
 from worldmodel.train_depth import DepthTrainConfig, train_depth_head
@@ -47,7 +50,9 @@ from tools.train_all import add_arguments as add_all_arguments, run_from_args as
 
 PRESETS = ("default", "tiny")
 """--preset of --stage world: the model config. --stage all takes a recipe preset (tools/recipe.py)."""
-STAGES = ("all", "ae", "depth", "latents", "world", "rollouts")
+STAGES = ("all", "ae", "depth", "latents", "world", "rollouts", "self-forcing")
+ROLLOUT_TICKS = 48
+"""--ticks of --stage rollouts when not given."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,7 +60,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="all: every stage from nothing within --budget-minutes (tools/train_all.py); "
                         "ae: the autoencoder; depth: its depth head (everything else frozen); latents: "
                         "encode a data set with it; world: the world model; rollouts: a closed-loop cache of "
-                        "a checkpoint's own rollouts (then --stage world on it)")
+                        "a checkpoint's own rollouts (then --stage world on it); self-forcing: fine-tune a hint "
+                        "checkpoint on rollouts of the play session made by its current weights, gradient "
+                        "through each frame's last denoising pass (worldmodel/self_forcing.py)")
     p.add_argument("--data", type=Path, default=None, nargs="+",
                    help="ae, latents: a clip data set folder; world: one or more latent caches (.safetensors), "
                         "trained on together")
@@ -86,10 +93,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="world: stop this run after N steps (resume later with the same command)")
     p.add_argument("--export", type=Path, default=None,
                    help="world: also copy the final checkpoint here (e.g. the shipped default path)")
-    p.add_argument("--checkpoint", type=Path, default=None, help="rollouts: the world-model checkpoint to roll out")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="rollouts: the world-model checkpoint to roll out; self-forcing: the one to fine-tune")
     p.add_argument("--clips", type=flag_type("count"), default=120, help="rollouts: clips to roll out (default 120)")
-    p.add_argument("--ticks", type=flag_type("count"), default=48, help="rollouts: ticks per rollout (default 48)")
-    p.add_argument("--seed", type=flag_type("seed"), default=0, help="rollouts: sampler seed offset (default 0)")
+    p.add_argument("--ticks", type=flag_type("count"), default=None,
+                   help=f"rollouts: ticks per rollout (default {ROLLOUT_TICKS}); self-forcing: generated frames per "
+                        f"segment (default {SelfForcingOptions.frames})")
+    p.add_argument("--seed", type=flag_type("seed"), default=0,
+                   help="rollouts: sampler seed offset; self-forcing: the segment sampler's seed (default 0)")
     add_all_arguments(p)
     p.add_argument("--fsdp", action="store_true",
                    help="world, under torchrun: shard parameters, gradients and optimizer state across the "
@@ -184,7 +195,20 @@ def _run_rollouts(args: argparse.Namespace) -> int:
         raise UserError(f"train --stage rollouts: --set {other[0]} does not apply; the rollouts play the checkpoint "
                         f"as it is, and only {', '.join(ROLLOUT_SETTINGS)} can be changed for them")
     composite = overrides.get("hint_composite")
-    write_rollout_cache(args.checkpoint, list(args.data), args.out, args.clips, args.ticks, args.seed, composite)
+    ticks = ROLLOUT_TICKS if args.ticks is None else args.ticks
+    write_rollout_cache(args.checkpoint, list(args.data), args.out, args.clips, ticks, args.seed, composite)
+    return 0
+
+
+def _run_self_forcing(args: argparse.Namespace) -> int:
+    if args.checkpoint is None:
+        raise UserError("train --stage self-forcing: --checkpoint PATH (the hint model to fine-tune) is required")
+    over = {k: v for k, v in (("steps", args.steps), ("batch", args.batch), ("lr", args.lr), ("frames", args.ticks))
+            if v is not None}
+    path = train_self_forcing(args.checkpoint, list(args.data), args.out,
+                              SelfForcingOptions(seed=args.seed, **over), device=args.device,
+                              resume=not args.no_resume)
+    print(f"checkpoint: {path}")
     return 0
 
 
@@ -234,6 +258,9 @@ def run(args: argparse.Namespace) -> int:
     if args.stage == "rollouts":
         _refuse_multi_process(args.stage)
         return _run_rollouts(args)
+    if args.stage == "self-forcing":
+        _refuse_multi_process(args.stage)
+        return _run_self_forcing(args)
     if args.stage != "world":
         _refuse_multi_process(args.stage)
         if len(args.data) != 1:

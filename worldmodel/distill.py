@@ -62,7 +62,8 @@ from worldmodel.config import WorldModelConfig
 from conventions.errors import UserError
 from worldmodel.kv_cache import KVCache
 from worldmodel.model import ROLE_CURRENT, ROLE_SINK, ROLE_WINDOW, WorldModel
-from worldmodel.runtime import CTX_SEED_OFFSET, MEMORY_PAYLOAD_DTYPE, make_memory_store, prepare_memory
+from worldmodel.runtime import (CTX_SEED_OFFSET, GRAD_ATTENTION_BACKEND, MEMORY_PAYLOAD_DTYPE, make_memory_store,
+                                prepare_memory)
 from worldmodel.sampler import add_noise, ddim_step, noise_levels
 from worldmodel.text import Tokenizer
 from worldmodel.scalars import ScalarLog
@@ -82,8 +83,6 @@ SEED_RANGE = 2 ** 31 - 1
 GRAD_STEP_MODES = ("random", "last")
 NORMALISER_EPS = 1e-6
 """Floor of the DMD normaliser mean|x - real_x0| (a frame the teacher reproduces exactly)."""
-GRAD_ATTENTION_BACKEND = "sdpa"
-"""The exit pass needs autograd: PyTorch SDPA (the Triton play kernel has no backward)."""
 RESUME_FREE_OPTIONS = ("steps", "log_every", "ckpt_every", "val_every", "val_clips", "val_rollout_ticks")
 """Options that may change when a run is resumed; every other one shapes the run and must match."""
 

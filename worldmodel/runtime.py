@@ -204,6 +204,10 @@ class _Pending:
     tick: int
 
 
+GRAD_ATTENTION_BACKEND = "sdpa"
+"""The attention of a pass under autograd: PyTorch SDPA (the Triton play kernel has no backward)."""
+
+
 @dataclass
 class _TickPlan:
     """One session's generated tick between `_begin_tick` and `_end_tick`: what its denoising passes
@@ -364,9 +368,10 @@ class WorldModelSession:
         return self.config.steps_for_frame(tick)
 
     def _run(self, latents: torch.Tensor, noise: list[float], actions: torch.Tensor, poses: torch.Tensor,
-             ticks: list[int], roles: list[str], hint: torch.Tensor | None = None) -> torch.Tensor:
+             ticks: list[int], roles: list[str], hint: torch.Tensor | None = None, grad: bool = False) -> torch.Tensor:
         """One cached pass over G frames: latents [G, C, h, w] etc. -> x0 of every frame [G, C, h, w].
-        `hint` [C + 1, h, w]: the geometric hint of the ROLE_CURRENT frame (the others get none)."""
+        `hint` [C + 1, h, w]: the geometric hint of the ROLE_CURRENT frame (the others get none).
+        `grad`: under autograd (`WorldModel.forward_cached`'s grad mode; output on the model's device)."""
         dev, dt = self.device, self.dtype
         hints = None
         if self.config.hint:
@@ -376,11 +381,13 @@ class WorldModelSession:
                 hints[0, roles.index(ROLE_CURRENT)] = hint
             hints = hints.to(dev, dt)
         extra = {} if hints is None else {"hint": hints}
+        if grad:
+            extra.update(grad=True, attention_backend=GRAD_ATTENTION_BACKEND)
         out = self.model.forward_cached(
             self.cache, latents[None].to(dev, dt), torch.tensor([noise], device=dev, dtype=dt),
             actions[None].to(dev, dt), poses[None].to(dev), ticks, self._text_cond, roles, **extra)
         self.timing.passes += 1
-        return out[0].float().cpu()
+        return out[0].float() if grad else out[0].float().cpu()
 
     @torch.no_grad()
     def frame_view(self, latent: torch.Tensor, pose: torch.Tensor, warp: Reprojection | None = None
@@ -502,6 +509,31 @@ class WorldModelSession:
         plan = self._begin_tick(action_t, pose_t)
         _denoise_rows([self], self.cache, [plan])
         return self._end_tick(plan)
+
+    def step_with_grad(self, action: Sequence[float] | torch.Tensor,
+                       pose: CameraPose | Sequence[float] | torch.Tensor | None = None) -> torch.Tensor:
+        """`step` whose last denoising pass runs under autograd (Self Forcing, worldmodel.self_forcing):
+        -> that pass's x0 [C, h, w], with gradients to the model's weights. Everything before it (memory,
+        hint, the earlier passes) runs without, and the session goes on with the detached frame exactly
+        as `step` would, so a rollout of these steps is the play session's own rollout. Needs
+        defer_commit=False: the frame is committed at the end of its own tick, not inside the next
+        tick's first pass (which would put the commit into the graph)."""
+        if self.defer_commit:
+            raise ValueError("step_with_grad needs a session with defer_commit=False")
+        action_t, pose_t = self._action_pose(action, pose)
+        with torch.no_grad():
+            plan = self._begin_tick(action_t, pose_t)
+            last = plan.passes - 1
+            for i in range(last):
+                out = self._run(plan.x[None], [plan.levels[i]], action_t[None], pose_t[None], [plan.tick],
+                                [ROLE_CURRENT], plan.hint)
+                plan.x = ddim_step(plan.x, out[0], plan.levels[i], plan.levels[i + 1])
+        x0 = self._run(plan.x[None], [plan.levels[last]], action_t[None], pose_t[None], [plan.tick], [ROLE_CURRENT],
+                       plan.hint, grad=True)[0]
+        with torch.no_grad():
+            plan.x = ddim_step(plan.x, x0.detach().cpu(), plan.levels[last], plan.levels[last + 1])
+            self._end_tick(plan)
+        return x0
 
     def _action_pose(self, action: Sequence[float] | torch.Tensor,
                      pose: CameraPose | Sequence[float] | torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
