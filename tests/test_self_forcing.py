@@ -97,5 +97,8 @@ def test_self_forcing_refuses_what_it_cannot_train(files, tmp_path, capsys):
     assert main(["train", "--stage", "self-forcing", "--data", str(files["views"]), "--out", str(tmp_path / "x"),
                  "--steps", "1"]) == 2
     assert "--checkpoint PATH" in capsys.readouterr().err
+    assert main(["train", "--stage", "self-forcing", "--data", str(files["views"]), "--out", str(tmp_path / "x"),
+                 "--checkpoint", str(files["hint"]), "--set", "layers=3"]) == 2
+    assert "--set does not apply" in capsys.readouterr().err
     with pytest.raises(UserError, match="batch must be a positive integer"):
         sf.SelfForcingOptions(batch=0).validate()

@@ -203,6 +203,13 @@ def _run_rollouts(args: argparse.Namespace) -> int:
 def _run_self_forcing(args: argparse.Namespace) -> int:
     if args.checkpoint is None:
         raise UserError("train --stage self-forcing: --checkpoint PATH (the hint model to fine-tune) is required")
+    ignored = [flag for flag, value in (("--val", args.val), ("--autoencoder", args.autoencoder), ("--set", args.set),
+                                        ("--opt", args.opt), ("--export", args.export),
+                                        ("--stop-after", args.stop_after), ("--fsdp", args.fsdp)) if value]
+    if ignored:
+        raise UserError(f"train --stage self-forcing: {ignored[0]} does not apply; the checkpoint brings its config "
+                        f"and autoencoder, and the stage takes --data, --checkpoint, --out, --steps, --batch, "
+                        f"--lr, --ticks and --seed")
     over = {k: v for k, v in (("steps", args.steps), ("batch", args.batch), ("lr", args.lr), ("frames", args.ticks))
             if v is not None}
     path = train_self_forcing(args.checkpoint, list(args.data), args.out,
