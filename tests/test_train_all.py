@@ -25,6 +25,7 @@ from tools.recipe import PRESET_NAMES, STAGE_NAMES, load_recipe
 from worldmodel.checkpoint import checkpoint_float_dtype, load_checkpoint, read_checkpoint_metadata, save_checkpoint
 from worldmodel.config import tiny_config
 from worldmodel.data import ClipDataset, LatentClips, encode_dataset
+from worldmodel.train import PRODUCT_CHECKPOINT
 from worldmodel.train_depth import DepthTrainConfig, train_depth_head
 
 from worldmodel.autoencoder import Autoencoder, load_autoencoder, save_autoencoder
@@ -199,7 +200,7 @@ def test_depth_head_of_a_world_checkpoint_also_writes_that_world_model(tmp_path)
                     dtype=torch.bfloat16)
     cfg = DepthTrainConfig(steps=2, batch=2, val_every=2, warmup=1)
     ae_path = train_depth_head(tmp_path / "d", tmp_path / "out", base, cfg=cfg)
-    world = tmp_path / "out" / train_depth_module.WORLD_CHECKPOINT_NAME
+    world = tmp_path / "out" / PRODUCT_CHECKPOINT
     model, ae, _ = load_checkpoint(world)
     base_model, base_ae, _ = load_checkpoint(base)
     new_ae = load_autoencoder_state(ae_path)

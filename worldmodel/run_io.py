@@ -3,6 +3,7 @@ update, atomic torch.save and reading a run's resumable state."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,13 @@ def update_ema(ema: WorldModel, model: WorldModel, decay: float) -> None:
     """ema <- decay * ema + (1 - decay) * model (shard by shard when both are FSDP-sharded alike)."""
     for pe, pm in zip(ema.parameters(), model.parameters()):
         pe.lerp_(pm.detach().float(), 1.0 - decay)
+
+
+def warmup_cosine(step: int, total: int, lr: float, warmup: int) -> float:
+    """The learning rate of 1-based `step` of `total`: a linear warm-up over `warmup` steps times a
+    cosine decay to zero at `total` (the depth head's and Self Forcing's schedule)."""
+    warm = min(1.0, step / warmup) if warmup else 1.0
+    return lr * warm * 0.5 * (1.0 + math.cos(math.pi * min(1.0, step / total)))
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:

@@ -36,7 +36,7 @@ from conventions.errors import UserError
 from conventions.progress import ProgressBar
 from worldmodel.batches import LatentData, load_latents
 from worldmodel.checkpoint import checkpoint_sha256, load_checkpoint, read_checkpoint_metadata, save_checkpoint
-from worldmodel.run_io import atomic_torch_save, read_state_file, resolve_device
+from worldmodel.run_io import atomic_torch_save, read_state_file, resolve_device, warmup_cosine
 from worldmodel.runtime import WorldModelSession
 from worldmodel.scalars import ScalarLog
 from worldmodel.train import PRODUCT_CHECKPOINT
@@ -120,12 +120,6 @@ def self_forcing_backward(sessions: list[WorldModelSession], data: LatentData, s
     return {"loss": float(per_frame.mean()), "loss_first": float(per_frame[0]), "loss_last": float(per_frame[-1])}
 
 
-def _learning_rate(options: SelfForcingOptions, step: int) -> float:
-    """Linear warm-up, then cosine decay to zero at the last step."""
-    warm = min(1.0, step / options.warmup_steps) if options.warmup_steps else 1.0
-    return options.lr * warm * 0.5 * (1.0 + math.cos(math.pi * min(1.0, step / options.steps)))
-
-
 def _shaping(options: SelfForcingOptions) -> dict:
     return {k: v for k, v in dataclasses.asdict(options).items() if k not in RESUME_FREE}
 
@@ -186,7 +180,7 @@ def train_self_forcing(checkpoint: str | Path, latents: list[str | Path], out_di
         save_checkpoint(ckpt, model, autoencoder, {**summary, "steps": step})
 
     for step in range(start + 1, options.steps + 1):
-        lr = _learning_rate(options, step)
+        lr = warmup_cosine(step, options.steps, options.lr, options.warmup_steps)
         for group in opt.param_groups:
             group["lr"] = lr
         opt.zero_grad(set_to_none=True)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -37,13 +36,12 @@ from conventions.depth import depth_errors, sky_mask
 from conventions.errors import UserError
 from conventions.progress import ProgressBar
 from worldmodel.scalars import LOG_FILE, ScalarLog
+from worldmodel.train import PRODUCT_CHECKPOINT
 from worldmodel.checkpoint import (CHECKPOINT_FORMAT, checkpoint_float_dtype, checkpoint_sha256, load_checkpoint,
                                    read_checkpoint_metadata, save_checkpoint)
-from worldmodel.run_io import atomic_torch_save, read_state_file, resolve_device
+from worldmodel.run_io import atomic_torch_save, read_state_file, resolve_device, warmup_cosine
 
 CHECKPOINT_NAME = "autoencoder.safetensors"
-WORLD_CHECKPOINT_NAME = "world_model.safetensors"
-"""Written beside the autoencoder when the base is a world-model checkpoint: that model with the new head."""
 LOG_NAME = LOG_FILE
 VAL_SEED = 1234
 VAL_FRAMES = 512
@@ -192,7 +190,7 @@ def train_depth_head(data_dir: str | Path, out_dir: str | Path, base_autoencoder
 
     ae.eval()  # GroupNorm only: eval/train are the same; keeps the frozen parts frozen
     for step in range(start + 1, cfg.steps + 1):
-        lr = cfg.lr * min(1.0, step / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / cfg.steps)))
+        lr = warmup_cosine(step, cfg.steps, cfg.lr, cfg.warmup)
         for g in opt.param_groups:
             g["lr"] = lr
         frames, depth = sampler.sample_with_depth(cfg.batch)
@@ -222,7 +220,7 @@ def train_depth_head(data_dir: str | Path, out_dir: str | Path, base_autoencoder
                                     "depth_steps": str(cfg.steps)})
     if is_world_checkpoint(base_autoencoder):
         final = json.loads(read_autoencoder_metadata(ckpt).get("depth_val", "{}"))
-        world = write_world_checkpoint(base_autoencoder, ae, out / WORLD_CHECKPOINT_NAME, final, cfg.steps)
+        world = write_world_checkpoint(base_autoencoder, ae, out / PRODUCT_CHECKPOINT, final, cfg.steps)
         print(f"world model with this depth head: {world}", file=sys.stderr)
     bar.close()
     scalars.close()
