@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from wm_helpers import randomized_model, rigid_transform, walking_poses
 
 from worldmodel.config import WorldModelConfig, default_config, tiny_config
-from worldmodel.model import (ROLE_CURRENT, JointBatch, WorldModel, build_joint_mask,
+from worldmodel.model import (ROLE_CURRENT, ROLE_WINDOW, JointBatch, WorldModel, build_joint_mask,
                               rope_cos_sin, rotate_half_pairs)
 from worldmodel.runtime import WorldModelSession
 from worldmodel.sampler import add_noise, ddim_step, noise_levels
@@ -148,8 +150,10 @@ def _record_session(model: WorldModel, ticks: int, defer: bool, seed: int = 3, u
     fwd, wmem = model.forward_cached, model.write_memory
     c = model.config
 
-    def rec(cache, latents, noise, actions, poses, tks, text_cond, roles):
-        out = fwd(cache, latents, noise, actions, poses, tks, text_cond, roles)
+    def rec(cache, latents, noise, actions, poses, tks, text_cond, roles, **kwargs):
+        # every frame's output, committed ones too (play asks for the current frame's alone: that
+        # the current frame's numbers do not depend on it is test_current_only_...)
+        out = fwd(cache, latents, noise, actions, poses, tks, text_cond, roles, **{**kwargs, "current_only": False})
         e = c.memory_entries
         mem_valid = cache.valid[0, cache.memory_start: cache.window_start].view(e, -1)[:, 0].clone()
         calls.append(dict(latents=latents[0].clone(), noise=noise[0].clone(), actions=actions[0].clone(),
@@ -213,6 +217,45 @@ def test_cached_play_equals_joint_training_pass() -> None:
         joint = model.forward_joint(b)[0]
     for i, x in enumerate(items):
         assert torch.allclose(joint[i], x["out"], atol=1e-5), (order[i], (joint[i] - x["out"]).abs().max())
+
+
+def test_current_only_passes_give_the_current_frame_the_same_numbers_and_the_cache_the_same_keys() -> None:
+    """Play's passes skip the last layer's attention and MLP for frames that are only committed
+    (`forward_cached(current_only=True)`): the current frame's output, and every K/V the pass
+    writes, must be bit for bit those of the full pass."""
+    c = tiny_config(window_frames=3, memory_entries=2)
+    model = randomized_model(c)
+    _, _, _, session = _record_session(model, 12, defer=True)
+    pending = session._pending
+    shape = (1, 2, c.latent_channels, c.latent_size, c.latent_size)
+    latents = torch.stack([pending.latent, torch.randn(shape[2:], generator=torch.Generator().manual_seed(1))])[None]
+    args = (latents, torch.tensor([[c.ctx_noise_play, 0.7]]), torch.stack([pending.action, pending.action])[None],
+            torch.stack([pending.pose, pending.pose])[None], [pending.tick, pending.tick + 1], session._text_cond,
+            [ROLE_WINDOW, ROLE_CURRENT])
+    results = {}
+    for current_only in (False, True):
+        cache = copy.deepcopy(session.cache)
+        with torch.no_grad():
+            out = model.forward_cached(cache, *args, current_only=current_only)
+        results[current_only] = (out, cache)
+    (full, cache_full), (trimmed, cache_trimmed) = results[False], results[True]
+    assert torch.equal(trimmed[:, 1], full[:, 1])
+    assert torch.equal(trimmed[:, 0], torch.zeros_like(trimmed[:, 0])) and full[:, 0].abs().sum() > 0
+    for name in ("k", "v"):
+        for a, b in zip(getattr(cache_full, name), getattr(cache_trimmed, name)):
+            assert torch.equal(a, b)
+    assert torch.equal(cache_full.valid, cache_trimmed.valid)
+    # a pass that only commits a frame writes the same keys and values without its last layer's attention
+    commit = {}
+    for current_only in (False, True):
+        cache = copy.deepcopy(session.cache)
+        with torch.no_grad():
+            model.forward_cached(cache, latents[:, :1], args[1][:, :1], args[2][:, :1], args[3][:, :1],
+                                 args[4][:1], args[5], [ROLE_WINDOW], current_only=current_only)
+        commit[current_only] = cache
+    for name in ("k", "v"):
+        for a, b in zip(getattr(commit[False], name), getattr(commit[True], name)):
+            assert torch.equal(a, b)
 
 
 def test_deferred_commit_equals_immediate_commit_and_saves_a_pass() -> None:

@@ -531,7 +531,7 @@ class WorldModel(nn.Module):
                        poses: torch.Tensor, ticks: list[int] | torch.Tensor, text_cond: torch.Tensor, roles: list[str],
                        hint: torch.Tensor | None = None, slots: torch.Tensor | None = None,
                        keep: torch.Tensor | None = None, grad: bool = False,
-                       attention_backend: str = "auto") -> torch.Tensor:
+                       attention_backend: str = "auto", current_only: bool = False) -> torch.Tensor:
         """Run G frames (G = 1 or 2) against the cache, writing their K/V in place: the one cached
         forward path, for play, eval, batched sessions and distillation.
 
@@ -553,15 +553,23 @@ class WorldModel(nn.Module):
         its inputs and the cache can keep rolling in place before backward; the cached context is a
         constant of the graph. Same operations in the same order, so both modes give the same numbers.
         `attention_backend` picks the kernel (one with a backward, e.g. "sdpa", for grad).
+
+        `current_only=True` (play): the caller reads only the ROLE_CURRENT frame's output, so the last
+        layer runs its attention and MLP for that frame alone; a committed frame needs nothing of the
+        last layer but its K/V, which are written as always (a pass of committed frames alone skips the
+        last layer's attention and MLP altogether). Their output rows are zeros. The current
+        frame's numbers are the same either way (each query row and token row is computed alone), and
+        a pass that commits a frame costs one frame's attention and MLP less.
         """
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
             return self._forward_cached(cache, latents, noise, actions, poses, ticks, text_cond, roles, hint,
-                                        slots, keep, grad, attention_backend)
+                                        slots, keep, grad, attention_backend, current_only)
 
     def _forward_cached(self, cache: KVCache, latents: torch.Tensor, noise: torch.Tensor, actions: torch.Tensor,
                         poses: torch.Tensor, ticks: list[int] | torch.Tensor, text_cond: torch.Tensor,
                         roles: list[str], hint: torch.Tensor | None, slots: torch.Tensor | None,
-                        keep: torch.Tensor | None, grad: bool, attention_backend: str) -> torch.Tensor:
+                        keep: torch.Tensor | None, grad: bool, attention_backend: str,
+                        current_only: bool = False) -> torch.Tensor:
         if grad and any(r != ROLE_CURRENT for r in roles):
             raise ValueError("forward_cached: grad=True runs the current frame only (commits stay in place)")
         c = self.config
@@ -594,9 +602,15 @@ class WorldModel(nn.Module):
         x = self.embed_frames(latents, hint)
         sink_at = roles.index(ROLE_SINK) if ROLE_SINK in roles else None
         pos = self.pos.positions(poses, time_ticks, split_time=sink_at is not None)
+        # the frames whose outputs the caller reads; with current_only, the last layer runs for them alone
+        out_frames = [i for i, r in enumerate(roles) if r == ROLE_CURRENT] if current_only else list(range(g))
+        trim = len(out_frames) < g
+        if len(out_frames) > 1 and trim:
+            raise ValueError("forward_cached: current_only takes at most one ROLE_CURRENT frame")
         for layer, block in enumerate(self.blocks):
             mods = _per_frame(block.mods, cond)
             q, k, v = block.qkv_tokens(x, mods[0], mods[1])  # [B, G, P, H, dh]
+            last_trimmed = trim and layer == len(self.blocks) - 1
             k_cache, v_cache = cache.layer(layer)
             q = to_heads(self.pos.per_token(q, pos.q_map)).to(k_cache.dtype)
             if sink_at is not None:
@@ -612,11 +626,26 @@ class WorldModel(nn.Module):
             else:
                 k_cache.scatter_(2, write_at, k_new)
                 v_cache.scatter_(2, write_at, v_new)
+            if last_trimmed and not out_frames:  # a pass that only commits: its K/V are all it leaves
+                break
+            if last_trimmed:  # only the current frame's queries, rows, condition and maps from here on
+                f = out_frames[0]
+                q = q[:, :, f * p:(f + 1) * p]
+                extra = None if extra is None else extra[f * p:(f + 1) * p]
+                x, mods = x[:, f:f + 1], tuple(m[:, f:f + 1] for m in mods)
+                out_map = None if pos.out_map is None else pos.out_map[:, f:f + 1]
+            else:
+                out_map = pos.out_map
             att = cached_attention(q, k_cache, v_cache, valid, backend=attention_backend,
-                                   extra_mask=extra)  # [B, H, G*P, dh]
-            att = self.pos.per_frame(from_heads(att.to(x.dtype), g), pos.out_map)
+                                   extra_mask=extra)  # [B, H, G*P, dh] (one frame's P rows when trimmed)
+            att = self.pos.per_frame(from_heads(att.to(x.dtype), x.shape[1]), out_map)
             x = block.finish(x, att, mods)
-        return _per_frame(self.output, x, cond, hint)
+        if not trim:
+            return _per_frame(self.output, x, cond, hint)
+        out = torch.zeros(b, g, c.latent_channels, c.latent_size, c.latent_size, device=x.device)
+        for f in out_frames:
+            out[:, f:f + 1] = _per_frame(self.output, x, cond[:, f:f + 1], None if hint is None else hint[:, f:f + 1])
+        return out
 
     @torch.no_grad()
     def retime_sink(self, cache: KVCache, newest_tick: int) -> None:

@@ -280,7 +280,7 @@ def _denoise_rows(rows: Sequence["WorldModelSession"], cache: KVCache, plans: Se
             extra.update(slots=torch.stack(slots).to(dev), keep=keep.to(dev))
         out = model.forward_cached(cache, latents.to(dev, dt), torch.tensor(noise, device=dev, dtype=dt),
                                    actions.to(dev, dt), poses.to(dev), ticks[0].tolist() if alone else ticks.to(dev),
-                                   text, roles, **extra).float().cpu()
+                                   text, roles, current_only=True, **extra).float().cpu()
         for r, (row, plan) in enumerate(zip(rows, plans)):
             if plan is None:
                 continue
@@ -369,7 +369,8 @@ class WorldModelSession:
 
     def _run(self, latents: torch.Tensor, noise: list[float], actions: torch.Tensor, poses: torch.Tensor,
              ticks: list[int], roles: list[str], hint: torch.Tensor | None = None, grad: bool = False) -> torch.Tensor:
-        """One cached pass over G frames: latents [G, C, h, w] etc. -> x0 of every frame [G, C, h, w].
+        """One cached pass over G frames: latents [G, C, h, w] etc. -> x0 [G, C, h, w] of the ROLE_CURRENT
+        frame (zeros for committed frames: `forward_cached`'s current_only).
         `hint` [C + 1, h, w]: the geometric hint of the ROLE_CURRENT frame (the others get none).
         `grad`: under autograd (`WorldModel.forward_cached`'s grad mode; output on the model's device)."""
         dev, dt = self.device, self.dtype
@@ -383,6 +384,8 @@ class WorldModelSession:
         extra = {} if hints is None else {"hint": hints}
         if grad:
             extra.update(grad=True, attention_backend=GRAD_ATTENTION_BACKEND)
+        # only a ROLE_CURRENT frame's output is ever read; a commit pass needs no last-layer attention
+        extra["current_only"] = True
         out = self.model.forward_cached(
             self.cache, latents[None].to(dev, dt), torch.tensor([noise], device=dev, dtype=dt),
             actions[None].to(dev, dt), poses[None].to(dev), ticks, self._text_cond, roles, **extra)
