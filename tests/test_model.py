@@ -296,6 +296,42 @@ def test_memory_keys_are_reused_while_the_same_entries_are_retrieved() -> None:
 
 
 # --- sampler --------------------------------------------------------------------------------------
+def test_memory_entries_already_in_the_cache_are_moved_not_recomputed() -> None:
+    """Retrieval mostly reorders the entries or swaps one: those the cache holds are copied to their
+    new slots, the rest computed, and the slots end bit for bit as a full write leaves them."""
+    c = tiny_config(memory_entries=4)
+    model = randomized_model(c)
+    g = torch.Generator().manual_seed(0)
+    entries = {n: (torch.randn(c.latent_channels, c.latent_size, c.latent_size, generator=g),
+                   torch.randn(5, generator=g)) for n in "abcdef"}
+
+    def write(cache, names, count_fresh=None):
+        lat = torch.stack([entries[n][0] for n in names])[None]
+        pos = torch.stack([entries[n][1] for n in names])[None]
+        seen = []
+        real = model.compress_memory
+        model.compress_memory = lambda x: (seen.append(x.shape[1]), real(x))[1]
+        try:
+            model.write_memory(cache, lat, pos, torch.ones(1, len(names), dtype=torch.bool), (tuple(names),))
+        finally:
+            del model.compress_memory
+        return seen
+
+    session = WorldModelSession(model)
+    held = session.cache
+    assert write(held, "abcd") == [4]
+    assert write(held, "cadb") == []  # a reorder computes nothing
+    assert write(held, "ecad") == [1]  # one new entry
+    full = copy.deepcopy(held)
+    full.memory_ids = None
+    assert write(full, "ecad") == [4]
+    idx = held.memory_index()
+    for layer in range(c.layers):
+        for a, b in zip(held.layer(layer), full.layer(layer)):
+            assert torch.equal(a[:, :, idx], b[:, :, idx])
+    assert torch.equal(held.valid, full.valid)
+
+
 def test_sampler_levels_and_updates() -> None:
     assert noise_levels(1) == [1.0, 0.0]
     lv = noise_levels(4, shift=3.0)

@@ -247,6 +247,15 @@ def _per_frame(fn, *args: torch.Tensor | None):
     return torch.cat([torch.cat(row, 1) for row in outs])
 
 
+def _kept_entries(held: tuple | None, wanted: tuple | None) -> dict[int, int]:
+    """For a one-row cache: {position in `wanted`: position in `held`} of the entries (names, as
+    `WorldModel.write_memory` takes them) the cache's memory slots already hold."""
+    if held is None or wanted is None or len(held) != 1 or len(wanted) != 1:
+        return {}
+    where = {name: i for i, name in enumerate(held[0])}
+    return {j: where[name] for j, name in enumerate(wanted[0]) if name in where}
+
+
 def _full_precision(x: torch.Tensor) -> torch.autocast:
     """Positional maths runs in float32 even under bf16 autocast (poses and angles need the bits)."""
     return torch.autocast(device_type=x.device.type, enabled=False)
@@ -666,26 +675,43 @@ class WorldModel(nn.Module):
     @torch.no_grad()
     def write_memory(self, cache: KVCache, latents: torch.Tensor, poses: torch.Tensor, valid: torch.Tensor,
                      ids: tuple | None = None) -> bool:
-        """Fill the cache's memory slots with entries' keys/values; returns whether anything was computed.
+        """Fill the cache's memory slots with entries' keys/values; returns whether the slots changed.
 
         latents [B, E, C, h, w] with E = memory_entries (invalid rows may hold anything), poses [B, E, 5],
         valid [B, E] bool. Memory K/V depend only on each entry's latent and pose (timeless keys), so
-        when `ids` (any hashable naming the entries, e.g. store slots and ticks) equals what the cache
-        already holds, nothing is recomputed.
+        when `ids` (any hashable naming the entries, per row a tuple of entry names, e.g. store slots
+        and ticks) equals what the cache already holds, nothing is recomputed; and for one row, an
+        entry the cache already holds under another slot is copied there, so only entries new to the
+        cache are computed (play: retrieval mostly reorders the entries or swaps one of them).
         """
         if not self.config.use_memory:
             return False
         if ids is not None and ids == cache.memory_ids:
             return False
-        mem = self.compress_memory(latents)
-        pos = self.pos.positions(poses, torch.zeros(poses.shape[:2], dtype=torch.long, device=poses.device),
-                                 memory=True)
-        idx = cache.memory_index()
+        idx = cache.memory_index()  # [E * Tm]
+        tm = self.config.memory_tokens
+        kept = _kept_entries(cache.memory_ids, ids) if latents.shape[0] == 1 else {}
+        fresh = [j for j in range(latents.shape[1]) if j not in kept]
+        if kept:  # {new position: old position}; read before anything is overwritten
+            src = torch.cat([torch.arange(i * tm, (i + 1) * tm) for i in kept.values()]).to(idx.device)
+            dst = torch.cat([idx[j * tm:(j + 1) * tm] for j in kept])
+            held = [(k[:, :, idx[src]], v[:, :, idx[src]]) for k, v in
+                    (cache.layer(layer) for layer in range(len(self.blocks)))]
+        if fresh:
+            at = torch.cat([idx[j * tm:(j + 1) * tm] for j in fresh])
+            mem = self.compress_memory(latents[:, fresh])
+            sel = poses[:, fresh]
+            pos = self.pos.positions(sel, torch.zeros(sel.shape[:2], dtype=torch.long, device=sel.device),
+                                     memory=True)
         for layer, block in enumerate(self.blocks):
-            mk, mv = block.memory_kv(mem, self.pos.timeless)  # [B, E, Tm, H, dh]
             k_cache, v_cache = cache.layer(layer)
-            k_cache.index_copy_(2, idx, to_heads(self.pos.per_token(mk, pos.k_map)).to(k_cache.dtype))
-            v_cache.index_copy_(2, idx, to_heads(self.pos.per_frame(mv, pos.v_map)).to(v_cache.dtype))
+            if fresh:
+                mk, mv = block.memory_kv(mem, self.pos.timeless)  # [B, E', Tm, H, dh]
+                k_cache.index_copy_(2, at, to_heads(self.pos.per_token(mk, pos.k_map)).to(k_cache.dtype))
+                v_cache.index_copy_(2, at, to_heads(self.pos.per_frame(mv, pos.v_map)).to(v_cache.dtype))
+            if kept:
+                k_cache.index_copy_(2, dst, held[layer][0])
+                v_cache.index_copy_(2, dst, held[layer][1])
         cache.set_memory_valid(valid)
         cache.memory_ids = ids
         return True
