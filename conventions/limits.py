@@ -60,6 +60,10 @@ YAW_LIMIT_RAD = 1.0e6
 """Yaw accumulates while turning (it is not wrapped); 1e6 rad is weeks of turning at full speed."""
 MAX_HINT_POINTS = 10 ** 6
 """The reprojection's key numbers 2**20 points, the frame sources' pixels included."""
+MAX_MEMORY_KEY_SCALE = 4.0
+"""A memory key scale above this turns memory attention into a hard pick; no such rule was measured."""
+MIN_MEMORY_KEY_SCALE = 0.01
+"""Below this the memory is as good as off (use --memory off for that)."""
 ACTION_LIMIT = 1.0e3
 """One tick's move (metres) or turn (radians); the game's largest is a fraction of a metre."""
 
@@ -83,6 +87,8 @@ RANGES: dict[str, Range] = {
     "points": Range(0, MAX_HINT_POINTS, True, "points of the hint's point cache (0 = none; the z-buffer key "
                                             "numbers at most 2**20 points with the frame sources)"),
     "distance": Range(0.0, 2 * WORLD_COORD_LIMIT_M, False, "a distance in metres"),
+    "memory_key_scale": Range(MIN_MEMORY_KEY_SCALE, MAX_MEMORY_KEY_SCALE, False,
+                              "the scale of the memory entries' keys (1 = as trained)"),
 }
 """Each number the engine accepts from a user, by kind; flags, files and loaders name their own field."""
 

@@ -50,6 +50,8 @@ class FrameSource(Protocol):
     hint."""
     sampling: str | None
     """The hint's hint_sampling (recorded so a replay builds the same hints); None without a hint."""
+    memory_key_scale: float | None
+    """The scale of the memory's keys (recorded so a replay attends the same); None without a memory."""
     sample_steps: int | None
     """The generator's denoising steps per frame after its warm-up frames (recorded so a replay samples
     the same); None for a source without a generator."""
@@ -82,6 +84,7 @@ class OracleFrameSource:
     use_memory = None
     start_radius = None
     sampling = None
+    memory_key_scale = None
     sample_steps = None
     memory = None
     saves_worlds = False
@@ -137,7 +140,7 @@ def make_frame_source(backend: str, *, resolution: int = DEFAULT_RESOLUTION, fov
                       memory: bool | None = None, start_radius: float | None = None,
                       sampling: str | None = None, composite: float | None = None,
                       point_cache: int | None = None, splat_levels: bool | None = None,
-                      sample_steps: int | None = None) -> FrameSource:
+                      sample_steps: int | None = None, memory_key_scale: float | None = None) -> FrameSource:
     """The frame source for a backend name; the model is imported lazily (it is heavy and optional).
 
     `start_image_path` (the `--image` picture) makes the oracle show it as the first frame; the
@@ -146,7 +149,8 @@ def make_frame_source(backend: str, *, resolution: int = DEFAULT_RESOLUTION, fov
     checkpoint's choice) turns the model's geometric hint on or off; `memory` (None: on) its memory;
     `start_radius`, `sampling`, `composite`, `point_cache` and `splat_levels` (None: the checkpoint's)
     its hint_start_radius, hint_sampling, hint_composite, hint_point_cache and hint_splat_levels;
-    `sample_steps` (None: the checkpoint's) its denoising steps per frame after the warm-up frames.
+    `sample_steps` (None: the checkpoint's) its denoising steps per frame after the warm-up frames;
+    `memory_key_scale` (None: the checkpoint's) the scale of its memory's keys.
     """
     if precision is not None and backend == ORACLE_BACKEND:
         raise UserError(f"--precision {precision}: only the model backend has a precision (the oracle renders)")
@@ -156,6 +160,8 @@ def make_frame_source(backend: str, *, resolution: int = DEFAULT_RESOLUTION, fov
         raise UserError("--memory: only the model backend has a memory (the oracle renders)")
     if sample_steps is not None and backend == ORACLE_BACKEND:
         raise UserError(f"--steps {sample_steps}: only the model backend samples (the oracle renders)")
+    if memory_key_scale is not None and backend == ORACLE_BACKEND:
+        raise UserError("--memory-key-scale: only the model backend has a memory (the oracle renders)")
     hint_settings = {"start_radius": start_radius, "sampling": sampling, "composite": composite,
                      "point_cache": point_cache, "splat_levels": splat_levels}
     given = [name for name, value in hint_settings.items() if value is not None]
@@ -170,5 +176,5 @@ def make_frame_source(backend: str, *, resolution: int = DEFAULT_RESOLUTION, fov
     if backend == MODEL_BACKEND:
         return ModelFrameSource(checkpoint=checkpoint, device=device, precision=precision, hint=hint,
                                 use_memory=True if memory is None else memory, sample_steps=sample_steps,
-                                **hint_settings)
+                                memory_key_scale=memory_key_scale, **hint_settings)
     raise UserError(f"--backend: unknown backend {backend!r} (choose from {', '.join(BACKEND_CHOICES)})")

@@ -92,6 +92,8 @@ class GameConfig:
     """The model's memory on/off (None: on)."""
     sample_steps: int | None = None
     """The model's denoising steps per frame (None: the checkpoint's)."""
+    memory_key_scale: float | None = None
+    """The scale of the model's memory keys (None: the checkpoint's memory_key_scale)."""
     seed: int = 0
     tick_hz: float = DEFAULT_TICK_HZ
     resolution: int = DEFAULT_RESOLUTION
@@ -140,7 +142,8 @@ def build_session(config: GameConfig) -> PlaySession:
     source: FrameSource = make_frame_source(config.backend, resolution=config.resolution,
                                             start_image_path=config.image, checkpoint=config.checkpoint,
                                             precision=config.precision, hint=config.hint, memory=config.memory,
-                                            sample_steps=config.sample_steps)
+                                            sample_steps=config.sample_steps,
+                                            memory_key_scale=config.memory_key_scale)
     return PlaySession(source, scene, scene_spec=spec, seed=config.seed, tick_hz=config.tick_hz,
                        image_path=config.image, recordings_dir=config.recordings_dir)
 

@@ -50,6 +50,8 @@ LOGS_BEFORE_START_RADIUS = 0.0
 """hint_start_radius of logs recorded before it was (the start frame had no preference then)."""
 LOGS_BEFORE_SAMPLING = "nearest"
 """hint_sampling of logs recorded before it was (the hint copied the nearest source pixel then)."""
+LOGS_BEFORE_MEMORY_KEY_SCALE = 1.0
+"""memory_key_scale of logs recorded before it was (the memory's keys were not scaled then)."""
 LOW_DISK_BYTES = 1 << 20
 """Less free space than this when a write fails: report the disk as full."""
 GIF_MAX_BYTES = 1 << 30
@@ -169,7 +171,7 @@ def _load_replay(log: ActionLogReader, log_path, backend, checkpoint, device, hi
         warnings.append(f"{log_path}: the start image differs from the one recorded (image_sha256); "
                         "the first frames may differ")
     height = int(header["resolution"][0])
-    precision = start_radius = sampling = sample_steps = None
+    precision = start_radius = sampling = sample_steps = key_scale = None
     hint_on = memory_on = None
     if backend == MODEL_BACKEND:
         # the hint setting the log was made with (logs from before the hint ran without one),
@@ -192,6 +194,11 @@ def _load_replay(log: ActionLogReader, log_path, backend, checkpoint, device, hi
         if sampling not in HINT_SAMPLINGS:
             raise UserError(f"{log_path}: line 1: \"hint_sampling\" must be one of {list(HINT_SAMPLINGS)}, got "
                             f"{short_repr(sampling)}")
+        # the scale of the memory's keys the log was made with; logs from before it ran unscaled keys
+        key_scale = header.get("memory_key_scale", LOGS_BEFORE_MEMORY_KEY_SCALE)
+        problem = number_problem("memory_key_scale", key_scale)
+        if problem:
+            raise UserError(f"{log_path}: line 1: \"memory_key_scale\" {problem}")
         # the denoising steps the log was made with; logs from before they were recorded ran the checkpoint's
         sample_steps = header.get("sample_steps")
         problem = None if sample_steps is None else number_problem("sample_steps", sample_steps)
@@ -220,6 +227,8 @@ def _load_replay(log: ActionLogReader, log_path, backend, checkpoint, device, hi
                                checkpoint=checkpoint, device=device, precision=precision, hint=hint_on,
                                memory=memory_on, start_radius=float(start_radius) if hint_on else None,
                                sampling=sampling if hint_on else None, sample_steps=sample_steps)
+    if key_scale is not None and getattr(source, "memory_key_scale", None) is not None:
+        source.session.memory_key_scale = float(key_scale)  # the log's rule (a model without memory has none)
     if source.resolution != height:
         warnings.append(f"{log_path}: recorded at {height}x{height}, the {backend} backend makes "
                         f"{source.resolution}x{source.resolution} frames")

@@ -394,3 +394,27 @@ def test_play_steps_are_recorded_and_replays_sample_the_same(tmp_path):
         load_replay(one, checkpoint=str(ckpt), steps=0)
     with pytest.raises(UserError, match="--steps 2: only the model backend samples"):
         load_replay(one, backend="oracle", steps=2)
+
+
+def test_action_logs_record_the_memory_key_scale_and_replays_use_it(tmp_path):
+    """A replay attends its memory as the recording did: the log records memory_key_scale; a log from
+    before it was recorded replays with unscaled keys (1); a scale out of range is refused."""
+    import numpy as np
+
+    from wm_helpers import log_with_header, record_model_session
+
+    from game.replay import LOGS_BEFORE_MEMORY_KEY_SCALE, load_replay
+    from worldmodel.checkpoint import save_checkpoint
+
+    config = tiny_config(hint=True, window_frames=3, memory_entries=2, hint_recent=2, memory_key_scale=0.5)
+    ckpt = save_checkpoint(tmp_path / "scaled.safetensors", randomized_model(config), _ae_with_depth())
+    log = tmp_path / "scaled.jsonl"
+    shown = record_model_session(ckpt, log)
+    replay = load_replay(log, checkpoint=str(ckpt))
+    assert replay.log.header["memory_key_scale"] == 0.5 and replay.session.source.memory_key_scale == 0.5
+    assert all(np.array_equal(a, b) for a, b in zip(shown, replay.frames()))
+    before = log_with_header(log, tmp_path / "before.jsonl", "memory_key_scale", None)
+    assert load_replay(before, checkpoint=str(ckpt)).session.source.memory_key_scale == LOGS_BEFORE_MEMORY_KEY_SCALE == 1
+    for value in (0.0, -1.0, "soft", 1e9):
+        with pytest.raises(UserError, match=r"line 1: \"memory_key_scale\""):
+            load_replay(log_with_header(log, tmp_path / "bad.jsonl", "memory_key_scale", value), checkpoint=str(ckpt))

@@ -161,8 +161,8 @@ def _record_session(model: WorldModel, ticks: int, defer: bool, seed: int = 3, u
                           mem_valid=mem_valid, mem=dict(written)))
         return out
 
-    def rec_mem(cache, latents, poses, valid, ids=None):
-        computed = wmem(cache, latents, poses, valid, ids)
+    def rec_mem(cache, latents, poses, valid, ids=None, **kwargs):
+        computed = wmem(cache, latents, poses, valid, ids, **kwargs)
         if computed:
             written.update(latents=latents[0].clone(), poses=poses[0].clone(), writes=written.get("writes", 0) + 1)
         return computed
@@ -180,7 +180,9 @@ def _record_session(model: WorldModel, ticks: int, defer: bool, seed: int = 3, u
 
 
 def test_cached_play_equals_joint_training_pass() -> None:
-    c = tiny_config(window_frames=3, memory_entries=2, warmup_frames=1, warmup_steps=3, sample_steps=2)
+    # memory keys as trained: memory_key_scale is a play-time rule the training pass does not apply
+    c = tiny_config(window_frames=3, memory_entries=2, warmup_frames=1, warmup_steps=3, sample_steps=2,
+                    memory_key_scale=1.0)
     model = randomized_model(c)
     ticks = 16
     frames, calls, written, session = _record_session(model, ticks, defer=True)
@@ -330,6 +332,31 @@ def test_memory_entries_already_in_the_cache_are_moved_not_recomputed() -> None:
         for a, b in zip(held.layer(layer), full.layer(layer)):
             assert torch.equal(a[:, :, idx], b[:, :, idx])
     assert torch.equal(held.valid, full.valid)
+
+
+def test_memory_key_scale_scales_the_memory_keys_alone() -> None:
+    """memory_key_scale (a play-time rule) multiplies the memory entries' keys in the cache and
+    nothing else: values equal, keys scaled, and 1 writes exactly the keys of the model as trained."""
+    c = tiny_config(memory_entries=2)
+    model = randomized_model(c)
+    g = torch.Generator().manual_seed(0)
+    lat = torch.randn(1, 2, c.latent_channels, c.latent_size, c.latent_size, generator=g)
+    pos = torch.randn(1, 2, 5, generator=g)
+    caches = {}
+    for scale in (1.0, 0.5):
+        cache = WorldModelSession(model).cache
+        model.write_memory(cache, lat, pos, torch.ones(1, 2, dtype=torch.bool), (("a", "b"),), key_scale=scale)
+        caches[scale] = cache
+    idx = caches[1.0].memory_index()
+    for layer in range(c.layers):
+        (k1, v1), (k2, v2) = caches[1.0].layer(layer), caches[0.5].layer(layer)
+        assert torch.equal(v1[:, :, idx], v2[:, :, idx])
+        assert torch.allclose(k2[:, :, idx], 0.5 * k1[:, :, idx], atol=1e-6)
+        assert k1[:, :, idx].abs().sum() > 0
+    default = WorldModelSession(model.__class__(c.replace(memory_key_scale=1.0)))
+    assert default.memory_key_scale == 1.0 and WorldModelSession(model, memory_key_scale=0.25).memory_key_scale == 0.25
+    with pytest.raises(ValueError, match="memory_key_scale"):
+        WorldModelSession(model, memory_key_scale=0.0)
 
 
 def test_sampler_levels_and_updates() -> None:

@@ -27,8 +27,8 @@ def apply_threads(args: argparse.Namespace) -> None:
 
 def add_hint_setting_flags(p: argparse.ArgumentParser, whose: str) -> None:
     """The hint's play-time settings (WorldModelConfig.hint_splat_levels, hint_point_cache,
-    hint_composite, hint_start_radius, hint_sampling) as flags; `whose` names what they set in the help ("the
-    hint's", "the hint-on row's")."""
+    hint_composite, hint_start_radius, hint_sampling), and the memory's memory_key_scale, as flags;
+    `whose` names what they set in the help ("the hint's", "the hint-on row's")."""
     p.add_argument("--splat-levels", choices=("on", "off"), default=None,
                    help=f"{whose} reprojection also closes the cracks of magnified surfaces on coarser grids "
                         f"(default: the checkpoint's hint_splat_levels)")
@@ -40,6 +40,9 @@ def add_hint_setting_flags(p: argparse.ArgumentParser, whose: str) -> None:
     p.add_argument("--start-radius", type=flag_type("distance"), default=None,
                    help=f"metres from the start pose within which {whose} start frame wins over the generated "
                         f"frames, 0 = off (default: the checkpoint's hint_start_radius)")
+    p.add_argument("--memory-key-scale", type=flag_type("memory_key_scale"), default=None,
+                   help="scale of the memory entries' keys in the cache, 1 = as trained (default: the "
+                        "checkpoint's memory_key_scale)")
     p.add_argument("--sampling", choices=HINT_SAMPLINGS, default=None,
                    help=f"which of {whose} sources are sampled bilinearly where a pixel's ray meets them, not "
                         f"copied nearest: none, the start frame, every frame (default: the checkpoint's "
@@ -52,4 +55,5 @@ def hint_settings(args: argparse.Namespace) -> dict[str, object]:
     splat_levels = getattr(args, "splat_levels", None)
     return {"splat_levels": None if splat_levels is None else splat_levels == "on",
             "point_cache": getattr(args, "point_cache", None), "composite": getattr(args, "composite", None),
-            "start_radius": getattr(args, "start_radius", None), "sampling": getattr(args, "sampling", None)}
+            "start_radius": getattr(args, "start_radius", None), "sampling": getattr(args, "sampling", None),
+            "memory_key_scale": getattr(args, "memory_key_scale", None)}

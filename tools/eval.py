@@ -510,7 +510,7 @@ def run(args: argparse.Namespace) -> int:
         if args.log is not None or args.memory or args.prefill is not None or args.hint or args.precision \
                 or args.steps or args.limit or args.plot or args.splat_levels or args.point_cache is not None \
                 or args.composite is not None or args.start_radius is not None \
-                or args.sampling is not None or args.depth != "head" or args.seed_offset:
+                or args.memory_key_scale is not None or args.sampling is not None or args.depth != "head" or args.seed_offset:
             raise UserError("eval --suite reduced: runs each checkpoint as it plays by default; only "
                             "--checkpoint, --json and --threads apply")
         doc = reduced_eval(ckpt, EvalRecipe(), "reduced")
@@ -564,7 +564,7 @@ def run(args: argparse.Namespace) -> int:
                "splat_levels": probe.session.splat_levels,
                "point_cache": probe.session.points.max_points if probe.session.points is not None else 0,
                "composite": probe.session.composite, "start_radius": probe.session.start_radius,
-               "sampling": probe.session.sampling,
+               "sampling": probe.session.sampling, "memory_key_scale": probe.memory_key_scale,
                "depth": args.depth, "sample_steps": probe.sample_steps,
                "seed_offset": args.seed_offset,
                "summary": summary,

@@ -45,6 +45,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=flag_type("sample_steps"), default=None,
                    help="the model's denoising steps per frame (default: the checkpoint's, 2 for the shipped "
                         "one; 1 is about 20%% faster per frame and drifts more on long walks: docs/model_card.md)")
+    p.add_argument("--memory-key-scale", type=flag_type("memory_key_scale"), default=None,
+                   help="the memory entries' keys scaled in the model's cache, 1 = as trained (default: the "
+                        "checkpoint's; 0.8 keeps long walks from washing out at a small cost on returns: "
+                        "docs/model_card.md)")
     p.add_argument("--record", default=None, metavar="PATH",
                    help="record an action log from the first tick (R records to recordings/ any time)")
     p.add_argument("--tick-hz", type=flag_type("tick_hz"), default=DEFAULT_TICK_HZ,
@@ -98,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
                         checkpoint=args.checkpoint, precision=args.precision,
                         hint=None if args.hint is None else args.hint == "on",
                         memory=None if args.memory is None else args.memory == "on", sample_steps=args.steps,
+                        memory_key_scale=args.memory_key_scale,
                         seed=args.seed, tick_hz=args.tick_hz,
                         resolution=args.resolution, window=args.window, smooth=args.smooth, record=args.record,
                         max_ticks=args.max_ticks, fly=not args.walk, show_hud=not args.no_hud,

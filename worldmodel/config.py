@@ -24,6 +24,7 @@ from typing import Any
 
 from conventions.camera import ACTION_DIM, DEFAULT_FOV_DEG, DEFAULT_RESOLUTION, DEFAULT_TICK_HZ
 from conventions.errors import UserError
+from conventions.limits import number_problem
 from worldmodel.text import default_vocabulary
 
 PRECISION_NAMES = ("fp32", "bf16")
@@ -92,6 +93,13 @@ class WorldModelConfig:
     memory_entries: int = 4
     memory_tokens: int = 16
     memory_compression: str = "pool"
+    memory_key_scale: float = 1.0
+    """Play: the memory entries' keys are multiplied by this as they enter the cache, so the current
+    frame attends to them more (> 1) or less (< 1) sharply than training did (1). Below 1 it guards
+    against the memory wash (the attention collapsing onto washed-out entries and copying them back,
+    docs/model_card.md "Why memory on ends below memory off on drift") at a cost where memory holds
+    true frames: the seventh session's measurements of 0.8 are in docs/model_card.md. A play-time
+    rule (no weight depends on it); checkpoints saved without the field get 1."""
     """'pool': 2x2 average pooling of the latent; 'patch': a learned projection of each 2x2 patch."""
 
     # --- geometric hint (worldmodel.hint) ---
@@ -155,7 +163,7 @@ class WorldModelConfig:
 
     TRAINING_ONLY_FIELDS = ("ctx_noise_max", "target_frames", "time_sampling", "logit_normal_mean",
                             "logit_normal_std", "schedule_time_prob", "hint_composite", "hint_point_cache",
-                            "hint_splat_levels", "hint_start_radius", "hint_sampling")
+                            "hint_splat_levels", "hint_start_radius", "hint_sampling", "memory_key_scale")
     """Fields no weight depends on (the training objective, and the play-time compositing), so a
     fine-tune may change them from the checkpoint it starts from."""
 
@@ -228,6 +236,8 @@ class WorldModelConfig:
             problems.append("hint_start_radius must be a finite number of metres >= 0")
         if self.hint_sampling not in HINT_SAMPLINGS:
             problems.append(f"hint_sampling must be one of {list(HINT_SAMPLINGS)}")
+        if number_problem("memory_key_scale", self.memory_key_scale):
+            problems.append(f"memory_key_scale {number_problem('memory_key_scale', self.memory_key_scale)}")
         if self.window_frames < 1 or self.target_frames < 1:
             problems.append("window_frames and target_frames must be >= 1")
         if not self.vocab or self.vocab[:2] != ["<pad>", "<unk>"]:

@@ -674,7 +674,7 @@ class WorldModel(nn.Module):
 
     @torch.no_grad()
     def write_memory(self, cache: KVCache, latents: torch.Tensor, poses: torch.Tensor, valid: torch.Tensor,
-                     ids: tuple | None = None) -> bool:
+                     ids: tuple | None = None, key_scale: float | None = None) -> bool:
         """Fill the cache's memory slots with entries' keys/values; returns whether the slots changed.
 
         latents [B, E, C, h, w] with E = memory_entries (invalid rows may hold anything), poses [B, E, 5],
@@ -682,7 +682,9 @@ class WorldModel(nn.Module):
         when `ids` (any hashable naming the entries, per row a tuple of entry names, e.g. store slots
         and ticks) equals what the cache already holds, nothing is recomputed; and for one row, an
         entry the cache already holds under another slot is copied there, so only entries new to the
-        cache are computed (play: retrieval mostly reorders the entries or swaps one of them).
+        cache are computed (play: retrieval mostly reorders the entries or swaps one of them). The
+        keys are multiplied by `key_scale` (None: the config's memory_key_scale), a play-time rule; one
+        cache holds keys of one scale (a session keeps its scale).
         """
         if not self.config.use_memory:
             return False
@@ -703,10 +705,13 @@ class WorldModel(nn.Module):
             sel = poses[:, fresh]
             pos = self.pos.positions(sel, torch.zeros(sel.shape[:2], dtype=torch.long, device=sel.device),
                                      memory=True)
+        scale = self.config.memory_key_scale if key_scale is None else key_scale
         for layer, block in enumerate(self.blocks):
             k_cache, v_cache = cache.layer(layer)
             if fresh:
                 mk, mv = block.memory_kv(mem, self.pos.timeless)  # [B, E', Tm, H, dh]
+                if scale != 1.0:
+                    mk = mk * scale
                 k_cache.index_copy_(2, at, to_heads(self.pos.per_token(mk, pos.k_map)).to(k_cache.dtype))
                 v_cache.index_copy_(2, at, to_heads(self.pos.per_frame(mv, pos.v_map)).to(v_cache.dtype))
             if kept:

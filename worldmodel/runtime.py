@@ -133,11 +133,12 @@ class GatheredMemory:
 
 
 def prepare_memory(model: WorldModel, cache: KVCache, stores: Sequence, poses: torch.Tensor, tick: int,
-                   dtype: torch.dtype = torch.float32) -> GatheredMemory:
+                   dtype: torch.dtype = torch.float32, key_scale: float | None = None) -> GatheredMemory:
     """The one memory gathering, for any batch size (a play session, distillation's B clips): for row
     i, the entries of `stores[i]` (None: no memory) older than the window whose views overlap the
     camera at poses[i] [B, 5] most (`MemoryStore.retrieve_batch`) go into the cache's memory slots
-    (`WorldModel.write_memory`, which skips the work when the cache already holds the same entries)."""
+    (`WorldModel.write_memory`, which skips the work when the cache already holds the same entries;
+    `key_scale`: its memory_key_scale, None for the config's)."""
     c = model.config
     b = poses.shape[0]
     if not c.use_memory:
@@ -167,7 +168,7 @@ def prepare_memory(model: WorldModel, cache: KVCache, stores: Sequence, poses: t
         cache.set_memory_valid(valid.to(cache.device))
         return gathered
     model.write_memory(cache, latents.to(cache.device, dtype), entry_poses.to(cache.device),
-                       valid.to(cache.device), tuple(ids))
+                       valid.to(cache.device), tuple(ids), key_scale=key_scale)
     return gathered
 
 
@@ -303,11 +304,12 @@ class WorldModelSession:
                  autoencoder: torch.nn.Module | None = None, use_hint: bool = True,
                  composite: float | None = None, cache: KVCache | None = None,
                  point_cache: int | None = None, splat_levels: bool | None = None,
-                 start_radius: float | None = None, sampling: str | None = None) -> None:
+                 start_radius: float | None = None, sampling: str | None = None,
+                 memory_key_scale: float | None = None) -> None:
         """`cache`: a one-row cache to run in (a row of a `SessionBatch`'s cache); by default the
         session allocates its own. `composite`, `point_cache`, `splat_levels`, `start_radius`,
-        `sampling`: the config's hint_composite, hint_point_cache, hint_splat_levels, hint_start_radius
-        and hint_sampling by default."""
+        `sampling`, `memory_key_scale`: the config's hint_composite, hint_point_cache,
+        hint_splat_levels, hint_start_radius, hint_sampling and memory_key_scale by default."""
         self.model = model.eval().to(device=device, dtype=dtype)
         self.config = model.config
         self.device = torch.device(device)
@@ -335,8 +337,11 @@ class WorldModelSession:
         (worldmodel.hint.start_preferred; 0 = off)."""
         self.sampling = self.config.hint_sampling if sampling is None else sampling
         """Which hint sources are sampled bilinearly (config.HINT_SAMPLINGS, worldmodel.hint.bilinear_sources)."""
+        self.memory_key_scale = self.config.memory_key_scale if memory_key_scale is None else float(memory_key_scale)
+        """Scale of the memory entries' keys in the cache (WorldModel.write_memory; 1 = as trained)."""
         # the overrides must be values the config itself accepts: its checks, not a copy of them
-        self.config.replace(hint_start_radius=self.start_radius, hint_sampling=self.sampling).validate()
+        self.config.replace(hint_start_radius=self.start_radius, hint_sampling=self.sampling,
+                            memory_key_scale=self.memory_key_scale).validate()
         self.depth_source: Callable[[torch.Tensor], torch.Tensor] | None = None
         """Measurement only (`worldmodel eval --depth oracle`): pose [5] -> depth [H, W] that replaces the
         depth head's depth of every view, e.g. the ray caster's: what exact depth would be worth."""
@@ -703,7 +708,7 @@ class WorldModelSession:
     def _prepare_memory(self, pose: torch.Tensor, tick: int) -> None:
         """Retrieve memory entries for the frame at `tick` and write them into the cache."""
         got = prepare_memory(self.model, self.cache, [self.memory if self.use_memory else None], pose[None], tick,
-                             self.dtype)
+                             self.dtype, key_scale=self.memory_key_scale)
         self._memory_views = got.views[0]
         self.timing.memory_entries = got.found[0]
 
@@ -727,13 +732,14 @@ class ModelFrameSource:
                  dtype: torch.dtype | None = None, sample_steps: int | None = None,
                  precision: str | None = None, hint: bool | None = None, composite: float | None = None,
                  point_cache: int | None = None, splat_levels: bool | None = None,
-                 start_radius: float | None = None, sampling: str | None = None) -> None:
+                 start_radius: float | None = None, sampling: str | None = None,
+                 memory_key_scale: float | None = None) -> None:
         """`precision` ("fp32" / "bf16", see PRECISIONS) or `dtype` picks the generator's dtype (fp32 by
         default; not both). The autoencoder always decodes in fp32. `hint`: build the geometric hint
         (None = whenever the checkpoint reads one; True for a checkpoint without it is refused).
         `composite`, `point_cache`, `splat_levels`, `start_radius`, `sampling`: the checkpoint's
         hint_composite, hint_point_cache, hint_splat_levels, hint_start_radius and hint_sampling by
-        default."""
+        default; `memory_key_scale` its memory_key_scale (refused for a model without memory)."""
         self.checkpoint_path = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
         model, autoencoder, config = load_checkpoint(self.checkpoint_path)
         self.checkpoint_sha256 = checkpoint_sha256(self.checkpoint_path)
@@ -759,11 +765,15 @@ class ModelFrameSource:
             # silently do nothing makes a measurement say what it did not measure
             raise UserError(f"{self.checkpoint_path}: {', '.join(given)} set the geometric hint, which is off "
                             f"here ({'--hint off' if hint is False else 'this checkpoint has no hint'})")
+        if memory_key_scale is not None and not config.use_memory:
+            raise UserError(f"{self.checkpoint_path}: --memory-key-scale sets the memory, and this checkpoint "
+                            f"has none")
         self.session = WorldModelSession(model, device=self.device, dtype=run_dtype, use_memory=use_memory,
                                          sample_steps=sample_steps, autoencoder=self.autoencoder,
                                          use_hint=use_hint, composite=composite,
                                          point_cache=point_cache, splat_levels=splat_levels,
-                                         start_radius=start_radius, sampling=sampling)
+                                         start_radius=start_radius, sampling=sampling,
+                                         memory_key_scale=memory_key_scale)
         self.hint = self.session.use_hint
         """Whether frames are generated with the geometric hint (recorded in action logs)."""
         self.pose_history: deque[list[float]] = deque(maxlen=PATH_HISTORY)
@@ -786,6 +796,12 @@ class ModelFrameSource:
     def use_memory(self) -> bool:
         """Whether frames are generated with the memory (`--memory`; recorded in action logs)."""
         return self.session.use_memory
+
+    @property
+    def memory_key_scale(self) -> float | None:
+        """The scale of the memory's keys (`--memory-key-scale`, else the checkpoint's; recorded in
+        action logs so a replay attends the same); None for a model without memory."""
+        return self.session.memory_key_scale if self.config.use_memory else None
 
     @property
     def sample_steps(self) -> int:
@@ -880,7 +896,7 @@ class SessionBatch:
     def __init__(self, model: WorldModel, size: int, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32, **session_options) -> None:
         """`session_options`: `WorldModelSession`'s (use_memory, sample_steps, autoencoder, use_hint,
-        composite, point_cache, splat_levels, start_radius, sampling) for every row."""
+        composite, point_cache, splat_levels, start_radius, sampling, memory_key_scale) for every row."""
         if size < 1:
             raise ValueError(f"a session batch has at least one row, got {size}")
         self.cache = KVCache(model.config, batch=size, device=device, dtype=dtype)
@@ -921,7 +937,7 @@ class ModelFrameBatch:
                                      use_hint=one.use_hint, composite=one.composite,
                                      point_cache=0 if one.points is None else one.points.max_points,
                                      splat_levels=one.splat_levels, start_radius=one.start_radius,
-                                     sampling=one.sampling)
+                                     sampling=one.sampling, memory_key_scale=one.memory_key_scale)
 
     def __len__(self) -> int:
         return len(self.sessions)
