@@ -47,7 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "one; 1 is about 20%% faster per frame and drifts more on long walks: docs/model_card.md)")
     p.add_argument("--memory-key-scale", type=flag_type("memory_key_scale"), default=None,
                    help="the memory entries' keys scaled in the model's cache, 1 = as trained (default: the "
-                        "checkpoint's; 0.8 keeps long walks from washing out at a small cost on returns: "
+                        "checkpoint's, 0.9 for the shipped one: long walks no longer wash out, "
                         "docs/model_card.md)")
     p.add_argument("--record", default=None, metavar="PATH",
                    help="record an action log from the first tick (R records to recordings/ any time)")
