@@ -510,7 +510,8 @@ def run(args: argparse.Namespace) -> int:
         if args.log is not None or args.memory or args.prefill is not None or args.hint or args.precision \
                 or args.steps or args.limit or args.plot or args.splat_levels or args.point_cache is not None \
                 or args.composite is not None or args.start_radius is not None \
-                or args.memory_key_scale is not None or args.sampling is not None or args.depth != "head" or args.seed_offset:
+                or args.memory_key_scale is not None or args.sampling is not None or args.depth != "head" \
+                or args.seed_offset:
             raise UserError("eval --suite reduced: runs each checkpoint as it plays by default; only "
                             "--checkpoint, --json and --threads apply")
         doc = reduced_eval(ckpt, EvalRecipe(), "reduced")

@@ -93,6 +93,7 @@ class WorldModelConfig:
     memory_entries: int = 4
     memory_tokens: int = 16
     memory_compression: str = "pool"
+    """'pool': 2x2 average pooling of the latent; 'patch': a learned projection of each 2x2 patch."""
     memory_key_scale: float = 0.9
     """Play: the memory entries' keys are multiplied by this as they enter the cache, so the current
     frame attends to them more softly than training did (1). Why 0.9: at 1 the memory attention can
@@ -101,7 +102,6 @@ class WorldModelConfig:
     on the mean of three sampling seeds (every seed gained, no world washed out) with action
     following and returns level (docs/model_card.md, top section). A play-time rule (no weight
     depends on it); checkpoints saved without the field get this default; 1 is the rule before."""
-    """'pool': 2x2 average pooling of the latent; 'patch': a learned projection of each 2x2 patch."""
 
     # --- geometric hint (worldmodel.hint) ---
     hint: bool = False
