@@ -78,6 +78,42 @@ def test_average_checkpoints_is_the_weighted_mean_and_refuses_strangers(tmp_path
     assert not (tmp_path / "x.safetensors").exists()
 
 
+def test_average_with_first_depth_head_keeps_the_first_head_and_refuses_other_differences(tmp_path: Path) -> None:
+    from worldmodel.checkpoint import average_checkpoints
+    from worldmodel.train_depth import with_depth_head
+    from tools.cli import main
+
+    c = tiny_config()
+    ae = tiny_autoencoder()
+    torch.manual_seed(1)
+    ae_a = with_depth_head(ae, (8, 8, 8))
+    torch.manual_seed(2)
+    ae_b = with_depth_head(ae, (8, 8, 8))  # the same autoencoder, another depth head
+    a = save_checkpoint(tmp_path / "a.safetensors", randomized_model(c, seed=1), ae_a)
+    b = save_checkpoint(tmp_path / "b.safetensors", randomized_model(c, seed=2), ae_b)
+    headless = save_checkpoint(tmp_path / "h.safetensors", randomized_model(c, seed=3), ae)
+    with pytest.raises(UserError, match="b.safetensors.*autoencoder differs.*--first-depth-head"):
+        average_checkpoints([a, b], tmp_path / "x.safetensors")
+    for other in (b, headless):
+        out = average_checkpoints([a, other], tmp_path / f"with_{other.stem}.safetensors", [0.75, 0.25],
+                                  first_depth_head=True)
+        model_o, ae_o, _ = load_checkpoint(out)
+        assert ae_o.state_dict().keys() == ae_a.state_dict().keys()
+        for k, v in ae_a.state_dict().items():
+            assert torch.equal(ae_o.state_dict()[k], v), k
+        want = {k: 0.75 * v.double() + 0.25 * load_checkpoint(other)[0].state_dict()[k].double()
+                for k, v in load_checkpoint(a)[0].state_dict().items() if v.is_floating_point()}
+        for k, v in want.items():
+            assert torch.allclose(model_o.state_dict()[k].double(), v, atol=1e-6), k
+    assert main(["average", str(a), str(b), "--first-depth-head", "--out", str(tmp_path / "cli.safetensors")]) == 0
+    with torch.no_grad():
+        next(ae_b.encoder.parameters()).add_(1.0)  # now the latents differ too
+    moved = save_checkpoint(tmp_path / "m.safetensors", randomized_model(c, seed=4), ae_b)
+    with pytest.raises(UserError, match="m.safetensors.*autoencoder differs"):
+        average_checkpoints([a, moved], tmp_path / "y.safetensors", first_depth_head=True)
+    assert not (tmp_path / "y.safetensors").exists()
+
+
 def test_checkpoint_errors_name_the_problem(tmp_path: Path) -> None:
     c = tiny_config()
     model, ae = randomized_model(c), tiny_autoencoder()

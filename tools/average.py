@@ -16,9 +16,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="where to write the averaged checkpoint")
     p.add_argument("--weights", type=float, nargs="+", default=None,
                    help="one weight per checkpoint, summing to 1 (default: equal)")
+    p.add_argument("--first-depth-head", action="store_true",
+                   help="the autoencoders may differ in their depth heads only; keep the first checkpoint's "
+                        "(e.g. averaging with a fine-tune made before the head was trained longer)")
 
 
 def run(args: argparse.Namespace) -> int:
-    out = average_checkpoints(list(args.checkpoints), args.out, args.weights)
+    out = average_checkpoints(list(args.checkpoints), args.out, args.weights,
+                              first_depth_head=args.first_depth_head)
     print(f"wrote {out} (sha256 {checkpoint_sha256(out)[:16]}...)")
     return 0

@@ -265,6 +265,10 @@ image a surface is (a floor's depth is a function of the row), which convolution
 their padding. Measured: a head without them underfit (train and held-out abs-rel both ~0.25)."""
 DEFAULT_DEPTH_WIDTHS = (96, 48, 24)
 """The depth head that ships: as wide as the RGB decoder."""
+DEPTH_HEAD_PREFIX = "depth_decoder."
+"""State-dict prefix of the depth head: the one part of an autoencoder trained after the rest
+(`worldmodel train --stage depth`, everything else frozen), so two autoencoders that differ only
+under it give the same latents."""
 
 
 def coordinate_channels(batch: int, size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from conventions.atomic import check_output_path
-from worldmodel.autoencoder import atomic_save_safetensors, Autoencoder, AutoencoderConfig
+from worldmodel.autoencoder import DEPTH_HEAD_PREFIX, atomic_save_safetensors, Autoencoder, AutoencoderConfig
 from worldmodel.config import WorldModelConfig
 from conventions.errors import UserError, config_differences
 from worldmodel.model import WorldModel
@@ -215,7 +215,8 @@ def check_finite_tensors(tensors: dict[str, torch.Tensor], source: str) -> None:
 
 
 def average_checkpoints(paths: list[str | Path], out: str | Path, weights: list[float] | None = None,
-                        dtype: torch.dtype = torch.float32, extra_summary: dict[str, Any] | None = None) -> Path:
+                        dtype: torch.dtype = torch.float32, extra_summary: dict[str, Any] | None = None,
+                        first_depth_head: bool = False) -> Path:
     """Write the weighted mean of checkpoints' world-model weights to `out` (atomically; returns it).
 
     Why: two fine-tunes of one model (e.g. one that leans on its memory, one that follows actions
@@ -225,6 +226,11 @@ def average_checkpoints(paths: list[str | Path], out: str | Path, weights: list[
     (`WorldModelConfig.TRAINING_ONLY_FIELDS`, e.g. the context noise a fine-tune used) may differ, and
     the result keeps the first checkpoint's. The train summary records every input (path, sha256,
     weight, and its own summary). `dtype` is the storage type of the floating-point weights.
+
+    `first_depth_head`: the autoencoders may differ in their depth heads (or lack one), and the
+    result bundles the first checkpoint's. A depth head is trained with the rest of the autoencoder
+    frozen (`worldmodel train --stage depth`), so such autoencoders give the same latents and their
+    world models stay averageable: e.g. a fine-tune made before the shipped head was trained longer.
     """
     if len(paths) < 2:
         raise UserError("average needs at least two checkpoints")
@@ -236,13 +242,21 @@ def average_checkpoints(paths: list[str | Path], out: str | Path, weights: list[
     first_model, first_ae, first_config = load_checkpoint(paths[0])
     total = {k: v.double() * weights[0] for k, v in first_model.state_dict().items() if v.is_floating_point()}
     ae_state = first_ae.state_dict()
+
+    def must_match(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The autoencoder weights every input must share: all, or all but the depth head."""
+        return {k: v for k, v in state.items() if not (first_depth_head and k.startswith(DEPTH_HEAD_PREFIX))}
+
+    shared_ae = must_match(ae_state)
     inputs = []
     for i, (path, w) in enumerate(zip(paths, weights)):
         model, ae, config = (first_model, first_ae, first_config) if i == 0 else load_checkpoint(path)
         if config.with_training_fields_of(first_config).to_json() != first_config.to_json():
             raise UserError(f"{path}: its config differs from {paths[0]}'s; only fine-tunes of one model can be averaged")
-        if any(not torch.equal(v, ae_state[k]) for k, v in ae.state_dict().items()):
-            raise UserError(f"{path}: its autoencoder differs from {paths[0]}'s; the latents would not match")
+        theirs = must_match(ae.state_dict())
+        if theirs.keys() != shared_ae.keys() or any(not torch.equal(v, shared_ae[k]) for k, v in theirs.items()):
+            advice = "" if first_depth_head else " (if only the depth heads differ: --first-depth-head)"
+            raise UserError(f"{path}: its autoencoder differs from {paths[0]}'s; the latents would not match{advice}")
         if i > 0:
             for k, v in model.state_dict().items():
                 if v.is_floating_point():

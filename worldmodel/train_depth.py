@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from worldmodel.autoencoder import DEFAULT_DEPTH_WIDTHS, Autoencoder, load_autoencoder, save_autoencoder
+from worldmodel.autoencoder import (DEFAULT_DEPTH_WIDTHS, DEPTH_HEAD_PREFIX, Autoencoder, load_autoencoder,
+                                    save_autoencoder)
 from worldmodel.autoencoder import read_checkpoint_metadata as read_autoencoder_metadata
 from worldmodel.data import ClipDataset, FrameSampler
 from conventions.depth import depth_errors, sky_mask
@@ -84,7 +85,7 @@ def write_world_checkpoint(base: str | Path, ae: Autoencoder, out: Path, metrics
     so the world model's latents are still the ones it was trained on. Weights keep `base`'s storage
     type; the train summary keeps `base`'s and records the head's steps and held-out metrics."""
     model, base_ae, _ = load_checkpoint(base)
-    changed = [k for k, v in ae.state_dict().items() if not k.startswith("depth_decoder.")
+    changed = [k for k, v in ae.state_dict().items() if not k.startswith(DEPTH_HEAD_PREFIX)
                and not torch.equal(v.cpu(), base_ae.state_dict()[k])]
     if changed:
         raise RuntimeError(f"write_world_checkpoint: the frozen autoencoder changed ({changed[:3]})")
@@ -102,7 +103,7 @@ def with_depth_head(ae: Autoencoder, widths: tuple[int, ...] = DEFAULT_DEPTH_WID
     cfg = dataclasses.replace(ae.config, depth_widths=tuple(widths))
     out = Autoencoder(cfg)
     missing, unexpected = out.load_state_dict(ae.state_dict(), strict=False)
-    if unexpected or any(not k.startswith("depth_decoder.") for k in missing):
+    if unexpected or any(not k.startswith(DEPTH_HEAD_PREFIX) for k in missing):
         raise RuntimeError(f"with_depth_head: unexpected state {unexpected}, {missing}")
     return out
 
@@ -168,7 +169,7 @@ def train_depth_head(data_dir: str | Path, out_dir: str | Path, base_autoencoder
     if ae.config.resolution != ds.resolution:
         raise UserError(f"{ds.path}: frames are {ds.resolution} px, the autoencoder's {ae.config.resolution}")
     for name, p in ae.named_parameters():
-        p.requires_grad_(name.startswith("depth_decoder."))
+        p.requires_grad_(name.startswith(DEPTH_HEAD_PREFIX))
     params = [p for p in ae.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     sampler = FrameSampler(ds, seed=cfg.seed)
