@@ -201,6 +201,19 @@ def test_closed_loop_cache_holds_own_rollouts_and_the_truth(latent_cache, tmp_pa
     sample = build_sample(roll, 0, 6, config, torch.tensor([2, 3]), torch.full((2,), 0.5),
                           torch.zeros(config.window_frames + 2), torch.Generator().manual_seed(0), 2)
     assert torch.equal(sample["target_x0"], truth.latents[0, 6:8].float())
+    # a play-time rule the rollouts may be made with: the memory key scale (the config's by default)
+    same = write_rollout_cache(ckpt, [path], tmp_path / "same.safetensors", clips=1, ticks=12,
+                               memory_key_scale=config.memory_key_scale)
+    assert torch.equal(load_latents(same, config).latents, roll.latents)
+    soft = write_rollout_cache(ckpt, [path], tmp_path / "soft.safetensors", clips=1, ticks=12, memory_key_scale=0.1)
+    assert not torch.equal(load_latents(soft, config).latents, roll.latents)
+    from tools.cli import main
+    base = ["train", "--stage", "rollouts", "--data", str(path), "--checkpoint", str(ckpt), "--clips", "1",
+            "--ticks", "12"]
+    assert main(base + ["--out", str(tmp_path / "cli.safetensors"), "--set", "memory_key_scale=0.1"]) == 0
+    assert torch.equal(load_latents(tmp_path / "cli.safetensors", config).latents, load_latents(soft, config).latents)
+    assert main(base + ["--out", str(tmp_path / "no.safetensors"), "--set", "layers=3"]) != 0
+    assert not (tmp_path / "no.safetensors").exists()
 
 
 def test_strip_tool_writes_truth_hint_on_and_off_rows_and_an_image_depth_strip(tmp_path):

@@ -182,8 +182,9 @@ def _run_latents(args: argparse.Namespace) -> int:
     return 0
 
 
-ROLLOUT_SETTINGS: tuple[str, ...] = ("hint_composite",)
-"""The config fields `--set` may change for --stage rollouts (how the played frames are composited)."""
+ROLLOUT_SETTINGS: tuple[str, ...] = ("hint_composite", "memory_key_scale")
+"""The config fields `--set` may change for --stage rollouts: play-time rules no weight depends on (how
+the played frames are composited, how softly the memory is attended to)."""
 
 
 def _run_rollouts(args: argparse.Namespace) -> int:
@@ -196,7 +197,8 @@ def _run_rollouts(args: argparse.Namespace) -> int:
                         f"as it is, and only {', '.join(ROLLOUT_SETTINGS)} can be changed for them")
     composite = overrides.get("hint_composite")
     ticks = ROLLOUT_TICKS if args.ticks is None else args.ticks
-    write_rollout_cache(args.checkpoint, list(args.data), args.out, args.clips, ticks, args.seed, composite)
+    write_rollout_cache(args.checkpoint, list(args.data), args.out, args.clips, ticks, args.seed, composite,
+                        memory_key_scale=overrides.get("memory_key_scale"))
     return 0
 
 

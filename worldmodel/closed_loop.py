@@ -34,13 +34,15 @@ from worldmodel.runtime import ModelFrameSource
 
 @torch.no_grad()
 def generate_rollouts(checkpoint: str | Path, data: LatentData, clips: list[int], ticks: int,
-                      seed: int = 0, composite: float | None = None, device: str = "cpu"
-                      ) -> dict[str, torch.Tensor]:
-    """Roll the checkpoint's play session along `clips` of `data` for `ticks` ticks each.
+                      seed: int = 0, composite: float | None = None, device: str = "cpu",
+                      memory_key_scale: float | None = None) -> dict[str, torch.Tensor]:
+    """Roll the checkpoint's play session along `clips` of `data` for `ticks` ticks each; `composite` /
+    `memory_key_scale` play it with another compositing weight or memory key scale than its config's
+    (play-time rules no weight depends on; a rollout made under an older default is remade with it).
 
     -> tensors of a latent cache: latents [N, ticks + 1, C, h, w] (generated; tick 0 the true start),
     target_latents (the truth), actions, poses, world_seeds, view_rgb, view_depth (generated views)."""
-    source = ModelFrameSource(checkpoint, device=device)
+    source = ModelFrameSource(checkpoint, device=device, memory_key_scale=memory_key_scale)
     session = source.session
     if composite is not None:  # play with another compositing weight than the checkpoint's
         session.composite = float(composite)
@@ -83,20 +85,23 @@ def rollout_clips(total: int, clips: int) -> list[int]:
 
 
 def write_rollout_cache(checkpoint: str | Path, latents_path: list[str | Path], out: str | Path, clips: int,
-                        ticks: int, seed: int = 0, composite: float | None = None) -> Path:
+                        ticks: int, seed: int = 0, composite: float | None = None,
+                        memory_key_scale: float | None = None) -> Path:
     """Generate rollouts of `clips` clips (spread evenly over the caches' clips) and write the cache."""
     data = load_latents(latents_path if len(latents_path) > 1 else latents_path[0], load_checkpoint(checkpoint)[2])
-    return write_rollouts(checkpoint, data, out, rollout_clips(data.clips, clips), ticks, seed, composite)
+    return write_rollouts(checkpoint, data, out, rollout_clips(data.clips, clips), ticks, seed, composite,
+                          memory_key_scale=memory_key_scale)
 
 
 def write_rollouts(checkpoint: str | Path, data: LatentData, out: str | Path, chosen: list[int], ticks: int,
-                   seed: int = 0, composite: float | None = None, device: str = "cpu") -> Path:
+                   seed: int = 0, composite: float | None = None, device: str = "cpu",
+                   memory_key_scale: float | None = None) -> Path:
     """Roll out the clips `chosen` of `data` (loaded once by a caller that writes several caches)
     and write their closed-loop cache to `out`."""
     config = load_checkpoint(checkpoint)[2]
     if not chosen or min(chosen) < 0 or max(chosen) >= data.clips:
         raise UserError(f"rollouts: clip indices must lie in [0, {data.clips - 1}]")
-    tensors = generate_rollouts(checkpoint, data, chosen, ticks, seed, composite, device)
+    tensors = generate_rollouts(checkpoint, data, chosen, ticks, seed, composite, device, memory_key_scale)
     captions = [data.captions[c] for c in chosen]
     meta_ckpt = read_checkpoint_metadata(checkpoint)
     ae_sha = json.loads(meta_ckpt.get("train", "{}")).get("autoencoder_sha256", data.autoencoder_sha256 or "")
