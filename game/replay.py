@@ -227,7 +227,7 @@ def _load_replay(log: ActionLogReader, log_path, backend, checkpoint, device, hi
                                checkpoint=checkpoint, device=device, precision=precision, hint=hint_on,
                                memory=memory_on, start_radius=float(start_radius) if hint_on else None,
                                sampling=sampling if hint_on else None, sample_steps=sample_steps)
-    if key_scale is not None and getattr(source, "memory_key_scale", None) is not None:
+    if key_scale is not None and source.memory_key_scale is not None:
         source.session.memory_key_scale = float(key_scale)  # the log's rule (a model without memory has none)
     if source.resolution != height:
         warnings.append(f"{log_path}: recorded at {height}x{height}, the {backend} backend makes "

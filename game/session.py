@@ -213,7 +213,7 @@ class PlaySession:
             extra.setdefault("hint_start_radius", float(self.source.start_radius))  # ... and the same hints
         if self.source.sampling is not None:
             extra.setdefault("hint_sampling", str(self.source.sampling))
-        if getattr(self.source, "memory_key_scale", None) is not None:
+        if self.source.memory_key_scale is not None:
             extra.setdefault("memory_key_scale", float(self.source.memory_key_scale))  # ... and the same memory
         if self.source.sample_steps is not None:
             extra.setdefault("sample_steps", int(self.source.sample_steps))  # ... and the same denoising steps

@@ -45,7 +45,7 @@ class RecordingSource:
         self.name = inner.name
         self.resolution = inner.resolution
         for capability in ("checkpoint_sha256", "precision", "hint", "use_memory", "memory", "saves_worlds",
-                           "start_radius", "sampling", "sample_steps"):
+                           "start_radius", "sampling", "memory_key_scale", "sample_steps"):
             setattr(self, capability, getattr(inner, capability))  # the FrameSource capabilities, as the inner's
         self.frames: list[np.ndarray] = []
         self.poses: list[CameraPose] = []

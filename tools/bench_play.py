@@ -175,7 +175,7 @@ def bench_play(args: argparse.Namespace) -> dict:
         "sample_steps": source.sample_steps,
         "hint": source.hint,
         "hint_settings": _hint_settings_used(source),
-        "memory_key_scale": getattr(source, "memory_key_scale", None),
+        "memory_key_scale": source.memory_key_scale,
     }
     precision = f", {result['precision']}" if result["precision"] else ""
     precision += "" if result["hint"] is None else f", hint {'on' if result['hint'] else 'off'}"

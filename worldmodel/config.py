@@ -100,8 +100,9 @@ class WorldModelConfig:
     collapse onto washed-out entries and copy them back, tick after tick (docs/model_card.md "Why
     memory on ends below memory off on drift"); at 0.9 the drift suite's late frames gained 0.97 dB
     on the mean of three sampling seeds (every seed gained, no world washed out) with action
-    following and returns level (docs/model_card.md, top section). A play-time rule (no weight
-    depends on it); checkpoints saved without the field get this default; 1 is the rule before."""
+    following and returns level (docs/model_card.md, "Play rule since 2026-12-07 (seventh session)").
+    A play-time rule (no weight depends on it); checkpoints saved without the field get this
+    default; 1 is the rule before."""
 
     # --- geometric hint (worldmodel.hint) ---
     hint: bool = False
@@ -237,8 +238,9 @@ class WorldModelConfig:
             problems.append("hint_start_radius must be a finite number of metres >= 0")
         if self.hint_sampling not in HINT_SAMPLINGS:
             problems.append(f"hint_sampling must be one of {list(HINT_SAMPLINGS)}")
-        if number_problem("memory_key_scale", self.memory_key_scale):
-            problems.append(f"memory_key_scale {number_problem('memory_key_scale', self.memory_key_scale)}")
+        key_scale_problem = number_problem("memory_key_scale", self.memory_key_scale)
+        if key_scale_problem:
+            problems.append(f"memory_key_scale {key_scale_problem}")
         if self.window_frames < 1 or self.target_frames < 1:
             problems.append("window_frames and target_frames must be >= 1")
         if not self.vocab or self.vocab[:2] != ["<pad>", "<unk>"]:
