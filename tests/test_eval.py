@@ -105,6 +105,28 @@ def test_revisit_scores_use_return_ticks() -> None:
         assert scores["first_return_tick"] >= 100 and scores["psnr_vs_truth"] == 100.0
         # a perfect model scores against its first visit exactly what the true views score
         assert scores["psnr_vs_first_visit"] == scores["truth_psnr_vs_first_visit"] < 100.0
+        # moved into the return pose with the true depth, the first visit agrees far better: what is
+        # left is resampling, not the up to 0.5 m / 15 degrees between the two cameras
+        assert scores["psnr_vs_first_visit_warped"] == scores["truth_psnr_vs_first_visit_warped"]
+        assert scores["truth_psnr_vs_first_visit_warped"] > scores["truth_psnr_vs_first_visit"] + 1.0  # 16 px: +1.6 dB
+        assert 0.3 < scores["first_visit_warped_coverage"] <= 1.0
+
+
+def test_warped_first_visit_tells_a_changed_place() -> None:
+    """The pose-compensated return score falls when the return frames are not the place first seen."""
+    world = generate_world(SEED)
+    tr = make_trajectory(world, 161, "revisit", random.Random(5))
+    truth = render_views(world, tr.poses, 32)
+    log = ev.EvalLog("r", world, ev.CameraPose.from_sequence(tr.poses[0].tolist()), "", tr.actions[1:], tr.poses[1:],
+                     truth)
+    same = ev.revisit_scores(truth[1:], log, prefill=0)
+    if not same["return_ticks"]:
+        pytest.skip("this walk never returns")
+    changed = truth[1:].clone()
+    changed[same["first_return_tick"] - 1:] = 255 - changed[same["first_return_tick"] - 1:]  # the returns inverted
+    other = ev.revisit_scores(changed, log, prefill=0)
+    assert other["psnr_vs_first_visit_warped"] < same["psnr_vs_first_visit_warped"] - 10.0
+    assert other["truth_psnr_vs_first_visit_warped"] == same["truth_psnr_vs_first_visit_warped"]
 
 
 def test_summary_means_per_policy() -> None:
