@@ -94,13 +94,17 @@ def test_prefill_feeds_true_frames(checkpoint: Path, tmp_path: Path) -> None:
     assert not torch.equal(frames[3:], logs.truth[4:])
 
 
-def test_revisit_scores_use_return_ticks() -> None:
+def _revisit_log(resolution: int) -> ev.EvalLog:
+    """A held-out revisit walk of 160 ticks with its true frames (tick 0 first)."""
     world = generate_world(SEED)
     tr = make_trajectory(world, 161, "revisit", random.Random(5))
-    truth = render_views(world, tr.poses, 16)
-    log = ev.EvalLog("r", world, ev.CameraPose.from_sequence(tr.poses[0].tolist()), "", tr.actions[1:], tr.poses[1:],
-                     truth)
-    scores = ev.revisit_scores(truth[1:], log, prefill=0)
+    return ev.EvalLog("r", world, ev.CameraPose.from_sequence(tr.poses[0].tolist()), "", tr.actions[1:],
+                      tr.poses[1:], render_views(world, tr.poses, resolution))
+
+
+def test_revisit_scores_use_return_ticks() -> None:
+    log = _revisit_log(16)
+    scores = ev.revisit_scores(log.truth[1:], log, prefill=0)
     if scores["return_ticks"]:
         assert scores["first_return_tick"] >= 100 and scores["psnr_vs_truth"] == 100.0
         # a perfect model scores against its first visit exactly what the true views score
@@ -114,11 +118,8 @@ def test_revisit_scores_use_return_ticks() -> None:
 
 def test_warped_first_visit_tells_a_changed_place() -> None:
     """The pose-compensated return score falls when the return frames are not the place first seen."""
-    world = generate_world(SEED)
-    tr = make_trajectory(world, 161, "revisit", random.Random(5))
-    truth = render_views(world, tr.poses, 32)
-    log = ev.EvalLog("r", world, ev.CameraPose.from_sequence(tr.poses[0].tolist()), "", tr.actions[1:], tr.poses[1:],
-                     truth)
+    log = _revisit_log(32)
+    truth = log.truth
     same = ev.revisit_scores(truth[1:], log, prefill=0)
     if not same["return_ticks"]:
         pytest.skip("this walk never returns")
