@@ -227,7 +227,7 @@ def test_strip_tool_writes_truth_hint_on_and_off_rows_and_an_image_depth_strip(t
     ckpt = save_checkpoint(tmp_path / "hint.safetensors", randomized_model(tiny_config(hint=True)), _ae_with_depth())
     args = argparse.Namespace(out=tmp_path / "s.png", checkpoint=ckpt, ticks="0,3", image=None, prompt="a yard",
                               threads=None, splat_levels=None, point_cache=None, composite=None, start_radius=None,
-                              sampling=None, oracle_row=False, memory_off_row=False)
+                              sampling=None, oracle_row=False, memory_off_row=False, revisit=0)
     assert run(args) == 0
     side = 64 * CELL_SCALE
     assert Image.open(args.out).size == (2 * side + GAP, 3 * side + 2 * GAP)
@@ -246,6 +246,13 @@ def test_strip_tool_writes_truth_hint_on_and_off_rows_and_an_image_depth_strip(t
     args.image, args.out = picture, tmp_path / "img.png"
     assert run(args) == 0
     assert Image.open(args.out).size == (2 * side + GAP, 2 * side + GAP)
+    args.revisit = 2  # a picture has no world to come back to
+    with pytest.raises(UserError, match="--revisit"):
+        run(args)
+    # two return ticks, each after its first visit: 4 columns; truth / memory on / memory off
+    args.image, args.out = None, tmp_path / "r.png"
+    assert run(args) == 0
+    assert Image.open(args.out).size == (4 * side + 3 * GAP, 3 * side + 2 * GAP)
 
 
 def test_composite_shows_the_reprojected_pixels_where_the_hint_covers():

@@ -3,6 +3,7 @@
     worldmodel strip --out docs/hint_strip.png                    # truth / hint on / hint off
     worldmodel strip --image photo.png --out docs/image_strip.png # a picture that is no procedural world
     worldmodel strip --point-cache 32768 --splat-levels on --oracle-row --out docs/oracle_depth_strip.png
+    worldmodel strip --revisit 4 --out docs/revisit_strip.png     # first visits and their returns
 
 Rows of the default strip: the oracle's truth, the model with its geometric hint, the model without
 it, at the chosen ticks of the first drift-suite walk (a held-out world, 1100 ticks of chained
@@ -20,12 +21,16 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
+from PIL import Image
 
 from conventions.atomic import atomic_write
 from conventions.errors import UserError
+from conventions.limits import flag_type
 from tools.common import add_hint_setting_flags, add_threads_flag, apply_threads, hint_settings
 from conventions.camera import CameraPose
 from scenes.scene import load_image, Scene
+from scenes.trajectories import revisit_ticks
 from tools.eval import oracle_depth, suite_logs
 from worldmodel.checkpoint import DEFAULT_CHECKPOINT
 from worldmodel.runtime import ModelFrameSource
@@ -50,6 +55,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="add the hint-on row with the ray caster's depth for every view (an upper bound)")
     p.add_argument("--memory-off-row", action="store_true",
                    help="add the hint-on row with the memory off (what the memory does to a long walk)")
+    p.add_argument("--revisit", type=flag_type("count"), default=0, metavar="N",
+                   help="instead of --ticks of the drift walk: N return ticks of the first revisit-suite walk, "
+                        "each after the frame of its first visit (rows: truth / memory on / memory off)")
     add_threads_flag(p)
 
 
@@ -95,12 +103,14 @@ def _tile(rows: list[list[np.ndarray]]) -> np.ndarray:
 
 
 def run(args: argparse.Namespace) -> int:
-    from PIL import Image
-
     apply_threads(args)
-    ticks = _ticks(args.ticks)
     ckpt = args.checkpoint or DEFAULT_CHECKPOINT
     probe = ModelFrameSource(ckpt)
+    if args.revisit:
+        if args.image is not None:
+            raise UserError("--revisit shows a held-out world's return ticks; --image has no world to return to")
+        return _revisit_strip(args, ckpt, probe)
+    ticks = _ticks(args.ticks)
     log = suite_logs("drift", probe.resolution, probe.config.fov_deg, 1)[0]
     last = ticks[-1]
     if last > len(log.actions):
@@ -140,7 +150,35 @@ def run(args: argparse.Namespace) -> int:
         labels = ("truth / hint on / hint off" + (" / hint on, exact depth" if args.oracle_row else "")
                   if probe.config.hint else "truth / model")
         labels += (" / hint on, memory off" if probe.config.hint else " / memory off") if args.memory_off_row else ""
-    image = Image.fromarray(_tile(rows))
-    atomic_write(args.out, lambda tmp: image.save(tmp, format="PNG"))
+    _save(args.out, rows)
     print(f"wrote {args.out}: rows {labels}, ticks {ticks}", file=sys.stderr)
+    return 0
+
+
+def _save(path: Path, rows: list[list[np.ndarray]]) -> None:
+    image = Image.fromarray(_tile(rows))
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
+def _revisit_strip(args: argparse.Namespace, ckpt: Path, probe: ModelFrameSource) -> int:
+    """Columns in pairs: the frame of a first visit, then the return tick that comes back to it
+    (`revisit_ticks`, the pairs the revisit suite scores), for `args.revisit` return ticks spread
+    over the walk's returns; rows: the truth, the model with memory on, with memory off."""
+    log = suite_logs("revisit", probe.resolution, probe.config.fov_deg, 1)[0]
+    pairs = revisit_ticks(torch.cat([log.start_pose.as_tensor()[None], log.poses]))
+    if not pairs:
+        raise UserError(f"{log.name}: this walk never returns")
+    chosen = [pairs[int(i)] for i in np.linspace(0, len(pairs) - 1, min(args.revisit, len(pairs))).round()]
+    columns = [t for ret, first in chosen for t in (first, ret)]
+    scene = Scene(name=log.name, prompt=log.prompt, start_pose=log.start_pose, fov_deg=90.0,
+                  world_seed=log.world.seed, image=log.truth[0].numpy(), path=None)
+    rows = [[log.truth[t].numpy() for t in columns]]
+    options = hint_settings(args) if probe.config.hint else {}
+    for memory in (True, False):
+        source = ModelFrameSource(ckpt, use_memory=memory, **options)
+        frames, _ = _rollout(source, scene, log, max(columns), columns)
+        rows.append([frames[t] for t in columns])
+    _save(args.out, rows)
+    print(f"wrote {args.out}: {log.name}, rows truth / memory on / memory off, columns (first visit, return) "
+          f"{[(first, ret) for ret, first in chosen]}", file=sys.stderr)
     return 0
