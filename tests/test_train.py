@@ -114,6 +114,34 @@ def test_average_with_first_depth_head_keeps_the_first_head_and_refuses_other_di
     assert not (tmp_path / "y.safetensors").exists()
 
 
+def test_average_sets_play_rules_only(tmp_path: Path) -> None:
+    """`average --set` writes play rules (no weight depends on them) into the result's config and its
+    train summary, and refuses any other field and an invalid value before writing anything."""
+    from worldmodel.checkpoint import average_checkpoints
+    from tools.cli import main
+
+    c = tiny_config()
+    ae = tiny_autoencoder()
+    a = save_checkpoint(tmp_path / "a.safetensors", randomized_model(c, seed=1), ae)
+    b = save_checkpoint(tmp_path / "b.safetensors", randomized_model(c, seed=2), ae)
+    out = tmp_path / "ab.safetensors"
+    assert main(["average", str(a), str(b), "--out", str(out), "--set", "memory_key_scale=0.8",
+                 "--set", "hint_sampling=nearest"]) == 0
+    config = load_checkpoint(out)[2]
+    assert config.memory_key_scale == 0.8 and config.hint_sampling == "nearest"
+    assert config.replace(memory_key_scale=c.memory_key_scale, hint_sampling=c.hint_sampling) == c
+    summary = json.loads(read_checkpoint_metadata(out)["train"])
+    assert summary["play_rules"] == {"memory_key_scale": 0.8, "hint_sampling": "nearest"}
+    plain = average_checkpoints([a, b], tmp_path / "plain.safetensors")
+    assert "play_rules" not in json.loads(read_checkpoint_metadata(plain)["train"])
+    with pytest.raises(UserError, match="layers is not a play rule"):
+        average_checkpoints([a, b], tmp_path / "x.safetensors", play_rules={"layers": 3})
+    with pytest.raises(UserError, match="play rules"):
+        average_checkpoints([a, b], tmp_path / "x.safetensors", play_rules={"memory_key_scale": float("nan")})
+    assert main(["average", str(a), str(b), "--out", str(tmp_path / "x.safetensors"), "--set", "hint_sampling=cubic"]) != 0
+    assert not (tmp_path / "x.safetensors").exists()
+
+
 def test_checkpoint_errors_name_the_problem(tmp_path: Path) -> None:
     c = tiny_config()
     model, ae = randomized_model(c), tiny_autoencoder()

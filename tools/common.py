@@ -1,13 +1,17 @@
 """What several commands share: the `--threads` flag and its one application; the play-time settings
 of the geometric hint (`--splat-levels`, `--point-cache`, `--composite`) and the session arguments
-they become."""
+they become; the `KEY=VALUE` items of `--set` / `--opt` (train, distill, average)."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+from typing import Any
 
 import torch
 
+from conventions.errors import UserError
 from conventions.limits import flag_type
 from worldmodel.config import HINT_SAMPLINGS
 
@@ -57,3 +61,22 @@ def hint_settings(args: argparse.Namespace) -> dict[str, object]:
             "point_cache": getattr(args, "point_cache", None), "composite": getattr(args, "composite", None),
             "start_radius": getattr(args, "start_radius", None), "sampling": getattr(args, "sampling", None),
             "memory_key_scale": getattr(args, "memory_key_scale", None)}
+
+
+def parse_overrides(items: list[str], cls: type, flag: str) -> dict[str, Any]:
+    """`KEY=VALUE` items of a repeatable flag (`--set`, `--opt`) -> {field: value} for the dataclass
+    `cls`: values parse as JSON, else stay strings (memory_compression=patch); UserError naming the
+    flag for a malformed item or an unknown field."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise UserError(f"{flag} {item!r}: expected KEY=VALUE")
+        if key not in names:
+            raise UserError(f"{flag} {item!r}: unknown field {key!r} (known: {', '.join(sorted(names))})")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw  # bare strings such as memory_compression=patch
+    return out

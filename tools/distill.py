@@ -19,7 +19,8 @@ from pathlib import Path
 from conventions.errors import UserError
 from tools.common import add_threads_flag, apply_threads
 from conventions.limits import flag_type
-from tools.train import _parse_overrides, export_checkpoint
+from tools.common import parse_overrides
+from tools.train import export_checkpoint
 from worldmodel.distill import distill, DistillOptions
 
 STUDENT_STEP_CHOICES = (1, 2)
@@ -57,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def options_from_args(args: argparse.Namespace):
     """DistillOptions from --opt overrides plus the dedicated flags (flags win)."""
-    over = _parse_overrides(args.opt, DistillOptions, "--opt")
+    over = parse_overrides(args.opt, DistillOptions, "--opt")
     for flag in ("steps", "student_steps", "warmup_steps", "warmup_frames", "batch", "rollout_frames",
                  "fake_steps", "lr", "fake_lr"):
         value = getattr(args, flag)

@@ -26,14 +26,12 @@ refuse to start in more than one process rather than do the same work N times. S
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 from conventions.errors import UserError
-from tools.common import add_threads_flag, apply_threads
+from tools.common import add_threads_flag, apply_threads, parse_overrides
 from conventions.atomic import atomic_write, check_output_path
 from conventions.limits import flag_type
 from worldmodel.autoencoder import file_sha256, load_autoencoder
@@ -107,31 +105,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "processes (FSDP) instead of replicating the model (DDP)")
 
 
-def _parse_overrides(items: list[str], cls: type, flag: str) -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(cls)}
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise UserError(f"{flag} {item!r}: expected KEY=VALUE")
-        if key not in names:
-            raise UserError(f"{flag} {item!r}: unknown field {key!r} (known: {', '.join(sorted(names))})")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw  # bare strings such as memory_compression=patch
-    return out
-
-
 def _run_world(args: argparse.Namespace) -> int:
     if args.autoencoder is None:
         raise UserError("train --stage world: --autoencoder PATH is required (the checkpoint bundles it)")
-    overrides = _parse_overrides(args.set, WorldModelConfig, "--set")
+    overrides = parse_overrides(args.set, WorldModelConfig, "--set")
     try:
         config = (tiny_config if args.preset == "tiny" else default_config)(**overrides)
     except (TypeError, ValueError) as exc:
         raise UserError(f"--set: {exc}") from None
-    opt_over = _parse_overrides(args.opt, TrainOptions, "--opt")
+    opt_over = parse_overrides(args.opt, TrainOptions, "--opt")
     for flag, key in (("steps", "steps"), ("batch", "batch"), ("lr", "lr")):
         value = getattr(args, flag)
         if value is not None:
@@ -190,7 +172,7 @@ the played frames are composited, how softly the memory is attended to)."""
 def _run_rollouts(args: argparse.Namespace) -> int:
     if args.checkpoint is None:
         raise UserError("train --stage rollouts: --checkpoint PATH (the model to roll out) is required")
-    overrides = _parse_overrides(args.set, WorldModelConfig, "--set") if args.set else {}
+    overrides = parse_overrides(args.set, WorldModelConfig, "--set") if args.set else {}
     other = sorted(set(overrides) - set(ROLLOUT_SETTINGS))
     if other:
         raise UserError(f"train --stage rollouts: --set {other[0]} does not apply; the rollouts play the checkpoint "

@@ -24,7 +24,7 @@ from torch import nn
 
 from conventions.atomic import check_output_path
 from worldmodel.autoencoder import DEPTH_HEAD_PREFIX, atomic_save_safetensors, Autoencoder, AutoencoderConfig
-from worldmodel.config import WorldModelConfig
+from worldmodel.config import PLAY_RULE_FIELDS, WorldModelConfig
 from conventions.errors import UserError, config_differences
 from worldmodel.model import WorldModel
 
@@ -216,7 +216,7 @@ def check_finite_tensors(tensors: dict[str, torch.Tensor], source: str) -> None:
 
 def average_checkpoints(paths: list[str | Path], out: str | Path, weights: list[float] | None = None,
                         dtype: torch.dtype = torch.float32, extra_summary: dict[str, Any] | None = None,
-                        first_depth_head: bool = False) -> Path:
+                        first_depth_head: bool = False, play_rules: dict[str, Any] | None = None) -> Path:
     """Write the weighted mean of checkpoints' world-model weights to `out` (atomically; returns it).
 
     Why: two fine-tunes of one model (e.g. one that leans on its memory, one that follows actions
@@ -231,15 +231,28 @@ def average_checkpoints(paths: list[str | Path], out: str | Path, weights: list[
     result bundles the first checkpoint's. A depth head is trained with the rest of the autoencoder
     frozen (`worldmodel train --stage depth`), so such autoencoders give the same latents and their
     world models stay averageable: e.g. a fine-tune made before the shipped head was trained longer.
+
+    `play_rules` {field: value}: play rules (config.PLAY_RULE_FIELDS) the result's config carries
+    instead of the first checkpoint's, e.g. the memory key scale it was measured to play best with;
+    no weight depends on them, and the train summary records them.
     """
     if len(paths) < 2:
         raise UserError("average needs at least two checkpoints")
+    play_rules = dict(play_rules or {})
+    other = sorted(set(play_rules) - set(PLAY_RULE_FIELDS))
+    if other:
+        raise UserError(f"average: {other[0]} is not a play rule; only {', '.join(PLAY_RULE_FIELDS)} can be set "
+                        f"(every other field is the models' own)")
     check_output_path(out, inputs=paths, flag="--out")
     weights = [1.0 / len(paths)] * len(paths) if weights is None else [float(w) for w in weights]
     if len(weights) != len(paths) or not all(math.isfinite(w) and w >= 0 for w in weights) \
             or abs(sum(weights) - 1.0) > 1e-6:
         raise UserError(f"weights must be {len(paths)} non-negative numbers summing to 1, got {weights}")
     first_model, first_ae, first_config = load_checkpoint(paths[0])
+    try:
+        played = first_config.replace(**play_rules).validate()
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"average: the play rules {play_rules}: {exc}") from None
     total = {k: v.double() * weights[0] for k, v in first_model.state_dict().items() if v.is_floating_point()}
     ae_state = first_ae.state_dict()
 
@@ -267,4 +280,6 @@ def average_checkpoints(paths: list[str | Path], out: str | Path, weights: list[
     state = first_model.state_dict()
     state.update({k: v.to(state[k].dtype) for k, v in total.items()})
     first_model.load_state_dict(state)
-    return save_checkpoint(out, first_model, first_ae, {"average_of": inputs, **(extra_summary or {})}, dtype=dtype)
+    first_model.config = played
+    summary = {"average_of": inputs, **({"play_rules": play_rules} if play_rules else {}), **(extra_summary or {})}
+    return save_checkpoint(out, first_model, first_ae, summary, dtype=dtype)

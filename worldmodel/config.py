@@ -40,6 +40,12 @@ HINT_SAMPLINGS = ("nearest", "bilinear-start", "bilinear")
 """Values of WorldModelConfig.hint_sampling: which hint sources are sampled bilinearly
 (worldmodel.hint.bilinear_sources): none, the start frame alone, every frame."""
 
+PLAY_RULE_FIELDS = ("hint_composite", "hint_point_cache", "hint_splat_levels", "hint_start_radius", "hint_sampling",
+                    "memory_key_scale")
+"""Config fields that are rules of play, not of the weights: how the hint is built and composited and
+how softly the memory is attended to. A checkpoint's config carries the values it plays with; a
+fine-tune, `worldmodel average --set` and the play-time flags may change them."""
+
 
 @dataclass
 class WorldModelConfig:
@@ -164,10 +170,9 @@ class WorldModelConfig:
     """Probability that a target's noise level is one the sampler actually visits (e.g. t = 1)."""
 
     TRAINING_ONLY_FIELDS = ("ctx_noise_max", "target_frames", "time_sampling", "logit_normal_mean",
-                            "logit_normal_std", "schedule_time_prob", "hint_composite", "hint_point_cache",
-                            "hint_splat_levels", "hint_start_radius", "hint_sampling", "memory_key_scale")
-    """Fields no weight depends on (the training objective, and the play-time compositing), so a
-    fine-tune may change them from the checkpoint it starts from."""
+                            "logit_normal_std", "schedule_time_prob") + PLAY_RULE_FIELDS
+    """Fields no weight depends on (the training objective, and the play rules), so a fine-tune may
+    change them from the checkpoint it starts from."""
 
     def __post_init__(self) -> None:
         if isinstance(self.action_scale, list):
