@@ -108,7 +108,8 @@ class WorldModelConfig:
     on the mean of three sampling seeds (every seed gained, no world washed out) with action
     following and returns level (docs/model_card.md, "Play rule since 2026-12-07 (seventh session)").
     A play-time rule (no weight depends on it); checkpoints saved without the field get this
-    default; 1 is the rule before."""
+    default; 1 is the rule before. A checkpoint carries its own value: the shipped one 0.8 since
+    the ninth session, the scale its weights measured best with (docs/model_card.md, top section)."""
 
     # --- geometric hint (worldmodel.hint) ---
     hint: bool = False
