@@ -253,6 +253,12 @@ def test_strip_tool_writes_truth_hint_on_and_off_rows_and_an_image_depth_strip(t
     args.image, args.out = None, tmp_path / "r.png"
     assert run(args) == 0
     assert Image.open(args.out).size == (4 * side + 3 * GAP, 3 * side + 2 * GAP)
+    # a checkpoint without memory: the truth and the model
+    args.checkpoint = save_checkpoint(tmp_path / "nomem.safetensors",
+                                      randomized_model(tiny_config(hint=True, use_memory=False)), _ae_with_depth())
+    args.out = tmp_path / "r1.png"
+    assert run(args) == 0
+    assert Image.open(args.out).size == (4 * side + 3 * GAP, 2 * side + GAP)
 
 
 def test_composite_shows_the_reprojected_pixels_where_the_hint_covers():

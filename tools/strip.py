@@ -163,7 +163,8 @@ def _save(path: Path, rows: list[list[np.ndarray]]) -> None:
 def _revisit_strip(args: argparse.Namespace, ckpt: Path, probe: ModelFrameSource) -> int:
     """Columns in pairs: the frame of a first visit, then the return tick that comes back to it
     (`revisit_ticks`, the pairs the revisit suite scores), for `args.revisit` return ticks spread
-    over the walk's returns; rows: the truth, the model with memory on, with memory off."""
+    over the walk's returns; rows: the truth, the model with memory on, with memory off (a
+    checkpoint without memory: the truth and the model)."""
     log = suite_logs("revisit", probe.resolution, probe.config.fov_deg, 1)[0]
     pairs = revisit_ticks(torch.cat([log.start_pose.as_tensor()[None], log.poses]))
     if not pairs:
@@ -174,11 +175,13 @@ def _revisit_strip(args: argparse.Namespace, ckpt: Path, probe: ModelFrameSource
                   world_seed=log.world.seed, image=log.truth[0].numpy(), path=None)
     rows = [[log.truth[t].numpy() for t in columns]]
     options = hint_settings(args) if probe.config.hint else {}
-    for memory in (True, False):
+    memories = (True, False) if probe.config.use_memory else (False,)
+    for memory in memories:
         source = ModelFrameSource(ckpt, use_memory=memory, **options)
         frames, _ = _rollout(source, scene, log, max(columns), columns)
         rows.append([frames[t] for t in columns])
     _save(args.out, rows)
-    print(f"wrote {args.out}: {log.name}, rows truth / memory on / memory off, columns (first visit, return) "
+    labels = "truth / memory on / memory off" if probe.config.use_memory else "truth / model (no memory)"
+    print(f"wrote {args.out}: {log.name}, rows {labels}, columns (first visit, return) "
           f"{[(first, ret) for ret, first in chosen]}", file=sys.stderr)
     return 0
