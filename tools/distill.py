@@ -17,9 +17,8 @@ import argparse
 from pathlib import Path
 
 from conventions.errors import UserError
-from tools.common import add_threads_flag, apply_threads
+from tools.common import add_threads_flag, apply_threads, parse_overrides
 from conventions.limits import flag_type
-from tools.common import parse_overrides
 from tools.train import export_checkpoint
 from worldmodel.distill import distill, DistillOptions
 

@@ -92,6 +92,11 @@ class EvalLog:
     """The generator's sampling seed for this log (None: `seed`); `--seed-offset` moves it, so a suite
     can be run again with other noise on the same worlds and walks."""
 
+    def scene(self) -> Scene:
+        """The scene a frame source starts this log from: its world, prompt, start pose and true start frame."""
+        return Scene(name=self.name, prompt=self.prompt, start_pose=self.start_pose, fov_deg=DEFAULT_FOV_DEG,
+                     world_seed=self.world.seed, image=self.truth[0].numpy(), path=None)
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log", type=Path, help="an action log (scene procedural:<seed> or a bundled scene)")
@@ -197,9 +202,7 @@ def rollout(source, log: EvalLog, actions: torch.Tensor, poses: torch.Tensor, pr
             depths: list | None = None) -> torch.Tensor:
     """Generated frames uint8 [T, H, W, 3] for ticks 1..T; ticks <= prefill are teacher-forced.
     `depths` (a list) receives each tick's depth as play keeps it (`current_depth`; None without)."""
-    scene = Scene(name=log.name, prompt=log.prompt, start_pose=log.start_pose, fov_deg=90.0,
-                  world_seed=log.world.seed, image=log.truth[0].numpy(), path=None)
-    source.reset(scene, log.start_pose, log.prompt, log.seed if log.sample_seed is None else log.sample_seed)
+    source.reset(log.scene(), log.start_pose, log.prompt, log.seed if log.sample_seed is None else log.sample_seed)
     frames = []
     for t in range(len(actions)):
         pose = CameraPose.from_sequence(poses[t].tolist())

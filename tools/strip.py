@@ -126,8 +126,7 @@ def run(args: argparse.Namespace) -> int:
         rows = [[frames[t] for t in ticks], [_depth_image(depths[t]) for t in ticks]]
         labels = "model frames / predicted depth"
     else:
-        scene = Scene(name=log.name, prompt=log.prompt, start_pose=log.start_pose, fov_deg=90.0,
-                      world_seed=log.world.seed, image=log.truth[0].numpy(), path=None)
+        scene = log.scene()
         rows = [[log.truth[t].numpy() for t in ticks]]
         options = hint_settings(args)
         # (hint, exact depth, memory) of each model row
@@ -171,8 +170,7 @@ def _revisit_strip(args: argparse.Namespace, ckpt: Path, probe: ModelFrameSource
         raise UserError(f"{log.name}: this walk never returns")
     chosen = [pairs[int(i)] for i in np.linspace(0, len(pairs) - 1, min(args.revisit, len(pairs))).round()]
     columns = [t for ret, first in chosen for t in (first, ret)]
-    scene = Scene(name=log.name, prompt=log.prompt, start_pose=log.start_pose, fov_deg=90.0,
-                  world_seed=log.world.seed, image=log.truth[0].numpy(), path=None)
+    scene = log.scene()
     rows = [[log.truth[t].numpy() for t in columns]]
     options = hint_settings(args) if probe.config.hint else {}
     memories = (True, False) if probe.config.use_memory else (False,)
