@@ -105,3 +105,15 @@ def test_bench_play_times_the_hint_settings_it_is_given(capsys):
     with pytest.raises(UserError, match="off here"):
         bench_play(argparse.Namespace(backend="model", resolution=64, checkpoint=None, memory="on", ticks=3,
                                       hint="off", composite=0.5))
+
+
+def test_reproject_bench_times_every_rule_for_every_source_count():
+    """`worldmodel bench reproject` reports a median per rule (fine, coarse levels, bilinear, the shipped
+    play rule) and per K: positive times under the keys the model card quotes."""
+    from tools.bench import REPROJECT_SOURCES, bench_reproject
+
+    r = bench_reproject(16, iterations=2)
+    assert r["resolution"] == 16
+    for k in REPROJECT_SOURCES:
+        for rule in ("", "_levels", "_bilinear", "_start"):
+            assert r[f"k{k}{rule}_ms"] > 0

@@ -92,8 +92,9 @@ def bench_reproject(resolution: int, iterations: int = 100, seed: int = 102) -> 
     """Median ms per `reproject` call of K true frames (with their true depth) of one world into the
     next pose of a walk, for each K of REPROJECT_SOURCES: the fine level alone with nearest colours
     (the rule the shipped weights were trained with), with the coarse levels (hint_splat_levels),
-    and the fine level with every source sampled bilinearly (hint_sampling "bilinear"; the shipped
-    play rule samples the start frame alone so)."""
+    the fine level with every source sampled bilinearly (hint_sampling "bilinear"), and the shipped
+    play rule (`_start`: the fine level, the first source, the hint's start frame, preferred and
+    sampled bilinearly, the others nearest; hint_sampling "bilinear-start" near the start pose)."""
     world = generate_world(seed)
     start = world.spawn_pose().as_tensor()
     k_max = max(REPROJECT_SOURCES)
@@ -106,13 +107,16 @@ def bench_reproject(resolution: int, iterations: int = 100, seed: int = 102) -> 
     for k in REPROJECT_SOURCES:
         args = (rgb[None, :k], depth[None, :k], poses[None, :k], poses[k_max:])
         every = torch.ones(1, k, dtype=torch.bool)
-        for name, levels, bilinear in (("", False, None), ("_levels", True, None), ("_bilinear", False, every)):
+        first = torch.zeros(1, k, dtype=torch.bool)
+        first[0, 0] = True
+        for name, levels, bilinear, preferred in (("", False, None, None), ("_levels", True, None, None),
+                                                  ("_bilinear", False, every, None), ("_start", False, first, first)):
             for _ in range(5):
-                reproject(*args, magnified=levels, bilinear=bilinear)
+                reproject(*args, magnified=levels, bilinear=bilinear, preferred=preferred)
             times = []
             for _ in range(iterations):
                 t0 = time.perf_counter()
-                reproject(*args, magnified=levels, bilinear=bilinear)
+                reproject(*args, magnified=levels, bilinear=bilinear, preferred=preferred)
                 times.append((time.perf_counter() - t0) * 1e3)
             times.sort()
             out[f"k{k}{name}_ms"] = times[len(times) // 2]
@@ -132,9 +136,9 @@ def run(args: argparse.Namespace) -> int:
         r = bench_reproject(args.resolution)
         results["reproject"] = r
         print(f"reproject {r['resolution']}x{r['resolution']} (median ms per call, fine level / with coarse levels / "
-              f"fine level, bilinear colours): "
+              f"fine level, bilinear colours / the shipped play rule): "
               + ", ".join(f"K={k}: {r[f'k{k}_ms']:.2f} / {r[f'k{k}_levels_ms']:.2f} / {r[f'k{k}_bilinear_ms']:.2f}"
-                          for k in REPROJECT_SOURCES))
+                          f" / {r[f'k{k}_start_ms']:.2f}" for k in REPROJECT_SOURCES))
     if "play" in args.what:
         r = bench_play(args)
         results["play"] = r

@@ -83,6 +83,9 @@ SKY_BIN = (1 << DEPTH_BITS) - 1
 RANK_SHIFT = DEPTH_BITS + DIST_BITS + SOURCE_BITS + POINT_BITS
 """Position of the key's optional first field: 0 for the points of preferred sources, 1 for the rest."""
 MAX_SOURCES = 1 << SOURCE_BITS
+PAD = 2
+"""Pixels: the z-buffer's margin round the image (`_zbuffer`), where the candidates of points projected
+outside the image land (their positions are clamped into it), so that none needs a bounds test."""
 NO_KEY = torch.iinfo(torch.int64).max
 
 
@@ -94,6 +97,24 @@ def _grids(k: int, h: int, w: int, fov_deg: float, device: str) -> tuple[torch.T
     rays = dirs / (-dirs[..., 2:3])  # camera-space point at depth 1 (z = -1)
     order = torch.arange(k, device=device).repeat_interleave(h * w)[None]
     return dirs, rays, order
+
+
+@functools.lru_cache(maxsize=16)
+def _frame_ties(k: int, hw: int, device: str) -> torch.Tensor:
+    """The low fields of the frame points' z-buffer keys, [1, K*HW] long: (source order, point index)
+    (module docstring), shape-only and so made once per shape."""
+    order = torch.arange(k, device=device).repeat_interleave(hw)
+    return ((order << POINT_BITS) | torch.arange(k * hw, device=device))[None]
+
+
+@functools.lru_cache(maxsize=16)
+def _planar_grids(h: int, w: int, fov_deg: float, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_grids`' directions and rays in planar layout, [1, 1, 3, HW] each: the coordinate before the
+    pixel, so that rotating them is one [3, 3] @ [3, HW] product per source (torch's batched matrix
+    product is ~10x faster in this shape than as [HW, 3] @ [3, 3] on the CPU) and x, y, z come out
+    as contiguous rows."""
+    dirs, rays, _ = _grids(1, h, w, fov_deg, device)
+    return dirs.transpose(-1, -2).contiguous(), rays.transpose(-1, -2).contiguous()
 
 
 @dataclass
@@ -196,38 +217,41 @@ def reproject(rgb: torch.Tensor, depth: torch.Tensor, poses: torch.Tensor, targe
     depth = depth.float()
     if valid is None:
         valid = torch.ones(b, k, dtype=torch.bool, device=dev)
-    dirs, rays, order = _grids(k, h, w, fov_deg, str(dev))
-    sky = (depth <= SKY_DEPTH).reshape(b, k, h * w)  # [B, K, HW]
-    # camera-space points (w = 1) of geometry, directions (w = 0) of the sky
+    _, _, order = _grids(k, h, w, fov_deg, str(dev))
+    dirs, rays = _planar_grids(h, w, fov_deg, str(dev))  # [1, 1, 3, HW]
+    sky = (depth <= SKY_DEPTH).reshape(b, k, 1, h * w)  # [B, K, 1, HW]
+    # camera-space points (w = 1) of geometry, directions (w = 0) of the sky, planar (x, y, z rows)
     # (products with 0/1 masks, not torch.where / masked_fill: boolean selects are several times slower
     # on the CPU, and these select exactly: x * 1 + 0 = x)
-    geo = (~sky).float()[..., None]  # [B, K, HW, 1]
-    pts = rays * (depth.reshape(b, k, h * w, 1) * geo) + dirs * (1.0 - geo)  # [B, K, HW, 3]
+    geo = (~sky).float()  # [B, K, 1, HW]
+    pts = rays * (depth.reshape(b, k, 1, h * w) * geo) + dirs * (1.0 - geo)  # [B, K, 3, HW]
     rel = world_to_camera(target.float())[:, None] @ camera_to_world(poses.float())  # [B, K, 4, 4]
-    p = pts @ rel[..., :3, :3].transpose(-1, -2)  # [B, K, HW, 3]
-    p += rel[..., None, :3, 3] * geo
+    p = rel[..., :3, :3] @ pts  # [B, K, 3, HW]
+    p += rel[..., :3, 3, None] * geo
     ok = valid[:, :, None].expand(b, k, h * w).reshape(b, k * h * w)
-    spacing = _spacing(p.view(b, k, h, w, 3), depth, sky.view(b, k, h, w), ok.view(b, k, h, w), fov_deg) \
+    spacing = _spacing(p.view(b, k, 3, h, w), depth, sky.view(b, k, h, w), ok.view(b, k, h, w), fov_deg) \
         if magnified else None
-    p, sky = p.reshape(b, k * h * w, 3), sky.reshape(b, k * h * w)
-    order = order.expand(b, -1)  # [B, N]: each point's source
+    p, sky = p.transpose(1, 2).reshape(b, 3, k * h * w), sky.reshape(b, k * h * w)  # [B, 3, N], [B, N]
+    tie = _frame_ties(k, h * w, str(dev))  # [1, N]: the keys' (source order, point index) fields
     # [B, N]: 1 for the points of sources that are not preferred (they lose to every preferred source's point)
     rank = None if preferred is None else (~preferred.to(dev)).long().repeat_interleave(h * w, dim=1)
     colours = rgb.permute(0, 2, 1, 3, 4).reshape(b, 3, k * h * w)
     if points is not None:  # the world points: after every frame in the source order (source K)
         psky = points.sky.to(dev)
         q = _move(points.xyz.to(dev).float(), psky, world_to_camera(target.float())[0])  # [P, 3]
-        p = torch.cat([p, q[None]], dim=1)
+        p = torch.cat([p, q.T[None]], dim=2)
         sky = torch.cat([sky, psky[None]], dim=1)
         ok = torch.cat([ok, torch.ones(1, extra, dtype=torch.bool, device=dev)], dim=1)
         order = torch.cat([order, torch.full((1, extra), k, dtype=order.dtype, device=dev)], dim=1)
+        tie = torch.cat([tie, (k << POINT_BITS) | torch.arange(k * h * w, k * h * w + extra, device=dev)[None]],
+                        dim=1)
         if rank is not None:  # world points are never preferred
             rank = torch.cat([rank, torch.ones(1, extra, dtype=rank.dtype, device=dev)], dim=1)
         colours = torch.cat([colours, points.rgb.to(dev).float().T[None] / 255.0], dim=2)
         if spacing is not None:  # a point's spacing: its pixel's width seen from the target
             spread = points.size.to(dev).float() * focal_length(w, fov_deg) / (-q[:, 2]).clamp(min=NEAR_PLANE)
             spacing = torch.cat([spacing, spread[None]], dim=1)
-    out = _splat(p, sky, ok, order, colours, h, w, fov_deg, spacing, rank)
+    out = _splat(p, sky, ok, order, tie, colours, h, w, fov_deg, spacing, rank)
     if bilinear is not None and bool(bilinear.any()):
         out.rgb = _sample_back(out, colours, k, poses, target, fov_deg, bilinear.to(dev))
     return out
@@ -252,25 +276,31 @@ def _sample_back(rep: Reprojection, colours: torch.Tensor, k: int, poses: torch.
     src = rep.source.reshape(b, h * w)
     who = src.clamp(0, k - 1)
     frame = (src >= 0) & (src < k) & bilinear.gather(1, who)  # [B, HW]: won by a bilinear frame's point
-    geo = (rep.depth.reshape(b, h * w) > SKY_DEPTH).float()[..., None]  # [B, HW, 1]
-    dirs, rays, _ = _grids(1, h, w, fov_deg, str(dev))
-    z = rep.depth.reshape(b, h * w, 1)
-    pts = rays[0] * (z * geo) + dirs[0] * (1.0 - geo)  # [B, HW, 3] in the target camera
+    geo = (rep.depth.reshape(b, 1, 1, h * w) > SKY_DEPTH).float()  # [B, 1, 1, HW]
+    dirs, rays = _planar_grids(h, w, fov_deg, str(dev))
+    z = rep.depth.reshape(b, 1, 1, h * w)
+    pts = rays * (z * geo) + dirs * (1.0 - geo)  # [B, 1, 3, HW] in the target camera
     back = world_to_camera(poses.float()) @ camera_to_world(target.float())[:, None]  # [B, K, 4, 4]
-    back = back.gather(1, who[..., None, None].expand(b, h * w, 4, 4))  # [B, HW, 4, 4]: to the winner's
-    q = (back[..., :3, :3] @ pts[..., None])[..., 0] + back[..., :3, 3] * geo  # [B, HW, 3] in the source
-    qz = (-q[..., 2]).clamp(min=NEAR_PLANE)
+    # every pixel moved into every frame (planar, the fast product shape; K is small), then the winner's
+    q = back[..., :3, :3] @ pts + back[..., :3, 3, None] * geo  # [B, K, 3, HW]
+    q = q.gather(1, who[:, None, None, :].expand(b, 1, 3, h * w))[:, 0]  # [B, 3, HW] in the winner's camera
+    qz = (-q[:, 2]).clamp(min=NEAR_PLANE)
     focal = focal_length(w, fov_deg)
-    col = (focal * q[..., 0] / qz + (w / 2 - 0.5)).clamp_(-1.0, float(w))
-    row = (-focal * q[..., 1] / qz + (h / 2 - 0.5)).clamp_(-1.0, float(h))
+    col = (focal * q[:, 0] / qz + (w / 2 - 0.5)).clamp_(-1.0, float(w))
+    row = (-focal * q[:, 1] / qz + (h / 2 - 0.5)).clamp_(-1.0, float(h))
     row0, col0 = row.floor(), col.floor()
     frow, fcol = row - row0, col - col0
     base = who * (h * w)  # [B, HW]: where the winner's frame starts among the point colours
-    sampled = torch.zeros(b, 3, h * w, device=dev)
-    for dr, dc in ((0, 0), (0, 1), (1, 0), (1, 1)):
-        flat = base + (row0 + dr).clamp_(0, h - 1).long() * w + (col0 + dc).clamp_(0, w - 1).long()  # [B, HW]
-        weight = (frow if dr else 1.0 - frow) * (fcol if dc else 1.0 - fcol)
-        sampled += colours.gather(2, flat[:, None].expand(b, 3, -1)) * weight[:, None]
+    # the 4 pixels round the point, from per-row and per-column parts, gathered in one go
+    rows = [(row0 + dr).clamp_(0, h - 1).long().mul_(w).add_(base) for dr in (0, 1)]  # [B, HW] each
+    cols = [(col0 + dc).clamp_(0, w - 1).long() for dc in (0, 1)]
+    corners = ((0, 0), (0, 1), (1, 0), (1, 1))
+    flat = torch.cat([rows[dr] + cols[dc] for dr, dc in corners], dim=1)  # [B, 4*HW]
+    near = colours.gather(2, flat[:, None].expand(b, 3, -1)).view(b, 3, 4, h * w)
+    wrow, wcol = (1.0 - frow, frow), (1.0 - fcol, fcol)
+    sampled = near[:, :, 0] * (wrow[0] * wcol[0])[:, None]  # [B, 3, HW]
+    for corner, (dr, dc) in enumerate(corners[1:], start=1):
+        sampled += near[:, :, corner] * (wrow[dr] * wcol[dc])[:, None]
     return torch.where(frame[:, None], sampled, rep.rgb.reshape(b, 3, h * w)).reshape(b, 3, h, w)
 
 
@@ -278,14 +308,14 @@ def _spacing(p: torch.Tensor, depth: torch.Tensor, sky: torch.Tensor, ok: torch.
              ) -> torch.Tensor:
     """Each frame point's spacing in target pixels (module docstring), [B, K*H*W]: the largest distance
     to where a 4-neighbour of its source pixel on the same surface (source depths within SURFACE_GAP)
-    lands; 0 without such a neighbour. p [B, K, H, W, 3] in the target camera, depth [B, K, H, W] in
-    the source camera, sky and ok [B, K, H, W]."""
-    w = p.shape[-2]
+    lands; 0 without such a neighbour. p [B, K, 3, H, W] in the target camera (planar), depth
+    [B, K, H, W] in the source camera, sky and ok [B, K, H, W]."""
+    w = p.shape[-1]
     focal = focal_length(w, fov_deg)
-    z = -p[..., 2]
+    z = -p[:, :, 2]
     front = ok & ~sky & (z > NEAR_PLANE)
     zc = z.clamp(min=NEAR_PLANE)
-    col, row = p[..., 0] * focal / zc, p[..., 1] * focal / zc  # [B, K, H, W] (offsets do not matter)
+    col, row = p[:, :, 0] * focal / zc, p[:, :, 1] * focal / zc  # [B, K, H, W] (offsets do not matter)
     log_depth = depth.clamp(min=DEPTH_BIN_ORIGIN).log()
     spacing = torch.zeros_like(z)
     for dim in (-1, -2):  # the neighbour to the right, the neighbour below
@@ -298,12 +328,13 @@ def _spacing(p: torch.Tensor, depth: torch.Tensor, sky: torch.Tensor, ok: torch.
     return spacing.reshape(p.shape[0], -1)
 
 
-def _splat(p: torch.Tensor, sky: torch.Tensor, ok: torch.Tensor, order: torch.Tensor, colours: torch.Tensor,
+def _splat(p: torch.Tensor, sky: torch.Tensor, ok: torch.Tensor, order: torch.Tensor, tie: torch.Tensor,
+           colours: torch.Tensor,
            h: int, w: int, fov_deg: float, spacing: torch.Tensor | None = None,
            rank: torch.Tensor | None = None) -> Reprojection:
-    """The z-buffer splat of N target-camera points (module docstring): p [B, N, 3] (points, or
-    directions where sky [B, N]), ok [B, N] (False: not a point), order [B, N] (source order, ties),
-    colours [B, 3, N] in [0, 1], spacing [B, N] (target pixels between a point and its neighbours on
+    """The z-buffer splat of N target-camera points (module docstring): p [B, 3, N] (points, or
+    directions where sky [B, N]), ok [B, N] (False: not a point), order [1, N] (source order, ties),
+    tie [1, N] (the keys' low fields, `_frame_ties`), colours [B, 3, N] in [0, 1], spacing [B, N] (target pixels between a point and its neighbours on
     its surface; None or <= CRACK_SPACING: the fine level alone). Point n's key carries n itself, so
     ties end in the caller's order. Every point is splatted at the fine level; one whose spacing
     needs it also on the grid of 2**L-wide pixels, the first at least as wide as its spacing (the
@@ -314,19 +345,18 @@ def _splat(p: torch.Tensor, sky: torch.Tensor, ok: torch.Tensor, order: torch.Te
     b, n = sky.shape
     dev = p.device
     focal = focal_length(w, fov_deg)
-    x, y, z = p.unbind(-1)
+    x, y, z = p.unbind(1)
     z = -z  # [B, N]: depth in the target camera (or the direction's forward part)
     ok = ok & torch.where(sky, z > 1e-6, z > NEAR_PLANE)
     zs = z.masked_fill(~ok, 1.0)
     depth_bin = ((zs.clamp(min=DEPTH_BIN_ORIGIN) * (1.0 / DEPTH_BIN_ORIGIN)).log_()
                  .mul_(1.0 / math.log1p(DEPTH_TOLERANCE)).floor_().clamp_(0, SKY_BIN - 1)
                  .masked_fill_(sky, float(SKY_BIN)).long())
-    index = torch.arange(n, device=dev).expand(b, n)
-    per_point = (depth_bin << (DIST_BITS + SOURCE_BITS + POINT_BITS)) | (order << POINT_BITS) | index
+    per_point = (depth_bin << (DIST_BITS + SOURCE_BITS + POINT_BITS)) | tie
     if rank is not None:  # above the depth bin: a preferred source's sky too beats the others' geometry
         per_point |= rank << RANK_SHIFT
     per_point = per_point.reshape(-1)
-    image = torch.arange(b, device=dev).view(b, 1).expand(b, n).reshape(-1)
+    image = None if b == 1 else torch.arange(b, device=dev).view(b, 1).expand(b, n).reshape(-1)
     best = _zbuffer(x.reshape(-1), y.reshape(-1), zs.reshape(-1), ok.reshape(-1), per_point, image, b, h, w, focal)
     if spacing is not None:
         # a coarse winner takes a fine pixel within its footprint that the fine level left uncovered or
@@ -346,7 +376,8 @@ def _splat(p: torch.Tensor, sky: torch.Tensor, ok: torch.Tensor, order: torch.Te
             if pick.numel() == 0:
                 continue
             coarse = _zbuffer(x.reshape(-1)[pick], y.reshape(-1)[pick], zs.reshape(-1)[pick],
-                              torch.ones_like(pick, dtype=torch.bool), per_point[pick], image[pick], b,
+                              torch.ones_like(pick, dtype=torch.bool), per_point[pick],
+                              None if image is None else image[pick], b,
                               h >> lv, w >> lv, focal / (1 << lv))
             fine_z = _winner_depth(best, z_far)
             pick_key = torch.full_like(best, NO_KEY)
@@ -361,7 +392,7 @@ def _splat(p: torch.Tensor, sky: torch.Tensor, ok: torch.Tensor, order: torch.Te
     winner, covered = _winner(best)  # [B, HW]: the winning point
     out_rgb = colours.gather(2, winner[:, None, :].expand(b, 3, -1)) * covered[:, None, :]
     out_depth = z.masked_fill(sky, SKY_DEPTH).gather(1, winner).masked_fill_(~covered, SKY_DEPTH)
-    source = order.gather(1, winner).masked_fill_(~covered, -1)
+    source = order.expand(b, -1).gather(1, winner).masked_fill_(~covered, -1)
     return Reprojection(out_rgb.view(b, 3, h, w), covered.view(b, 1, h, w).float(), out_depth.view(b, h, w),
                         source.view(b, h, w))
 
@@ -407,51 +438,58 @@ def _winner_depth(best: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 
 def _zbuffer(x: torch.Tensor, y: torch.Tensor, zs: torch.Tensor, okf: torch.Tensor, per_point: torch.Tensor,
-             image: torch.Tensor, b: int, h: int, w: int, focal: float) -> torch.Tensor:
+             image: torch.Tensor | None, b: int, h: int, w: int, focal: float) -> torch.Tensor:
     """The smallest key per target pixel, [B, H*W] (NO_KEY where uncovered), of M points: x, y, zs [M]
     in the target camera (zs > 0), okf [M] (False: covers nothing), per_point [M] (the key without its
-    distance field), image [M] (which of the B targets).
+    distance field), image [M] (which of the B targets; None when B = 1).
 
-    Speed (the play loop runs it every tick): each point has 2 candidate rows and 2 candidate columns,
-    so everything that depends on the row or the column alone (its squared distance, whether it is in
-    the image and the point valid, its flat offset) is computed once per row and per column, [M]
-    each, and only combined into the [4, M] candidates, one slice at a time; candidates that cover
-    nothing go to a spare slot of the z-buffer instead of carrying a masked key (no boolean indexing
-    or selects on the candidates: on the CPU they cost more than the whole splat)."""
+    Speed (the play loop runs it every tick; the work is a few dozen passes over ~10^5 numbers, so
+    what costs is how many passes there are and their types):
+    - each point has 2 candidate rows and 2 candidate columns, so everything that depends on the row
+      or the column alone (its squared distance, its flat offset) is computed once per row and per
+      column, [M] each, and only combined into the [4, M] candidates, one slice at a time (broadcast
+      ops run slower on the CPU);
+    - the z-buffer has a margin of PAD pixels round the image, as wide as the positions' clamp, so
+      every candidate lands in it and no candidate needs an in-the-image test; an invalid point is
+      moved into the margin; the margin is cut off at the end;
+    - a candidate farther than SPLAT_RADIUS goes to a spare slot: its flat offset is multiplied by a
+      0/1 float, not selected with a boolean (on the CPU boolean results, selects and masked writes
+      cost several times a float product);
+    - float -> int64 conversions go through int32 (twice as fast here)."""
     dev = x.device
-    # positions clamped to just outside the image: the bounds below are unchanged, the integers stay small
-    col = ((focal / zs) * x + (w / 2 - 0.5)).clamp_(-2.0, w + 1.0)
-    row = ((-focal / zs) * y + (h / 2 - 0.5)).clamp_(-2.0, h + 1.0)
-    row0, col0 = row.floor(), col.floor()  # [M]
-    frow, fcol = row - row0, col - col0
-    # per candidate row (offset 0, 1) and column: squared distance, in the image (and the point valid),
-    # flat offset; then the 4 candidates, one [M] slice each (broadcast ops run slower on the CPU)
-    drow = (frow.square(), (frow - 1.0).square_())
-    dcol = (fcol.square(), (fcol - 1.0).square_())
-    row_in = ((row0 >= 0) & (row0 < h) & okf, (row0 >= -1) & (row0 < h - 1) & okf)
-    col_in = ((col0 >= 0) & (col0 < w), (col0 >= -1) & (col0 < w - 1))
-    spare = b * h * w  # the slot candidates that cover nothing write to
+    pw = w + 2 * PAD + 1  # padded row length: columns -PAD .. w + PAD
+    per_image = (h + 2 * PAD + 1) * pw
+    spare = b * per_image  # the slot candidates that cover nothing write to
     # flat offsets in float32 (exact: they are integers below 2**24) so that the choice between a
-    # candidate's pixel and the spare slot is a product, not a boolean select
+    # candidate's pixel and the spare slot is a product
     if spare >= 1 << 24:
         raise ValueError("reproject: too many target pixels")
-    r = row0.mul(w).add_((image * (h * w)).float()).sub_(spare)
-    row_off = (r, r + w)
-    col_off = (col0, col0 + 1.0)
+    # positions clamped to the margin: the candidates of a point outside the image stay in it
+    col = ((focal / zs) * x + (w / 2 - 0.5)).clamp_(-float(PAD), w - 1.0 + PAD)
+    row = ((-focal / zs) * y + (h / 2 - 0.5)).clamp_(-float(PAD), h - 1.0 + PAD)
+    valid = okf.float()
+    col.mul_(valid).add_(valid - 1.0, alpha=PAD)  # an invalid point: column -PAD, in the margin
+    row0, col0 = row.floor(), col.floor()  # [M]
+    frow, fcol = row - row0, col - col0
+    drow = (frow.square(), (frow - 1.0).square_())
+    dcol = (fcol.square(), (fcol - 1.0).square_())
+    # flat offset of the candidate's padded pixel minus the spare slot's
+    r = (row0 + PAD).mul_(pw).add_(col0 + PAD).sub_(spare)
+    if image is not None:
+        r.add_((image * per_image).float())
     m = x.shape[0]
     d2 = torch.empty(4, m, device=dev)
-    inside = torch.empty(4, m, dtype=torch.bool, device=dev)
     flat = torch.empty(4, m, device=dev)
     for q, (i, j) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
         torch.add(drow[i], dcol[j], out=d2[q])
-        torch.lt(d2[q], SPLAT_RADIUS ** 2, out=inside[q])
-        inside[q] &= row_in[i] & col_in[j]
-        torch.add(row_off[i], col_off[j], out=flat[q])
-    flat = flat.mul_(inside).add_(spare).long()  # [4, M]: the pixel, or the spare slot
+        torch.add(r, i * pw + j, out=flat[q])
+    # 1 where the candidate's centre is within the radius (R - d2 > 0 exactly when d2 < R), else 0
+    near = torch.sub(SPLAT_RADIUS ** 2, d2).sign_().clamp_(min=0.0)
+    flat = flat.mul_(near).add_(spare).int().long()  # [4, M]: the pixel, or the spare slot
     dist_scale = ((1 << DIST_BITS) - 1) / SPLAT_RADIUS ** 2
-    key = d2.mul_(dist_scale).long().bitwise_left_shift_(SOURCE_BITS + POINT_BITS)
+    key = d2.mul_(dist_scale).int().long().bitwise_left_shift_(SOURCE_BITS + POINT_BITS)
     for q in range(4):
         key[q] |= per_point
     best = torch.full((spare + 1,), NO_KEY, dtype=torch.int64, device=dev)
     best.scatter_reduce_(0, flat.reshape(-1), key.reshape(-1), reduce="amin", include_self=True)
-    return best[:spare].view(b, h * w)
+    return best[:spare].view(b, h + 2 * PAD + 1, pw)[:, PAD:PAD + h, PAD:PAD + w].reshape(b, h * w)
