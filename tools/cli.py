@@ -16,6 +16,7 @@ from types import ModuleType
 from conventions.errors import UserError
 from tools import (average, bench, dataset, distill, eval as eval_tool, export_autoencoder, play, plot_train, replay,
                    strip, train)
+from worldmodel.allocator import keep_freed_memory
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[ModuleType, str]] = {
@@ -58,6 +59,7 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_freed_memory()  # before the first tensor: the allocator settings every command runs best with
     parser = build_parser()
     args = parser.parse_args(argv)
     module = args._module
