@@ -488,8 +488,7 @@ def _zbuffer(x: torch.Tensor, y: torch.Tensor, zs: torch.Tensor, okf: torch.Tens
     flat = flat.mul_(near).add_(spare).int().long()  # [4, M]: the pixel, or the spare slot
     dist_scale = ((1 << DIST_BITS) - 1) / SPLAT_RADIUS ** 2
     key = d2.mul_(dist_scale).int().long().bitwise_left_shift_(SOURCE_BITS + POINT_BITS)
-    for q in range(4):
-        key[q] |= per_point
+    key |= per_point
     best = torch.full((spare + 1,), NO_KEY, dtype=torch.int64, device=dev)
     best.scatter_reduce_(0, flat.reshape(-1), key.reshape(-1), reduce="amin", include_self=True)
     return best[:spare].view(b, h + 2 * PAD + 1, pw)[:, PAD:PAD + h, PAD:PAD + w].reshape(b, h * w)
