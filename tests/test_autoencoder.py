@@ -207,3 +207,23 @@ def test_psnr_matches_the_definition():
     b[1, 0] += 0.3  # MSE 0.09 / 3 = 0.03
     torch.testing.assert_close(psnr(a, b, channel_dim=-3), torch.tensor([20.0, -10 * torch.log10(torch.tensor(0.03)).item()]))
     assert psnr(a, a, channel_dim=-3)[0] == pytest.approx(100.0)
+
+
+def test_the_safetensors_writer_makes_the_same_bytes_for_the_same_content(tmp_path):
+    """safetensors writes its metadata in hash-map order, a new one per save; the engine's one writer
+    sorts the header, so a file's sha256 names its content (latent caches and action logs rely on
+    it), and the file still reads back the same tensors and metadata."""
+    from safetensors import safe_open
+
+    from worldmodel.autoencoder import atomic_save_safetensors, file_sha256
+
+    tensors = {"b.weight": torch.arange(6.0).view(2, 3), "a.bias": torch.ones(4, dtype=torch.float16)}
+    metadata = {"format": "x", "version": "1", "config": '{"k": "\\u00e9 \\"q\\""}', "extra": "é", "more": "z"}
+    hashes = {file_sha256(atomic_save_safetensors(tensors, tmp_path / f"{i}.safetensors", metadata))
+              for i in range(6)}
+    assert len(hashes) == 1
+    with safe_open(str(tmp_path / "0.safetensors"), framework="pt") as f:
+        assert f.metadata() == metadata
+        assert sorted(f.keys()) == sorted(tensors)
+        for name, t in tensors.items():
+            assert torch.equal(f.get_tensor(name), t)

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from scenes.render import render_views_with_depth
 from scenes.trajectories import POLICIES, POLICY_WEIGHTS, make_trajectory
@@ -25,8 +24,9 @@ from scenes.world import HELDOUT_SEED_START, generate_world, is_heldout_seed
 from conventions.camera import DEFAULT_FOV_DEG, DEFAULT_RESOLUTION, DEFAULT_TICK_HZ
 from conventions.errors import UserError
 from conventions.progress import ProgressBar
-from conventions.atomic import atomic_write, atomic_write_text, check_output_folder, output_error
+from conventions.atomic import atomic_write_text, check_output_folder, output_error
 from conventions.limits import flag_type
+from worldmodel.autoencoder import atomic_save_safetensors
 
 DATASET_FORMAT = "worldmodel.dataset"
 DATASET_VERSION = 1
@@ -54,7 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    atomic_save_safetensors(tensors, path, metadata)
 
 
 def _atomic_json(obj: dict, path: Path) -> None:

@@ -32,6 +32,7 @@ import hashlib
 import json
 import math
 import os
+import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,8 @@ UINT8_MAX = 255.0
 STATS_EPS = 1e-6
 """Floor for a latent channel's standard deviation, so a dead channel cannot blow up normalisation."""
 HASH_CHUNK_BYTES = 1 << 20
+SAFETENSORS_LENGTH_BYTES = 8
+"""A safetensors file starts with its JSON header's length, a little-endian u64."""
 
 
 @dataclass(frozen=True)
@@ -397,11 +400,35 @@ def file_sha256(path: str | os.PathLike) -> str:
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
                             metadata: dict[str, str]) -> Path:
     """Write a safetensors file atomically (`conventions.atomic.atomic_write`): never half a file under
-    `path`, one UserError naming it on a failed write. The one safetensors writer of the model code."""
+    `path`, one UserError naming it on a failed write. The one safetensors writer of the engine. The
+    same tensors and metadata always make the same bytes (`_sort_header`), so a file's sha256 names
+    its content: latent caches and action logs name the checkpoint they used by it."""
     from safetensors.torch import save_file
 
     cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    return atomic_write(path, lambda tmp: save_file(cpu, str(tmp), metadata=metadata))
+
+    def write(tmp: Path) -> None:
+        save_file(cpu, str(tmp), metadata=metadata)
+        _sort_header(tmp)
+
+    return atomic_write(path, write)
+
+
+def _sort_header(path: Path) -> None:
+    """Rewrite a safetensors file's JSON header with its keys sorted, in place. safetensors' writer
+    emits the metadata in hash-map order, which changes from one save to the next (measured: 5
+    different files from 6 saves of the same dict), so before this two exports of one checkpoint
+    had different sha256 and their latent caches refused to mix. Only the order changes, so the
+    header keeps its length and the tensor data stays where it is (its offsets are relative to the
+    data section)."""
+    with open(path, "r+b") as f:
+        (length,) = struct.unpack("<Q", f.read(SAFETENSORS_LENGTH_BYTES))
+        header = json.loads(f.read(length))
+        sorted_header = json.dumps(header, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
+        if len(sorted_header) > length:  # not the writer's compact JSON: leave the valid file as it is
+            return
+        f.seek(SAFETENSORS_LENGTH_BYTES)
+        f.write(sorted_header.ljust(length, b" "))  # the writer pads its header with spaces too
 
 
 def save_autoencoder(model: Autoencoder, path: str | os.PathLike,
