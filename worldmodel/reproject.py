@@ -90,21 +90,17 @@ NO_KEY = torch.iinfo(torch.int64).max
 
 
 @functools.lru_cache(maxsize=16)
-def _grids(k: int, h: int, w: int, fov_deg: float, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _grids(k: int, h: int, w: int, fov_deg: float, device: str
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The shape-only tensors of a call, made once per shape (play calls with one shape every tick):
-    unit pixel directions and depth-1 rays [1, 1, HW, 3], each point's source [1, K*HW]."""
+    unit pixel directions and depth-1 rays [1, 1, HW, 3], each point's source [1, K*HW], and the low
+    fields of the frame points' z-buffer keys, (source order, point index) [1, K*HW] (module
+    docstring)."""
     dirs = pixel_directions(h, w, fov_deg).to(device).reshape(1, 1, h * w, 3)
     rays = dirs / (-dirs[..., 2:3])  # camera-space point at depth 1 (z = -1)
     order = torch.arange(k, device=device).repeat_interleave(h * w)[None]
-    return dirs, rays, order
-
-
-@functools.lru_cache(maxsize=16)
-def _frame_ties(k: int, hw: int, device: str) -> torch.Tensor:
-    """The low fields of the frame points' z-buffer keys, [1, K*HW] long: (source order, point index)
-    (module docstring), shape-only and so made once per shape."""
-    order = torch.arange(k, device=device).repeat_interleave(hw)
-    return ((order << POINT_BITS) | torch.arange(k * hw, device=device))[None]
+    tie = (order << POINT_BITS) | torch.arange(k * h * w, device=device)[None]
+    return dirs, rays, order, tie
 
 
 @functools.lru_cache(maxsize=16)
@@ -113,7 +109,7 @@ def _planar_grids(h: int, w: int, fov_deg: float, device: str) -> tuple[torch.Te
     pixel, so that rotating them is one [3, 3] @ [3, HW] product per source (torch's batched matrix
     product is ~10x faster in this shape than as [HW, 3] @ [3, 3] on the CPU) and x, y, z come out
     as contiguous rows."""
-    dirs, rays, _ = _grids(1, h, w, fov_deg, device)
+    dirs, rays, _, _ = _grids(1, h, w, fov_deg, device)
     return dirs.transpose(-1, -2).contiguous(), rays.transpose(-1, -2).contiguous()
 
 
@@ -166,7 +162,7 @@ def unproject(rgb: torch.Tensor, depth: torch.Tensor, pose: torch.Tensor, mask: 
     """The pixels of one frame where `mask` [H, W] is True as world points: rgb uint8 [H, W, 3], depth
     [H, W] (conventions.depth), pose [5]. The inverse of what `reproject` does to a frame's pixels."""
     h, w = depth.shape
-    dirs, rays, _ = _grids(1, h, w, fov_deg, str(depth.device))
+    dirs, rays, _, _ = _grids(1, h, w, fov_deg, str(depth.device))
     keep = mask.reshape(-1).to(depth.device)
     d = depth.reshape(-1).float()[keep]
     sky = d <= SKY_DEPTH
@@ -217,7 +213,7 @@ def reproject(rgb: torch.Tensor, depth: torch.Tensor, poses: torch.Tensor, targe
     depth = depth.float()
     if valid is None:
         valid = torch.ones(b, k, dtype=torch.bool, device=dev)
-    _, _, order = _grids(k, h, w, fov_deg, str(dev))
+    _, _, order, tie = _grids(k, h, w, fov_deg, str(dev))  # tie: the keys' (source order, point index) fields
     dirs, rays = _planar_grids(h, w, fov_deg, str(dev))  # [1, 1, 3, HW]
     sky = (depth <= SKY_DEPTH).reshape(b, k, 1, h * w)  # [B, K, 1, HW]
     # camera-space points (w = 1) of geometry, directions (w = 0) of the sky, planar (x, y, z rows)
@@ -232,7 +228,6 @@ def reproject(rgb: torch.Tensor, depth: torch.Tensor, poses: torch.Tensor, targe
     spacing = _spacing(p.view(b, k, 3, h, w), depth, sky.view(b, k, h, w), ok.view(b, k, h, w), fov_deg) \
         if magnified else None
     p, sky = p.transpose(1, 2).reshape(b, 3, k * h * w), sky.reshape(b, k * h * w)  # [B, 3, N], [B, N]
-    tie = _frame_ties(k, h * w, str(dev))  # [1, N]: the keys' (source order, point index) fields
     # [B, N]: 1 for the points of sources that are not preferred (they lose to every preferred source's point)
     rank = None if preferred is None else (~preferred.to(dev)).long().repeat_interleave(h * w, dim=1)
     colours = rgb.permute(0, 2, 1, 3, 4).reshape(b, 3, k * h * w)
@@ -334,7 +329,7 @@ def _splat(p: torch.Tensor, sky: torch.Tensor, ok: torch.Tensor, order: torch.Te
            rank: torch.Tensor | None = None) -> Reprojection:
     """The z-buffer splat of N target-camera points (module docstring): p [B, 3, N] (points, or
     directions where sky [B, N]), ok [B, N] (False: not a point), order [1, N] (source order, ties),
-    tie [1, N] (the keys' low fields, `_frame_ties`), colours [B, 3, N] in [0, 1], spacing [B, N] (target pixels between a point and its neighbours on
+    tie [1, N] (the keys' low fields, `_grids`), colours [B, 3, N] in [0, 1], spacing [B, N] (target pixels between a point and its neighbours on
     its surface; None or <= CRACK_SPACING: the fine level alone). Point n's key carries n itself, so
     ties end in the caller's order. Every point is splatted at the fine level; one whose spacing
     needs it also on the grid of 2**L-wide pixels, the first at least as wide as its spacing (the
