@@ -53,10 +53,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard-clips", type=flag_type("count"), default=64, help="clips per shard file (default 64)")
 
 
-def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
-    atomic_save_safetensors(tensors, path, metadata)
-
-
 def _atomic_json(obj: dict, path: Path) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2))
 
@@ -165,11 +161,11 @@ def write_dataset(out: Path, worlds: int, clips_per_world: int, ticks: int, spli
         if not buf["frames"]:
             return
         name = shard_name(len(shards))
-        _atomic_save({
+        atomic_save_safetensors({
             "frames": torch.stack(buf["frames"]), "depth": torch.stack(buf["depth"]),
             "actions": torch.stack(buf["actions"]),
             "poses": torch.stack(buf["poses"]), "world_seeds": torch.tensor(buf["seeds"], dtype=torch.int64),
-        }, {"captions": json.dumps(buf["captions"]), "policies": json.dumps(buf["policies"])}, out / name)
+        }, out / name, {"captions": json.dumps(buf["captions"]), "policies": json.dumps(buf["policies"])})
         shards.append(name)
         for v in buf.values():
             v.clear()
