@@ -5,8 +5,8 @@ A play tick allocates and frees a few MB of tensors (the reprojection's candidat
 transformer's activations), each between 0.1 and a few MB. glibc's malloc serves such sizes from the
 heap, but by default gives the heap's free top back to the OS whenever it exceeds twice its dynamic
 mmap threshold, so the next tick faults the same pages in again: measured on the 2-core dev machine,
-the shipped play rule's reprojection of 7 sources took ~1,170 page faults and 5 ms per call instead
-of none and 1.7 ms, in some processes and not others (it depends on the heap's layout). Raising the
+the shipped play rule's reprojection of 7 sources took 1,150-2,040 page faults and ~5 ms per call
+instead of about one and ~1.7 ms, in some processes and not others (it depends on the heap's layout). Raising the
 trim threshold keeps those pages; a fixed mmap threshold keeps the choice of heap or mmap the same in
 every process. The cost is resident memory: up to KEEP_FREED_BYTES of freed heap stay mapped.
 """
